@@ -1,0 +1,177 @@
+"""Scoring genomes: lifetimes -> capped losses -> fitness, learning measures and baselines.
+
+The sign flip from loss to fitness happens here and nowhere else (:func:`fitness_from_loss`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .config import Config
+from .genome import GenomeSpec, build_genome_spec
+from .learners import GradientLearner, Learner, PlasticLearner
+from .lifetime import expand_params, query, run_lifetime, tile
+from .seeding import Purpose
+from .tasks import Episodes, make_task
+
+
+def fitness_from_loss(loss: Tensor) -> Tensor:
+    """Fitness is the negative query loss (higher is better)."""
+    return -loss
+
+
+def cap_loss(loss: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    """``(capped, bad)``: losses above ``cap`` or non-finite become ``cap``; ``bad`` marks non-finite ones."""
+    bad = ~torch.isfinite(loss)
+    return torch.where(bad, torch.full_like(loss, cap), loss.clamp(max=cap)), bad
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of P parameter sets on K common episodes.
+
+    loss:        [P] capped query loss, mean over episodes (MSE or cross-entropy)
+    per_episode: [P, K] capped query loss of each episode
+    nonfinite:   [P] bool, some episode of this genome diverged (NaN/Inf)
+    accuracy:    [P] mean query accuracy (classification) or None
+    curve:       [P, C] mean query loss over the tasks seen so far, at each curve point (or None)
+    episode_gain:[P] query loss on episode k+1's tasks minus on episode k's own, after a lifetime on
+                 episode k, mean over k (or None)
+    """
+
+    loss: Tensor
+    per_episode: Tensor
+    nonfinite: Tensor
+    accuracy: Optional[Tensor] = None
+    curve: Optional[Tensor] = None
+    episode_gain: Optional[Tensor] = None
+
+    @property
+    def fitness(self) -> Tensor:
+        return fitness_from_loss(self.loss)
+
+    @property
+    def num_nonfinite(self) -> int:
+        return int(self.nonfinite.sum())
+
+
+def score_params(learner: Learner, params: dict[str, Tensor], episodes: Episodes, *, cap: float,
+                 learn: bool = True, curve: bool = False, episode_gain: bool = False) -> Scores:
+    """Score P parameter sets ``{name: [P, *shape]}`` on ``episodes`` (one batched lifetime)."""
+    p = next(iter(params.values())).shape[0]
+    k = episodes.num_episodes
+    out = run_lifetime(learner, expand_params(params, k), episodes, p, learn=learn, curve=curve)
+    per_episode, bad = cap_loss(out.query_loss.mean(-1).reshape(p, k), cap)
+    accuracy = None if out.query_acc is None else out.query_acc.mean(-1).reshape(p, k).mean(-1)
+    curve_pc = None
+    if curve:
+        seen = tile(episodes.seen_mask(), p).to(out.curve.dtype)           # [B, C, n]
+        seen_loss = (out.curve * seen).sum(-1) / seen.sum(-1)              # [B, C]
+        curve_pc = cap_loss(seen_loss, cap)[0].reshape(p, k, -1).mean(1)  # [P, C]
+    gain = None
+    if episode_gain:
+        if k < 2:
+            raise ValueError("the episode-specific gain needs at least 2 episodes")
+        rolled = episodes.rolled(1)
+        other, _ = query(learner, out.final, rolled.query_x, rolled.query_y, p)
+        other_pk = cap_loss(other.mean(-1).reshape(p, k), cap)[0]
+        gain = (other_pk - per_episode).mean(-1)
+    return Scores(per_episode.mean(-1), per_episode, bad.any(-1), accuracy, curve_pc, gain)
+
+
+class Evaluator:
+    """Everything needed to score flat genomes of one config, on one device.
+
+    Built from the config alone (in the driver or inside a Ray actor), so two evaluators of the same
+    config give the same scores for the same genomes and generation.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.task = make_task(cfg.task)
+        self.spec: GenomeSpec = build_genome_spec(cfg, self.task.n_in, self.task.n_out, self.task.kind)
+        self.learner = PlasticLearner(self.spec.model)
+
+    def episodes(self, purpose: Purpose, index: int, num_episodes: int, order: str | None = None) -> Episodes:
+        return self.task.episodes(self.cfg.seed, purpose, index, num_episodes, self.device, order=order)
+
+    def decode(self, genomes: Tensor) -> dict[str, Tensor]:
+        """``[P, D]`` genomes -> ``{name: [P, *shape]}`` model values on this evaluator's device."""
+        return self.spec.decode(genomes.as_subclass(torch.Tensor).to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def fitness(self, genomes: Tensor, generation: int) -> tuple[Tensor, Tensor]:
+        """``(fitness [P], nonfinite [P] bool)`` on generation ``generation``'s training episodes (CPU)."""
+        episodes = self.episodes(Purpose.TRAIN, generation, self.cfg.evaluation.episodes)
+        scores = score_params(self.learner, self.decode(genomes), episodes, cap=self.cfg.evaluation.loss_cap)
+        return scores.fitness.cpu(), scores.nonfinite.cpu()
+
+    @torch.no_grad()
+    def score(self, genomes: Tensor, *, learner: Learner | None = None, learn: bool = True,
+              curve: bool = False, episode_gain: bool = False, order: str | None = None,
+              episodes: Episodes | None = None, extra: dict[str, Tensor] | None = None) -> Scores:
+        """Scores of ``genomes [P, D]`` on the held-out episodes (or on ``episodes``); ``extra`` adds
+        per-genome parameters (e.g. ``{"sgd.lr": [P]}``)."""
+        episodes = episodes or self.episodes(Purpose.HELDOUT, 0, self.cfg.evaluation.heldout_episodes, order)
+        return score_params(learner or self.learner, self.decode(genomes) | (extra or {}), episodes,
+                            cap=self.cfg.evaluation.loss_cap, learn=learn, curve=curve,
+                            episode_gain=episode_gain)
+
+    def sgd_learner(self, feedback: str = "backprop") -> GradientLearner:
+        return GradientLearner(self.spec.model, self.cfg.evaluation.sgd_lrs[0], feedback, seed=self.cfg.seed)
+
+    @torch.no_grad()
+    def tuned_sgd(self, genome: Tensor, *, feedback: str = "backprop", order: str | None = None,
+                  curve: bool = False) -> tuple[Scores, float]:
+        """Online SGD (or feedback alignment) from the initial weights of ``genome [D]``, on held-out episodes,
+        with the learning rate from ``evaluation.sgd_lrs`` that is best on separate validation episodes.
+
+        Returns ``(held-out scores, chosen learning rate)``. All rates run as one batch.
+        """
+        learner = self.sgd_learner(feedback)
+        lrs = torch.tensor(self.cfg.evaluation.sgd_lrs, device=self.device)
+        genomes = genome.reshape(1, -1).expand(len(lrs), -1)
+        validation = self.task.episodes(self.cfg.seed, Purpose.BASELINE, 0, self.cfg.evaluation.heldout_episodes,
+                                        self.device, order=order)
+        val = score_params(learner, self.decode(genomes) | {"sgd.lr": lrs}, validation,
+                           cap=self.cfg.evaluation.loss_cap)
+        best = int(val.loss.argmin())
+        held = self.score(genome.reshape(1, -1), learner=learner, order=order, curve=curve,
+                          extra={"sgd.lr": lrs[best:best + 1]})
+        return held, self.cfg.evaluation.sgd_lrs[best]
+
+    @torch.no_grad()
+    def report(self, genome: Tensor, order: str | None = None) -> dict[str, float | list[float]]:
+        """Held-out report of one genome ``[D]``: its loss, the two learning measures and the baselines.
+
+        Keys: ``loss`` (plastic), ``loss_plasticity_off``, ``learning_gain`` (off - on), ``episode_gain``;
+        baselines with their tuned learning rates (``*_lr``): ``sgd_same_init``, ``fa_same_init``,
+        ``sgd_iid_same_init`` (SGD on the shuffled stream), ``sgd_seed_init`` (SGD from the seed's
+        initial weights); curves ``curve`` / ``curve_sgd_same_init`` / ``curve_sgd_seed_init``.
+        """
+        g = genome.reshape(1, -1)
+        seed_genome = self.spec.initial_vector()
+        on = self.score(g, curve=True, episode_gain=True, order=order)
+        off = self.score(g, learn=False, order=order)
+        sgd, sgd_lr = self.tuned_sgd(genome, order=order, curve=True)
+        fa, fa_lr = self.tuned_sgd(genome, feedback="alignment", order=order)
+        iid, iid_lr = self.tuned_sgd(genome, order="iid")
+        sgd_seed, seed_lr = self.tuned_sgd(seed_genome, order=order, curve=True)
+        return {
+            "loss": float(on.loss[0]),
+            "loss_plasticity_off": float(off.loss[0]),
+            "learning_gain": float(off.loss[0] - on.loss[0]),
+            "episode_gain": float(on.episode_gain[0]),
+            "sgd_same_init": float(sgd.loss[0]), "sgd_same_init_lr": sgd_lr,
+            "fa_same_init": float(fa.loss[0]), "fa_same_init_lr": fa_lr,
+            "sgd_iid_same_init": float(iid.loss[0]), "sgd_iid_same_init_lr": iid_lr,
+            "sgd_seed_init": float(sgd_seed.loss[0]), "sgd_seed_init_lr": seed_lr,
+            "curve": on.curve[0].tolist(),
+            "curve_sgd_same_init": sgd.curve[0].tolist(),
+            "curve_sgd_seed_init": sgd_seed.curve[0].tolist(),
+        }

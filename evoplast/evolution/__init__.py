@@ -1,0 +1,1 @@
+"""Evolution strategies over genomes: EvoTorch problem and searchers, Ray actors, the run loop."""

@@ -1,0 +1,93 @@
+"""The ES outer trainer: one EvoTorch searcher over one problem, a generation at a time.
+
+What changes during a run lives in :meth:`EvolutionTrainer.state_dict` (generation, searcher state,
+fitness history); the searcher's randomness is re-derived from ``(seed, generation)`` before every
+generation, so restoring that state continues a run exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import torch
+
+from ..config import Config
+from .problem import EvaluateFn, LifetimeProblem
+from .searchers import load_searcher_state, make_searcher, search_center, search_stepsize, searcher_state
+
+
+class EvolutionTrainer:
+    """Evolution strategy over flat genomes.
+
+    Args:
+        cfg: the run's config.
+        evaluate: fitness function ``(genomes [P, D], generation) -> (fitness [P], nonfinite [P])``;
+            ignored in EvoTorch's distributed mode, where EvoTorch's actors evaluate.
+        center: ``[D]`` initial center of the search distribution.
+    """
+
+    def __init__(self, cfg: Config, evaluate: Optional[EvaluateFn], center: torch.Tensor):
+        self.cfg = cfg
+        distributed = cfg.search.distributed
+        self.problem = LifetimeProblem(cfg, center.numel(), None if distributed else evaluate,
+                                       num_actors=cfg.ray.num_actors if distributed else None,
+                                       num_gpus_per_actor=cfg.ray.num_gpus_per_actor if distributed else None)
+        self.searcher = make_searcher(self.problem, cfg.search, center.to(torch.float32))
+        self.generation = 0          # generations completed
+        self.history: list[dict[str, float]] = []
+
+    def step(self) -> dict[str, float]:
+        """Run one generation (sample, evaluate, update); returns its statistics."""
+        g = self.generation
+        self.problem.begin_generation(g)
+        t0 = time.perf_counter()
+        self.searcher.step()
+        seconds = time.perf_counter() - t0
+        population = getattr(self.searcher, "population", None)
+        if population is not None and len(population) > 0:
+            evals = population.evals[:, 0].detach().cpu().as_subclass(torch.Tensor)
+            n = len(evals)
+            best, worst = float(evals.max()), float(evals.min())
+            mean, median = float(evals.mean()), float(evals.median())
+        else:  # EvoTorch distributed mode keeps no population in the main process
+            status = self.searcher.status
+            n = self.cfg.search.popsize
+            best = float(status.get("pop_best_eval", math.nan))
+            mean = float(status.get("mean_eval", math.nan))
+            worst = median = math.nan
+        stats = {
+            "generation": g,
+            "best": best, "mean": mean, "median": median, "worst": worst,
+            "stepsize": search_stepsize(self.searcher),
+            "nonfinite": float(self.problem.last_nonfinite),
+            "seconds": seconds,
+            "evals_per_s": n / seconds,
+            "lifetimes_per_s": n * self.cfg.evaluation.episodes / seconds,
+        }
+        self.generation += 1
+        self.history.append(stats)
+        return stats
+
+    def center(self) -> torch.Tensor:
+        """``[D]``: the search distribution's center, the genome this run recommends."""
+        return search_center(self.searcher)
+
+    def population(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(genomes [P, D], fitness [P])`` of the last generation, best first (empty if unavailable)."""
+        population = getattr(self.searcher, "population", None)
+        if population is None or len(population) == 0 or self.generation == 0:
+            return torch.zeros(0, self.problem.solution_length), torch.zeros(0)
+        fitness = population.evals[:, 0].detach().cpu().as_subclass(torch.Tensor)
+        order = torch.argsort(fitness, descending=True)
+        return population.values.detach().cpu().as_subclass(torch.Tensor)[order].clone(), fitness[order].clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generation": self.generation, "searcher": searcher_state(self.searcher),
+                "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_searcher_state(self.searcher, state["searcher"])
+        self.generation = int(state["generation"])
+        self.history = [dict(h) for h in state["history"]]

@@ -1,0 +1,164 @@
+"""What happens at one lifetime step: the FLP local rule, or a baseline (online SGD, feedback alignment).
+
+A learner is three pure functions over a :class:`NetState` (the weights that change) and ``params``
+(the decoded genome expanded to ``B = P*K`` lifetimes, ``{name: [B, *shape]}``):
+``init_state(params)``, ``step(params, state, x, y)`` and ``predict(params, state, x)``.
+The lifetime loop (:mod:`evoplast.lifetime`) is the same for all of them. Steps are written out of
+place, so the same code runs under ``torch.no_grad`` (evolution) and under autograd (BPTT).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .network import ModelSpec, forward, predict, teaching_signal
+from .rules import LayerActivity, apply_update_, coefficient_names, get_rule
+from .seeding import Purpose, generator
+
+
+@dataclass(frozen=True)
+class NetState:
+    """The changing part of a lifetime: ``weights`` L tensors ``[B, out, in]``, ``biases`` L ``[B, out]``."""
+
+    weights: tuple[Tensor, ...]
+    biases: tuple[Tensor, ...]
+
+
+class Learner(Protocol):
+    spec: ModelSpec
+
+    def init_state(self, params: dict[str, Tensor]) -> NetState: ...
+
+    def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState: ...
+
+
+def initial_state(spec: ModelSpec, params: dict[str, Tensor]) -> NetState:
+    """The network's initial weights and biases from ``params``."""
+    L = spec.num_layers
+    return NetState(tuple(params[f"layer{l}.weight"] for l in range(1, L + 1)),
+                    tuple(params[f"layer{l}.bias"] for l in range(1, L + 1)))
+
+
+def state_predict(state: NetState, x: Tensor) -> Tensor:
+    """Output ``[B, m, n_out]`` of the network in ``state`` for ``x [B, m, n_in]``."""
+    return predict(state.weights, state.biases, x)
+
+
+class PlasticLearner:
+    """FLP: forward -> teaching signal -> direct feedback -> local rule on every plastic layer.
+
+    Post activity of plastic layer l: ``x~_l = beta_l f_l + (1 - beta_l) x_l`` with
+    ``f_l = g(B_l s + c_l)``; g is relu or identity for hidden layers and the identity for the output
+    layer (its post activity is then ``beta (B s + c) + (1 - beta) y_hat``). For classification the
+    output layer's post activity is the teaching signal itself (the one-hot target by default).
+    All plastic layers update simultaneously from the pre-update weights; biases are not plastic.
+
+    When autograd is off (evolution), the state's weights are private copies updated in place with
+    fused kernels (:func:`evoplast.rules.apply_update_`); under autograd every step is out of place.
+    The two paths give the same numbers (tested).
+    """
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.rule = get_rule(spec.rule, spec.terms)
+        self.coef_names = coefficient_names(spec.rule)
+
+    def init_state(self, params: dict[str, Tensor]) -> NetState:
+        state = initial_state(self.spec, params)
+        if torch.is_grad_enabled():
+            return state
+        plastic = set(self.spec.plastic_layers)
+        return NetState(tuple(w.clone() if l in plastic else w for l, w in enumerate(state.weights, start=1)),
+                        state.biases)
+
+    def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState:
+        """One online step on the mini-batch ``x [B, m, n_in]``, ``y [B, m, n_out]`` (or ``[B, m]`` labels)."""
+        spec = self.spec
+        L = spec.num_layers
+        acts, preacts = forward(state.weights, state.biases, x)
+        y_hat = preacts[-1]
+        s = teaching_signal(spec, y_hat, y)                                    # [B, m, n_out]
+        weights = list(state.weights)
+        inplace = not torch.is_grad_enabled()
+        activities = []
+        for l in spec.plastic_layers:
+            is_output = l == L
+            w = state.weights[l - 1]
+            fb = torch.bmm(s, params[f"layer{l}.feedback"].transpose(1, 2))    # [B, m, out] = s B_l^T
+            f = fb + params[f"layer{l}.feedback_bias"].unsqueeze(1)
+            if not is_output and spec.feedback_activation == "relu":
+                f = torch.relu(f)
+            post_ff = y_hat if is_output else acts[l]
+            if is_output and spec.kind == "classification":
+                post = s
+            else:
+                beta = params[f"layer{l}.beta"]                                # [B, 1, 1]
+                post = beta * f + (1 - beta) * post_ff
+            activity = LayerActivity(pre=acts[l - 1], post=post, post_ff=post_ff, preact=preacts[l - 1],
+                                     feedback=fb, weight=w, is_output=is_output)
+            coefs = {c: params[f"layer{l}.{c}"] for c in self.coef_names}
+            if inplace:  # every layer's activity is computed before any weight changes
+                activities.append((coefs, activity))
+            else:
+                weights[l - 1] = w + self.rule(coefs, activity)
+        for coefs, activity in activities:
+            apply_update_(spec.rule, coefs, activity, self.rule)
+        return NetState(tuple(weights), state.biases)
+
+
+class GradientLearner:
+    """Online SGD on every weight and bias, with exact backprop or feedback alignment.
+
+    Loss of a step: ``(1/m) sum_rows 1/2 ||y_hat - y||^2`` (regression) or mean cross-entropy.
+    ``feedback="backprop"`` sends the error back through ``W_l``; ``"alignment"`` through fixed random
+    matrices of the same shapes (Lillicrap et al. 2016), drawn from ``(seed, Purpose.BASELINE)``.
+    Gradients are computed by hand, so a step builds no autograd graph. The learning rate is
+    ``params["sgd.lr"]`` (``[B]``, one per lifetime, so a grid of rates runs as one batch) when given,
+    else ``lr``.
+    """
+
+    def __init__(self, spec: ModelSpec, lr: float, feedback: str = "backprop", seed: int = 0):
+        self.spec, self.lr, self.feedback = spec, lr, feedback
+        self.fa_matrices: tuple[Tensor, ...] = ()
+        if feedback == "alignment":
+            mats = []
+            for l in range(1, spec.num_layers + 1):
+                gen = generator(seed, Purpose.BASELINE, l)
+                n_in = spec.sizes[l - 1]
+                bound = math.sqrt(3.0 / n_in)
+                mats.append((torch.rand(spec.sizes[l], n_in, generator=gen) * 2 - 1) * bound)
+            self.fa_matrices = tuple(mats)
+        elif feedback != "backprop":
+            raise ValueError(f"feedback must be 'backprop' or 'alignment', not {feedback!r}")
+
+    def init_state(self, params: dict[str, Tensor]) -> NetState:
+        return initial_state(self.spec, params)
+
+    def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState:
+        acts, preacts = forward(state.weights, state.biases, x)
+        y_hat = preacts[-1]
+        m = x.shape[1]
+        if self.spec.kind == "regression":
+            delta = (y_hat - y) / m                                             # [B, m, n_out]
+        else:
+            delta = (torch.softmax(y_hat, -1) - F.one_hot(y, self.spec.n_out).to(y_hat.dtype)) / m
+        L = self.spec.num_layers
+        lr = params.get("sgd.lr")
+        lr_w, lr_b = (self.lr, self.lr) if lr is None else (lr.view(-1, 1, 1), lr.view(-1, 1))
+        weights, biases = list(state.weights), list(state.biases)
+        for l in range(L, 0, -1):
+            grad_w = torch.bmm(delta.transpose(1, 2), acts[l - 1])             # [B, out, in]
+            grad_b = delta.sum(dim=1)                                           # [B, out]
+            if l > 1:
+                back = state.weights[l - 1] if self.feedback == "backprop" else \
+                    self.fa_matrices[l - 1].to(delta).expand_as(state.weights[l - 1])
+                delta = torch.bmm(delta, back) * (preacts[l - 2] > 0)           # [B, m, in_l]
+            weights[l - 1] = state.weights[l - 1] - lr_w * grad_w
+            biases[l - 1] = state.biases[l - 1] - lr_b * grad_b
+        return NetState(tuple(weights), tuple(biases))

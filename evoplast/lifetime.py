@@ -1,0 +1,88 @@
+"""One lifetime loop for every learner: stream of mini-batches -> query losses (DESIGN §2).
+
+``B = P*K``: P genomes (or parameter sets) each live the same K episodes; lifetime ``b = p*K + k``.
+The caller chooses the grad mode: under ``torch.no_grad`` for evolution, under autograd for BPTT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .learners import Learner, NetState, state_predict
+from .network import loss_per_row
+from .tasks import Episodes
+
+
+@dataclass(frozen=True)
+class LifetimeOutput:
+    """Results of B lifetimes.
+
+    query_loss: [B, n] query loss per task (MSE or cross-entropy) after the lifetime
+    query_acc:  [B, n] classification accuracy per task (None for regression)
+    curve:      [B, C, n] query loss per task at each curve point (None unless asked)
+    final:      the final network state
+    """
+
+    query_loss: Tensor
+    query_acc: Optional[Tensor]
+    curve: Optional[Tensor]
+    final: NetState
+
+
+def expand_params(params: dict[str, Tensor], num_episodes: int) -> dict[str, Tensor]:
+    """``{name: [P, *shape]} -> {name: [P*K, *shape]}``: each genome repeated for its K episodes."""
+    return {k: v.repeat_interleave(num_episodes, dim=0) for k, v in params.items()}
+
+
+def tile(t: Tensor, num_genomes: int) -> Tensor:
+    """Episode data ``[K, ...]`` -> ``[P*K, ...]`` (row ``p*K + k`` holds episode k)."""
+    return t.repeat(num_genomes, *([1] * (t.dim() - 1)))
+
+
+def query(learner: Learner, state: NetState, query_x: Tensor, query_y: Tensor,
+          num_genomes: int) -> tuple[Tensor, Optional[Tensor]]:
+    """Query loss (and accuracy) per task ``[B, n]`` of ``state`` on ``query_x [K, n, q, n_in]``."""
+    k, n, q, n_in = query_x.shape
+    x = tile(query_x.reshape(k, n * q, n_in), num_genomes)                  # [B, n*q, n_in]
+    y = tile(query_y.reshape(k, n * q, *query_y.shape[3:]), num_genomes)   # [B, n*q(, n_out)]
+    y_hat = state_predict(state, x)                                          # [B, n*q, n_out]
+    loss = loss_per_row(learner.spec, y_hat, y).reshape(-1, n, q).mean(-1)   # [B, n]
+    acc = None
+    if learner.spec.kind == "classification":
+        acc = (y_hat.argmax(-1) == y).to(y_hat.dtype).reshape(-1, n, q).mean(-1)
+    return loss, acc
+
+
+def run_lifetime(learner: Learner, params: dict[str, Tensor], episodes: Episodes, num_genomes: int, *,
+                 learn: bool = True, curve: bool = False) -> LifetimeOutput:
+    """Live the K episodes with each of the P parameter sets.
+
+    Args:
+        learner: the per-step update (FLP rule or a baseline).
+        params: ``{name: [P*K, *shape]}`` (see :func:`expand_params`).
+        episodes: K episodes (stream ``[K, T, m, n_in]``, queries ``[K, n, q, n_in]``).
+        num_genomes: P.
+        learn: False = plasticity off: the weights never change, so the stream is skipped and the
+            query sees the initial weights (identical to running the stream with eta = 0).
+        curve: also measure the query loss per task after each block of the stream.
+    """
+    state = learner.init_state(params)
+    curve_points: list[Tensor] = []
+    if learn:
+        stops = set(episodes.curve_steps) if curve else set()
+        for t in range(episodes.num_steps):
+            x = tile(episodes.stream_x[:, t], num_genomes)                  # [B, m, n_in]
+            y = tile(episodes.stream_y[:, t], num_genomes)                  # [B, m, n_out] or [B, m]
+            state = learner.step(params, state, x, y)
+            if t in stops:
+                curve_points.append(query(learner, state, episodes.query_x, episodes.query_y, num_genomes)[0])
+    loss, acc = query(learner, state, episodes.query_x, episodes.query_y, num_genomes)
+    curve_t = None
+    if curve:
+        curve_t = torch.stack(curve_points, 1) if learn else loss.unsqueeze(1).expand(
+            -1, len(episodes.curve_steps), -1)
+    return LifetimeOutput(loss, acc, curve_t, state)

@@ -1,0 +1,97 @@
+"""The FLP network, batched over ``B = P*K`` lifetimes (DESIGN §2).
+
+Layers l = 1..L with weights ``W_l [B, out, in]`` and biases ``b_l [B, out]``; input ``x_0 [B, m, n_in]``;
+``a_l = x_{l-1} W_l^T + b_l``, ``x_l = relu(a_l)`` for l < L, output ``y_hat = a_L``.
+Pure functions over tensors: nothing here keeps state or chooses a grad mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture and the fixed choices of the model (not searched)."""
+
+    sizes: tuple[int, ...]                 # (n_in, *hidden, n_out)
+    plastic_layers: tuple[int, ...]        # 1-based, sorted
+    rule: str
+    terms: tuple[str, ...] = ()
+    teaching_signal: Literal["error", "target"] = "error"
+    feedback_activation: Literal["relu", "linear"] = "relu"
+    kind: Literal["regression", "classification"] = "regression"
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def n_out(self) -> int:
+        return self.sizes[-1]
+
+    @classmethod
+    def from_config(cls, cfg, n_in: int, n_out: int, kind: str = "regression") -> "ModelSpec":
+        sizes = (n_in, *cfg.network.hidden, n_out)
+        plastic = tuple(sorted(set(cfg.network.plastic_layers))) or tuple(range(1, len(sizes)))
+        return cls(sizes, plastic, cfg.rule.name, tuple(cfg.rule.terms), cfg.network.teaching_signal,
+                   cfg.network.feedback_activation, kind)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``[B, m, in] x [B, out, in] + [B, out] -> [B, m, out]``."""
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def forward(weights: tuple[Tensor, ...], biases: tuple[Tensor, ...], x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Feed-forward pass.
+
+    Args:
+        weights: L tensors ``[B, out_l, in_l]``; biases: L tensors ``[B, out_l]``; x: ``[B, m, n_in]``.
+    Returns:
+        ``(acts, preacts)``: acts = [x_0, x_1, ..., x_{L-1}] (the inputs of each layer, ``[B, m, in_l]``),
+        preacts = [a_1, ..., a_L] (``[B, m, out_l]``); the output is ``preacts[-1]``.
+    """
+    acts, preacts = [x], []
+    h = x
+    for l, (w, b) in enumerate(zip(weights, biases), start=1):
+        a = linear(h, w, b)
+        preacts.append(a)
+        if l < len(weights):
+            h = torch.relu(a)
+            acts.append(h)
+    return acts, preacts
+
+
+def predict(weights: tuple[Tensor, ...], biases: tuple[Tensor, ...], x: Tensor) -> Tensor:
+    """Output ``[B, m, n_out]`` (regression values or logits) for ``x [B, m, n_in]``."""
+    h = x
+    for l, (w, b) in enumerate(zip(weights, biases), start=1):
+        h = linear(h, w, b)
+        if l < len(weights):
+            h = torch.relu(h)
+    return h
+
+
+def teaching_signal(spec: ModelSpec, y_hat: Tensor, y: Tensor) -> Tensor:
+    """Teaching signal s ``[B, m, n_out]``.
+
+    regression: ``y - y_hat`` (error) or ``y`` (target); ``y`` is ``[B, m, n_out]``.
+    classification: ``onehot(y)`` (target) or ``onehot(y) - softmax(y_hat)`` (error); ``y`` is ``[B, m]`` long.
+    """
+    if spec.kind == "regression":
+        return y - y_hat if spec.teaching_signal == "error" else y
+    onehot = F.one_hot(y, spec.n_out).to(y_hat.dtype)
+    return onehot - torch.softmax(y_hat, dim=-1) if spec.teaching_signal == "error" else onehot
+
+
+def loss_per_row(spec: ModelSpec, y_hat: Tensor, y: Tensor) -> Tensor:
+    """Query loss of each row ``[B, m]``: squared error (mean over outputs), or cross-entropy."""
+    if spec.kind == "regression":
+        return (y_hat - y).square().mean(dim=-1)
+    return F.cross_entropy(y_hat.transpose(1, 2), y, reduction="none")

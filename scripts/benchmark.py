@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Benchmarks that print numbers, each beside its baseline measured in the same process.
+
+    python scripts/benchmark.py lifetime   # batched lifetime vs a per-genome loop vs a plain bmm
+    python scripts/benchmark.py evolve     # generations/s with 0, 1, 2 Ray actors, light and heavy
+
+Timings on a shared 2-core machine vary by up to +-30% from run to run: every number is a median of
+repetitions, and the ratios are taken side by side in one process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from evoplast.cli import UsageError, run_main  # noqa: E402
+from evoplast.config import load_config  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+SMALL = ["network.hidden=[40,40]", "task.batches_per_task=10", "task.batch_size=8"]          # 100 steps of 8
+PAPER_WIDTH = ["network.hidden=[300,300]", "task.batches_per_task=40", "task.batch_size=32"]  # 400 steps of 32
+
+
+def median_time(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def lifetime_flops(cfg, steps: int) -> float:
+    """FLOP of one lifetime: forward (2 m out in) and Hebbian update (2 m out in) per plastic layer and step."""
+    from evoplast.genome import build_genome_spec
+
+    spec = build_genome_spec(cfg, cfg.task.num_tasks + 1, 1).model
+    m = cfg.task.batch_size
+    layer = [(spec.sizes[l], spec.sizes[l - 1]) for l in range(1, spec.num_layers + 1)]
+    forward = sum(2 * m * o * i for o, i in layer)
+    update = sum(2 * m * layer[l - 1][0] * layer[l - 1][1] for l in spec.plastic_layers)
+    return steps * (forward + update)
+
+
+def bench_lifetime(args) -> None:
+    from evoplast.evaluation import Evaluator, score_params
+    from evoplast.seeding import Purpose
+
+    torch.set_num_threads(args.threads)
+    print(f"lifetime benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU")
+    print("lifetimes/s = genomes x 1 episode per second; GFLOP/s counts forward + Hebbian update matmuls;")
+    print("'loop' evaluates the same genomes one at a time; 'bmm' is a plain batched matmul of the same shapes.")
+    header = (f"{'config':<28} {'P':>4} {'steps':>5} {'lifetimes/s':>12} {'GFLOP/s':>8} {'loop l/s':>9} "
+              f"{'batched/loop':>12} {'bmm GFLOP/s':>11} {'fraction':>8}")
+    print(header)
+    print("-" * len(header))
+    for name, overrides, populations, steps_timed in (
+            ("small 11-40-40-1", SMALL, (1, 16, 64, 256), None),
+            ("paper width 11-300-300-1", PAPER_WIDTH, (1, 16, 64), 40)):
+        cfg = load_config(None, overrides + ["genome.evolve_init_weights=true", "rule.eta_init=0.1",
+                                             "evaluation.episodes=1"])
+        ev = Evaluator(cfg)
+        full = ev.episodes(Purpose.TRAIN, 0, 1)
+        steps = steps_timed or full.num_steps
+        # time a prefix of the stream at paper width (a full 400 steps x P=64 takes minutes); per-step cost is flat
+        from dataclasses import replace
+
+        episodes = replace(full, stream_x=full.stream_x[:, :steps], stream_y=full.stream_y[:, :steps],
+                           stream_task=full.stream_task[:, :steps], curve_steps=())
+        scale = full.num_steps / steps
+        flops = lifetime_flops(cfg, steps)
+        for p in populations:
+            pop = ev.spec.initial_vector() + 0.01 * torch.randn(p, ev.spec.dim)
+            params = ev.decode(pop)
+            singles = [ev.decode(pop[i:i + 1]) for i in range(p)]
+            reps = 5 if p * flops < 5e9 else 3
+            with torch.no_grad():
+                t_batch = median_time(lambda: score_params(ev.learner, params, episodes, cap=1e9), reps)
+                loop_reps = max(1, reps if p <= 16 else 1)
+                t_loop = median_time(lambda: [score_params(ev.learner, s, episodes, cap=1e9) for s in singles],
+                                     loop_reps, warmup=0 if p > 16 else 1)
+                t_bmm = median_time(lambda: _plain_bmm(ev.spec.model, cfg.task.batch_size, p, steps), reps)
+            gflops = p * flops / t_batch / 1e9
+            bmm_gflops = p * flops / t_bmm / 1e9
+            print(f"{name:<28} {p:>4} {full.num_steps:>5} {p / t_batch / scale:>12.1f} {gflops:>8.2f} "
+                  f"{p / t_loop / scale:>9.1f} {t_loop / t_batch:>11.1f}x {bmm_gflops:>11.2f} "
+                  f"{gflops / bmm_gflops:>8.2f}", flush=True)
+
+
+def _plain_bmm(model, m: int, p: int, steps: int) -> None:
+    """The matmuls of a lifetime and nothing else: per step and layer one forward and one outer-product bmm."""
+    sizes = model.sizes
+    ws = [torch.randn(p, sizes[l], sizes[l - 1]) for l in range(1, len(sizes))]
+    xs = [torch.randn(p, m, sizes[l - 1]) for l in range(1, len(sizes))]
+    posts = [torch.randn(p, m, sizes[l]) for l in range(1, len(sizes))]
+    for _ in range(steps):
+        for l in range(len(ws)):
+            torch.bmm(xs[l], ws[l].transpose(1, 2))
+            if (l + 1) in model.plastic_layers:
+                torch.bmm(posts[l].transpose(1, 2), xs[l])
+
+
+def bench_evolve(args) -> None:
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.no_auth else None
+    import ray
+
+    from evoplast.evaluation import Evaluator
+    from evoplast.evolution.ray_pool import RayPool, init_ray
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    print(f"evolve benchmark: generations/s and evaluations/s (genomes/s) with 0, 1, 2 Ray actors; "
+          f"{os.cpu_count()} CPUs. 0 actors = in-process with {args.threads} threads; each actor uses 1 thread.")
+    header = f"{'config':<34} {'actors':>6} {'gen/s':>7} {'evals/s':>8} {'vs 0 actors':>11} {'Ray overhead':>13}"
+    print(header)
+    print("-" * len(header))
+    for name, overrides in (("light: configs/default.yaml", ["search.popsize=32", "evaluation.episodes=4"]),
+                            ("heavy: 11-300-300-1, 400 steps", PAPER_WIDTH + ["search.popsize=8",
+                                                                               "evaluation.episodes=2"])):
+        base = None
+        for actors in (0, 1, 2):
+            cfg = load_config(DEFAULT_CONFIG, overrides + [f"ray.num_actors={actors}", "search.algorithm=cmaes"])
+            torch.set_num_threads(args.threads)
+            pool = None
+            if actors:
+                init_ray(cfg.ray)
+                pool = RayPool(cfg)
+                evaluate = pool.evaluate
+            else:
+                evaluate = Evaluator(cfg).fitness
+            ev = Evaluator(cfg)
+            trainer = EvolutionTrainer(cfg, evaluate, ev.spec.initial_vector())
+            gens = args.generations if "light" in name else 2
+            trainer.step()  # warm-up
+            overheads = []
+            t0 = time.perf_counter()
+            for _ in range(gens):
+                trainer.step()
+                if pool is not None:  # wall time of the evaluation minus the slowest actor's own compute
+                    overheads.append(pool.last_timing["wall"] - pool.last_timing["compute_max"])
+            per_gen = (time.perf_counter() - t0) / gens
+            if base is None:
+                base = per_gen
+            overhead = f"{statistics.median(overheads) / per_gen * 100:12.1f}%" if overheads else ""
+            print(f"{name:<34} {actors:>6} {1 / per_gen:>7.2f} {cfg.search.popsize / per_gen:>8.1f} "
+                  f"{base / per_gen:>10.2f}x {overhead:>13}", flush=True)
+            if pool is not None:
+                pool.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def main() -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("which", choices=["lifetime", "evolve"])
+    p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
+    p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--no-auth", action="store_true", help="RAY_AUTH_MODE=disabled for the throwaway local Ray")
+    try:
+        args = p.parse_args()
+    except SystemExit as exc:
+        if exc.code:
+            raise UsageError("bad arguments (see benchmark.py --help)") from None
+        raise
+    {"lifetime": bench_lifetime, "evolve": bench_evolve}[args.which](args)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from evoplast.config import load_config
+from evoplast.genome import Segment, build_genome_spec
+
+
+def test_segments_of_the_default_genome():
+    cfg = load_config(None, ["genome.evolve_init_weights=true"])
+    spec = build_genome_spec(cfg, 11, 1)
+    # 11-40-40-1: weights+biases 2161, feedback B and c 2*(40+40)+2, beta 3, eta 3 (per layer)
+    assert spec.dim == 2329
+    assert spec.by_name["layer2.feedback"].shape == (40, 1)
+    assert spec.by_name["layer3.feedback"].init.item() == 1.0  # the output layer's feedback starts at identity
+    assert spec.by_name["layer1.eta"].shape == (1, 1)
+    no_init = build_genome_spec(load_config(), 11, 1)
+    assert no_init.dim == 168                                # the rule-only genome of the prototype
+
+
+@pytest.mark.parametrize("granularity, shape", [("layer", (1, 1)), ("neuron", (40, 1)), ("synapse", (40, 11))])
+def test_granularity_shapes(granularity, shape):
+    spec = build_genome_spec(load_config(None, [f"rule.granularity={granularity}"]), 11, 1)
+    assert spec.by_name["layer1.eta"].shape == shape
+
+
+def test_flat_named_round_trip_single_and_population():
+    cfg = load_config(None, ["genome.evolve_init_weights=true", "rule.name=abcd", "network.hidden=[5]"])
+    spec = build_genome_spec(cfg, 4, 2)
+    pop = torch.randn(6, spec.dim)
+    named = spec.split(pop)
+    assert named["layer1.weight"].shape == (6, 5, 4)
+    assert torch.equal(spec.join(named), pop)
+    # decode -> encode inverts the transforms (sigmoid, exp, identity)
+    torch.testing.assert_close(spec.encode(spec.decode(pop)), pop, rtol=1e-4, atol=1e-4)
+    # a population decodes exactly like its members one at a time
+    one = spec.decode(pop[3])
+    for name, value in spec.decode(pop).items():
+        torch.testing.assert_close(value[3], one[name])
+
+
+@pytest.mark.parametrize("transform", ["identity", "exp", "softplus", "sigmoid"])
+def test_transforms_invert(transform):
+    seg = Segment("x", (5,), torch.zeros(5), transform, 0.3)
+    g = torch.linspace(-3, 3, 5)
+    torch.testing.assert_close(seg.to_genome(seg.to_value(g)), g, rtol=1e-4, atol=1e-4)
+    if transform in ("exp", "softplus", "sigmoid"):
+        assert (seg.to_value(g) > 0).all()
+
+
+def test_fixed_segments_come_from_the_seed_and_do_not_depend_on_what_is_evolved():
+    a = build_genome_spec(load_config(None, ["seed=3"]), 11, 1)
+    b = build_genome_spec(load_config(None, ["seed=3", "genome.evolve_init_weights=true"]), 11, 1)
+    c = build_genome_spec(load_config(None, ["seed=4"]), 11, 1)
+    assert torch.equal(a.by_name["layer1.weight"].init, b.by_name["layer1.weight"].init)
+    assert not torch.equal(a.by_name["layer1.weight"].init, c.by_name["layer1.weight"].init)
+    # the fixed initial weights reach the decoded model unchanged
+    assert torch.equal(a.decode(a.initial_vector())["layer1.weight"], a.by_name["layer1.weight"].init)
+    # re-choosing what is trained keeps every value
+    both = a.with_evolved(all_segments=True)
+    vals = both.decode(both.initial_vector())
+    for name, v in a.decode(a.initial_vector()).items():
+        torch.testing.assert_close(vals[name], v)
+
+
+def test_wrong_genome_length_is_reported():
+    spec = build_genome_spec(load_config(), 11, 1)
+    with pytest.raises(ValueError, match="expects 168"):
+        spec.decode(torch.zeros(3, 100))
