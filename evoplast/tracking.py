@@ -87,27 +87,28 @@ class Tracker:
         self._last_flush = time.monotonic()
         self.flush_seconds = 2.0
 
-    @classmethod
-    def start(cls, uri: str, experiment: str, run_name: str = "", *, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> "Tracker":
-        """Create a new run (nested under ``parent_run_id`` if given)."""
-        t = cls(uri)
-        exp = t.client.get_experiment_by_name(experiment)
-        t.experiment_id = exp.experiment_id if exp is not None else t.client.create_experiment(experiment)
+    def start_run(self, experiment: str, run_name: str = "", *, parent_run_id: str | None = None,
+                  tags: dict[str, str] | None = None) -> str:
+        """Create a new run (nested under ``parent_run_id`` if given) and address it from now on."""
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = t.client.create_run(t.experiment_id, run_name=run_name or None, tags=tags)
-        t.run_id = run.info.run_id
-        return t
+        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name or None, tags=tags).info.run_id
+        return self.run_id
+
+    def resume_run(self, run_id: str) -> str:
+        """Continue an existing run (its status goes back to RUNNING)."""
+        run = self.get_run(run_id)
+        self.run_id, self.experiment_id = run_id, run.info.experiment_id
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
 
     @classmethod
-    def resume(cls, uri: str, run_id: str) -> "Tracker":
-        """Continue an existing run (its status goes back to RUNNING)."""
+    def start(cls, uri: str, experiment: str, run_name: str = "", **kw) -> "Tracker":
         t = cls(uri)
-        run = t.get_run(run_id)
-        t.run_id, t.experiment_id = run_id, run.info.experiment_id
-        t.client.update_run(run_id, status="RUNNING")
+        t.start_run(experiment, run_name, **kw)
         return t
 
     def get_run(self, run_id: str):

@@ -50,17 +50,19 @@ def main() -> int:
     print()
     print(f"MLflow run {result.run_id}: {result.generations} generations, best training fitness "
           f"{first['best']:.3f} (generation 1) -> {result.history[-1]['best']:.3f} (last)")
-    print(f"Held-out episodes ({cfg.evaluation.heldout_episodes}, {cfg.task.order} stream), query MSE of the evolved genome:")
+    print(f"Held-out episodes ({cfg.evaluation.heldout_episodes}, {cfg.task.order} stream), query MSE "
+          f"(baselines: learning rate tuned on validation episodes):")
     rows = [
-        ("evolved rule (search center)", r["loss"]),
-        ("same genome, plasticity off", r["loss_plasticity_off"]),
-        ("online SGD, same initial weights", r["sgd_same_init"]),
-        ("feedback alignment, same initial weights", r["fa_same_init"]),
-        ("online SGD, seed's initial weights", r["sgd_seed_init"]),
-        ("online SGD on the shuffled (iid) stream, same initial weights", r["sgd_iid_same_init"]),
+        ("evolved rule (search center)", r["loss"], ""),
+        ("same genome, plasticity off", r["loss_plasticity_off"], ""),
+        ("online SGD, same initial weights", r["sgd_same_init"], r["sgd_same_init_lr"]),
+        ("feedback alignment, same initial weights", r["fa_same_init"], r["fa_same_init_lr"]),
+        ("online SGD, seed's initial weights", r["sgd_seed_init"], r["sgd_seed_init_lr"]),
+        ("online SGD on the shuffled (iid) stream, same initial weights", r["sgd_iid_same_init"],
+         r["sgd_iid_same_init_lr"]),
     ]
-    for name, value in rows:
-        print(f"  {name:<64s} {value:7.3f}")
+    for name, value, lr in rows:
+        print(f"  {name:<64s} {value:7.3f}" + (f"   (lr {lr:g})" if lr != "" else ""))
     print(f"  learning gain (plasticity off - on)                              {r['learning_gain']:+7.3f}")
     print(f"  episode-specific gain (other episode's tasks - own tasks)        {r['episode_gain']:+7.3f}")
     print(f"Checkpoint: {result.checkpoint}")

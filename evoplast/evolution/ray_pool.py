@@ -137,11 +137,15 @@ class RayPool:
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
         if pending:
             rc = self.cfg.ray
+            free = ray.available_resources()
+            for a in actors:   # give their resources back
+                ray.kill(a)
             raise RayUnavailable(
                 f"only {len(ready)} of {len(refs)} Ray actors started within {self.start_timeout:g} s: the cluster "
                 f"cannot place actors of {rc.num_cpus_per_actor:g} CPU / {rc.num_gpus_per_actor:g} GPU "
-                f"(available: {ray.available_resources()}); lower ray.num_actors or the per-actor resources")
-        return ray.get(ready)
+                f"({free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free); lower ray.num_actors or the "
+                f"per-actor resources")
+        return ray.get(refs)
 
     def evaluate(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Fitness ``[P]`` and non-finite flags ``[P]`` of ``genomes [P, D]``, slice per actor."""

@@ -118,18 +118,18 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
         stop_after: stop (as if interrupted: checkpoint, KILLED) after this many generations in
             total; for tests and for splitting a run into pieces.
     """
-    # ---- checks before any compute: tracking store, Ray, actors ----
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    # ---- checks before any compute: tracking store, Ray and its actors; only then an MLflow run ----
+    tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
     if resume is not None:
-        tracker = Tracker.resume(uri, resume["mlflow_run_id"])
-    else:
-        tracker = Tracker.start(uri, cfg.tracking.experiment, cfg.tracking.run_name)
+        tracker.get_run(resume["mlflow_run_id"])
+    evaluator = Evaluator(cfg, _local_device(cfg) if cfg.ray.num_actors == 0 else "cpu")
+    evaluate, pool = _make_evaluate(cfg, tracker, evaluator)
     status = "FAILED"
-    pool = None
     try:
-        evaluator = Evaluator(cfg, _local_device(cfg) if cfg.ray.num_actors == 0 else "cpu")
-        evaluate, pool = _make_evaluate(cfg, tracker, evaluator)
-        if resume is None:
+        if resume is not None:
+            tracker.resume_run(resume["mlflow_run_id"])
+        else:
+            tracker.start_run(cfg.tracking.experiment, cfg.tracking.run_name)
             tracker.log_params({**flatten(cfg), **environment_params()})
         center0 = evaluator.spec.initial_vector()
         out(f"evoplast: run {tracker.run_id} | genome of {evaluator.spec.dim} numbers "
@@ -198,7 +198,8 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
     finally:
         if pool is not None:
             pool.shutdown()
-        tracker.end(status)
+        if tracker.run_id is not None:
+            tracker.end(status)
 
 
 def _local_device(cfg: Config) -> str:

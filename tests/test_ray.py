@@ -1,0 +1,85 @@
+"""Ray for real: a local cluster, actor-count determinism, a lost actor, impossible resources."""
+
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from evoplast.config import load_config
+from evoplast.evaluation import Evaluator
+from evoplast.evolution.ray_pool import RayPool, RayUnavailable
+from evoplast.evolution.run import run_evolution
+
+from .test_evolution import TINY, quiet, store  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A throwaway local Ray (2 CPUs, no dashboard), stopped through the API at the end."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def test_same_fitness_history_with_0_1_2_actors(local_ray, store):  # noqa: F811
+    runs = {}
+    for actors in (0, 1, 2):
+        cfg = load_config(None, TINY + ["search.generations=12", f"ray.num_actors={actors}"])
+        runs[actors] = run_evolution(cfg, out=quiet)
+    ref = runs[0]
+    for actors in (1, 2):
+        # tolerance: exact. Each genome's lifetime is computed alone in its slice of the batch, with the
+        # same kernels whatever the slice size, so the fitness bits do not depend on the split.
+        assert [h["best"] for h in runs[actors].history] == [h["best"] for h in ref.history]
+        assert [h["median"] for h in runs[actors].history] == [h["median"] for h in ref.history]
+        assert torch.equal(runs[actors].center, ref.center)
+
+
+def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(local_ray):
+    cfg = load_config(None, ["network.hidden=[128,128]", "task.batches_per_task=40", "search.popsize=16",
+                             "evaluation.episodes=4", "ray.num_actors=2"])
+    events = []
+    pool = RayPool(cfg, on_event=lambda kind, details: events.append(kind))
+    try:
+        ev = Evaluator(cfg)
+        genomes = ev.spec.initial_vector() + 0.01 * torch.randn(16, ev.spec.dim, generator=torch.Generator().manual_seed(0))
+        t0 = time.perf_counter()
+        expected, _ = ev.fitness(genomes, 3)
+        seconds = time.perf_counter() - t0        # an actor takes about as long for half of it on 1 thread
+        assert seconds > 0.5, "the workload is too light to kill an actor in the middle of it"
+        victim = pool.actors[0]
+        killer = threading.Timer(seconds / 4, lambda: ray.kill(victim, no_restart=True))
+        killer.start()
+        t0 = time.perf_counter()
+        fitness, _ = pool.evaluate(genomes, 3)
+        killer.join()
+        assert "actor_lost" in events and "actor_replaced" in events, events
+        torch.testing.assert_close(fitness, expected, rtol=0, atol=0)
+        assert time.perf_counter() - t0 < 120
+        # the replacement keeps serving later generations
+        again, _ = pool.evaluate(genomes, 3)
+        assert torch.equal(again, expected)
+    finally:
+        pool.shutdown()
+
+
+def test_impossible_resources_fail_fast_with_one_line(local_ray):
+    cfg = load_config(None, TINY + ["ray.num_actors=1", "ray.num_gpus_per_actor=4"])
+    t0 = time.perf_counter()
+    with pytest.raises(RayUnavailable) as info:
+        RayPool(cfg)
+    assert "ray.num_gpus_per_actor=4" in str(info.value) and "\n" not in str(info.value)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
+    cfg = load_config(None, TINY + ["ray.num_actors=3", "ray.num_cpus_per_actor=2"])  # 2 CPUs in the cluster
+    t0 = time.perf_counter()
+    with pytest.raises(RayUnavailable, match=r"only [01] of 3 Ray actors started within 8 s: .* 2 CPU"):
+        RayPool(cfg, start_timeout=8)
+    assert time.perf_counter() - t0 < 30
+    # the actors that did start were given back: a feasible pool starts afterwards
+    pool = RayPool(load_config(None, TINY + ["ray.num_actors=2"]), start_timeout=60)
+    pool.shutdown()
