@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -14,16 +15,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 def fitness_curve(history: Sequence[dict], path: str | Path, heldout: Sequence[dict] = ()) -> Path:
     """Best / mean / median fitness per generation (training episodes), and held-out center loss points."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    gens = [h["generation"] for h in history]
+    gens = [h["generation"] + 1 for h in history]
+    shown: list[float] = []
     for key, style in (("best", "-"), ("median", "--"), ("mean", ":")):
-        ax.plot(gens, [h[key] for h in history], style, label=f"{key} fitness (training episodes)")
+        values = [h[key] for h in history]
+        if any(math.isfinite(v) for v in values):   # EvoTorch's distributed mode reports no median
+            ax.plot(gens, values, style, label=f"{key} fitness (training episodes)")
+            shown += [v for v in values if math.isfinite(v)]
     if heldout:
         ax.plot([h["generation"] for h in heldout], [-h["loss"] for h in heldout], "o-", color="k", ms=3,
                 label="-held-out MSE of the search center")
+        shown += [-h["loss"] for h in heldout]
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness = -query MSE")
-    lo = min(min(h["median"] for h in history), min((-h["loss"] for h in heldout), default=0))
-    ax.set_ylim(bottom=max(lo, -20))
+    if shown:  # the first generations of a search can be far below the rest: keep the scale readable
+        ax.set_ylim(bottom=max(min(shown), -20))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

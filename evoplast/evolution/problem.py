@@ -42,6 +42,7 @@ class LifetimeProblem(Problem):
         self.cfg = cfg
         self.generation = 0
         self.last_nonfinite = 0
+        self.last_fitness = torch.zeros(0)   # fitness of the last evaluation (all actors' in distributed mode)
         self._evaluate_fn = evaluate
 
     def begin_generation(self, generation: int) -> None:
@@ -59,17 +60,26 @@ class LifetimeProblem(Problem):
         genomes = batch.values.detach().cpu().as_subclass(torch.Tensor)
         fitness, nonfinite = self._evaluate_fn(genomes, self.generation)
         self.last_nonfinite = int(nonfinite.sum())
+        self.last_fitness = fitness.detach().cpu()
         batch.set_evals(fitness.to(batch.values.dtype))
 
     # ---- EvoTorch distributed mode: generation to the actors, non-finite counts back ----
+    def seed(self, seed: int) -> None:
+        """EvoTorch 0.6's actor start-up calls ``problem.seed(...)``, a method its Problem no longer has."""
+        self.manual_seed(seed)
+
     def _make_sync_data_for_actors(self):
         return {"generation": self.generation}
 
     def _use_sync_data_from_main(self, received) -> None:
-        self.generation = int(received["generation"])
+        # an actor's sampler is re-derived from (seed, generation, actor), so a resumed distributed run
+        # continues exactly; its results depend on the number of actors (each samples its own share)
+        self.begin_generation(int(received["generation"]))
+        self.manual_seed(derive_seed(self.cfg.seed, Purpose.SEARCH, self.generation, 1 + (self.actor_index or 0)))
 
     def _make_sync_data_for_main(self):
-        return {"nonfinite": self.last_nonfinite}
+        return {"nonfinite": self.last_nonfinite, "fitness": self.last_fitness}
 
     def _use_sync_data_from_actors(self, received: list) -> None:
         self.last_nonfinite = sum(int(r["nonfinite"]) for r in received)
+        self.last_fitness = torch.cat([r["fitness"] for r in received])

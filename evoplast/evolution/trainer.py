@@ -7,7 +7,6 @@ generation, so restoring that state continues a run exactly as if it had never s
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Optional
 
@@ -48,15 +47,11 @@ class EvolutionTrainer:
         population = getattr(self.searcher, "population", None)
         if population is not None and len(population) > 0:
             evals = population.evals[:, 0].detach().cpu().as_subclass(torch.Tensor)
-            n = len(evals)
-            best, worst = float(evals.max()), float(evals.min())
-            mean, median = float(evals.mean()), float(evals.median())
-        else:  # EvoTorch distributed mode keeps no population in the main process
-            status = self.searcher.status
-            n = self.cfg.search.popsize
-            best = float(status.get("pop_best_eval", math.nan))
-            mean = float(status.get("mean_eval", math.nan))
-            worst = median = math.nan
+        else:  # EvoTorch's distributed mode keeps no population here; the actors sent their fitness
+            evals = self.problem.last_fitness
+        n = len(evals)
+        best, worst = float(evals.max()), float(evals.min())
+        mean, median = float(evals.mean()), float(evals.median())
         stats = {
             "generation": g,
             "best": best, "mean": mean, "median": median, "worst": worst,
