@@ -8,6 +8,8 @@ from typing import Callable
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
+from .export import RuleExportError
+from .runs import RunArtifactsError
 from .tracking import TrackingUnavailable
 
 
@@ -40,7 +42,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     except (UsageError, ConfigError) as exc:
         print(f"evoplast: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (TrackingUnavailable, CheckpointError) as exc:
+    except (TrackingUnavailable, CheckpointError, RunArtifactsError, RuleExportError) as exc:
         print(f"evoplast: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -155,6 +155,29 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Gradient meta-training (BPTT through the same lifetime) of evolved or fresh genomes."""
+
+    steps: int = _f(200, "meta-steps (Adam updates)", min=1)
+    lr: float = _f(0.003, "Adam learning rate on the unconstrained genome values", min=0.0, min_exclusive=True)
+    episodes: int = _f(8, "episodes per genome per meta-step", min=1)
+    bptt_window: int = _f(0, "truncated BPTT window in lifetime steps; 0 = full BPTT through the lifetime", min=0)
+    checkpoint_activations: bool = _f(False, "recompute each step's activations in the backward pass")
+    train: tuple[str, ...] = _f((), "extra segments to train beside the evolved ones (glob patterns such as "
+                                    "'layer*.weight', or '*' for all)")
+    grad_clip: float = _f(1.0, "clip each genome's gradient to this norm (0 = no clipping)", min=0.0)
+    eval_every: int = _f(25, "held-out evaluation every N meta-steps", min=1)
+    top_k: int = _f(1, "fine-tune the k best genomes of the evolution run together", min=1)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export of a learned rule."""
+
+    registered_model: str = _f("evoplast-rule", "MLflow Model Registry name (a new version per export)")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole experiment. ``load_config`` builds it; it never changes during a run."""
 
@@ -169,6 +192,8 @@ class Config:
     ray: RayConfig = _f(None, "ray", default_factory=RayConfig)
     tracking: TrackingConfig = _f(None, "tracking", default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = _f(None, "checkpoints", default_factory=CheckpointConfig)
+    finetune: FinetuneConfig = _f(None, "gradient meta-training", default_factory=FinetuneConfig)
+    export: ExportConfig = _f(None, "export", default_factory=ExportConfig)
 
     def replace(self, **overrides: Any) -> "Config":
         """A copy with dotted-key overrides applied and checked, e.g. ``cfg.replace(**{"task.order": "iid"})``."""

@@ -90,11 +90,11 @@ class Evaluator:
     config give the same scores for the same genomes and generation.
     """
 
-    def __init__(self, cfg: Config, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: Config, device: torch.device | str = "cpu", spec: GenomeSpec | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
         self.task = make_task(cfg.task)
-        self.spec: GenomeSpec = build_genome_spec(cfg, self.task.n_in, self.task.n_out, self.task.kind)
+        self.spec: GenomeSpec = spec or build_genome_spec(cfg, self.task.n_in, self.task.n_out, self.task.kind)
         self.learner = PlasticLearner(self.spec.model)
 
     def episodes(self, purpose: Purpose, index: int, num_episodes: int, order: str | None = None) -> Episodes:
@@ -136,7 +136,7 @@ class Evaluator:
         learner = self.sgd_learner(feedback)
         lrs = torch.tensor(self.cfg.evaluation.sgd_lrs, device=self.device)
         genomes = genome.reshape(1, -1).expand(len(lrs), -1)
-        validation = self.task.episodes(self.cfg.seed, Purpose.BASELINE, 0, self.cfg.evaluation.heldout_episodes,
+        validation = self.task.episodes(self.cfg.seed, Purpose.VALIDATION, 0, self.cfg.evaluation.heldout_episodes,
                                         self.device, order=order)
         val = score_params(learner, self.decode(genomes) | {"sgd.lr": lrs}, validation,
                            cap=self.cfg.evaluation.loss_cap)

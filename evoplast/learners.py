@@ -59,8 +59,8 @@ class PlasticLearner:
     output layer's post activity is the teaching signal itself (the one-hot target by default).
     All plastic layers update simultaneously from the pre-update weights; biases are not plastic.
 
-    When autograd is off (evolution), the state's weights are private copies updated in place with
-    fused kernels (:func:`evoplast.rules.apply_update_`); under autograd every step is out of place.
+    When autograd is off (evolution), the state's weights (private copies, see :meth:`init_state`)
+    are updated in place with fused kernels (:func:`evoplast.rules.apply_update_`); under autograd every step is out of place.
     The two paths give the same numbers (tested).
     """
 
@@ -70,22 +70,31 @@ class PlasticLearner:
         self.coef_names = coefficient_names(spec.rule)
 
     def init_state(self, params: dict[str, Tensor]) -> NetState:
+        """The initial weights, the plastic ones copied: a lifetime never writes into ``params``."""
         state = initial_state(self.spec, params)
-        if torch.is_grad_enabled():
-            return state
         plastic = set(self.spec.plastic_layers)
         return NetState(tuple(w.clone() if l in plastic else w for l, w in enumerate(state.weights, start=1)),
                         state.biases)
 
-    def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState:
-        """One online step on the mini-batch ``x [B, m, n_in]``, ``y [B, m, n_out]`` (or ``[B, m]`` labels)."""
+    def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor,
+             inplace: bool | None = None) -> NetState:
+        """One online step on the mini-batch ``x [B, m, n_in]``, ``y [B, m, n_out]`` (or ``[B, m]`` labels).
+
+        ``inplace``: update ``state``'s weights in place (default: when autograd is off).
+        """
+        return self.step_and_predict(params, state, x, y, inplace)[0]
+
+    def step_and_predict(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor,
+                         inplace: bool | None = None) -> tuple[NetState, Tensor]:
+        """:meth:`step`, also returning the prediction ``y_hat [B, m, n_out]`` of the pre-update weights."""
         spec = self.spec
         L = spec.num_layers
         acts, preacts = forward(state.weights, state.biases, x)
         y_hat = preacts[-1]
         s = teaching_signal(spec, y_hat, y)                                    # [B, m, n_out]
         weights = list(state.weights)
-        inplace = not torch.is_grad_enabled()
+        if inplace is None:
+            inplace = not torch.is_grad_enabled()
         activities = []
         for l in spec.plastic_layers:
             is_output = l == L
@@ -109,7 +118,7 @@ class PlasticLearner:
                 weights[l - 1] = w + self.rule(coefs, activity)
         for coefs, activity in activities:
             apply_update_(spec.rule, coefs, activity, self.rule)
-        return NetState(tuple(weights), state.biases)
+        return NetState(tuple(weights), state.biases), y_hat
 
 
 class GradientLearner:

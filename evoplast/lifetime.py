@@ -6,8 +6,9 @@ The caller chooses the grad mode: under ``torch.no_grad`` for evolution, under a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -58,7 +59,9 @@ def query(learner: Learner, state: NetState, query_x: Tensor, query_y: Tensor,
 
 
 def run_lifetime(learner: Learner, params: dict[str, Tensor], episodes: Episodes, num_genomes: int, *,
-                 learn: bool = True, curve: bool = False) -> LifetimeOutput:
+                 learn: bool = True, curve: bool = False, truncate_every: int = 0,
+                 on_truncate: Optional[Callable[[int, NetState], NetState]] = None,
+                 checkpoint_steps: bool = False) -> LifetimeOutput:
     """Live the K episodes with each of the P parameter sets.
 
     Args:
@@ -69,16 +72,39 @@ def run_lifetime(learner: Learner, params: dict[str, Tensor], episodes: Episodes
         learn: False = plasticity off: the weights never change, so the stream is skipped and the
             query sees the initial weights (identical to running the stream with eta = 0).
         curve: also measure the query loss per task after each block of the stream.
+        truncate_every / on_truncate: truncated BPTT. After every ``truncate_every`` steps (not after the
+            last one) the state goes through ``on_truncate(t, state)``, which typically backpropagates a
+            loss and returns the state detached from the graph.
+        checkpoint_steps: activation checkpointing under autograd: the stream runs in segments of
+            ceil(sqrt(T)) steps whose activations are recomputed in the backward pass; only the state at
+            segment starts is stored (memory ~ sqrt(T) states instead of T steps' activations; one more
+            forward pass of compute).
     """
     state = learner.init_state(params)
     curve_points: list[Tensor] = []
     if learn:
-        stops = set(episodes.curve_steps) if curve else set()
-        for t in range(episodes.num_steps):
-            x = tile(episodes.stream_x[:, t], num_genomes)                  # [B, m, n_in]
-            y = tile(episodes.stream_y[:, t], num_genomes)                  # [B, m, n_out] or [B, m]
-            state = learner.step(params, state, x, y)
-            if t in stops:
+        T = episodes.num_steps
+        curve_stops = set(episodes.curve_steps) if curve else set()
+        cuts = {t for t in range(T - 1) if truncate_every and on_truncate is not None and (t + 1) % truncate_every == 0}
+        stops = sorted(curve_stops | cuts | {T - 1})
+        chunk = math.ceil(math.sqrt(T)) if checkpoint_steps and torch.is_grad_enabled() else T
+
+        def live(state: NetState, t0: int, t1: int) -> NetState:
+            for t in range(t0, t1):
+                x = tile(episodes.stream_x[:, t], num_genomes)              # [B, m, n_in]
+                y = tile(episodes.stream_y[:, t], num_genomes)              # [B, m, n_out] or [B, m]
+                state = learner.step(params, state, x, y)
+            return state
+
+        t = 0
+        for stop in stops:                                                  # segments end where something happens
+            while t <= stop:
+                end = min(stop + 1, t + chunk)
+                state = _checkpointed(live, state, t, end) if chunk < T else live(state, t, end)
+                t = end
+            if stop in cuts:
+                state = on_truncate(stop, state)
+            if stop in curve_stops:
                 curve_points.append(query(learner, state, episodes.query_x, episodes.query_y, num_genomes)[0])
     loss, acc = query(learner, state, episodes.query_x, episodes.query_y, num_genomes)
     curve_t = None
@@ -86,3 +112,19 @@ def run_lifetime(learner: Learner, params: dict[str, Tensor], episodes: Episodes
         curve_t = torch.stack(curve_points, 1) if learn else loss.unsqueeze(1).expand(
             -1, len(episodes.curve_steps), -1)
     return LifetimeOutput(loss, acc, curve_t, state)
+
+
+def _checkpointed(live: Callable, state: NetState, t0: int, t1: int) -> NetState:
+    """``live(state, t0, t1)`` under ``torch.utils.checkpoint``: only the state at the segment's start is
+    kept; the segment's activations are recomputed in the backward pass (non-reentrant, so gradients
+    also reach the parameters the steps read)."""
+    from torch.utils.checkpoint import checkpoint
+
+    L = len(state.weights)
+
+    def flat(*tensors):
+        out = live(NetState(tensors[:L], tensors[L:]), t0, t1)
+        return (*out.weights, *out.biases)
+
+    out = checkpoint(flat, *state.weights, *state.biases, use_reentrant=False)
+    return NetState(tuple(out[:L]), tuple(out[L:]))

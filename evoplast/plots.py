@@ -53,3 +53,24 @@ def mse_vs_tasks_seen(curves: dict[str, Sequence[float]], path: str | Path, titl
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Sequence[dict],
+                   path: str | Path) -> Path:
+    """Meta-loss per meta-step, with each genome's held-out MSE before and after fine-tuning."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
+    ax.plot([h["step"] for h in history], [h["meta_loss"] for h in history], lw=1)
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("meta-loss (training episodes)")
+    ax.grid(alpha=0.3)
+    idx = range(len(before))
+    bx.bar([i - 0.2 for i in idx], [b["loss"] for b in before], width=0.4, label="before")
+    bx.bar([i + 0.2 for i in idx], [a["loss"] for a in after], width=0.4, label="after")
+    bx.set_xticks(list(idx))
+    bx.set_xlabel("genome")
+    bx.set_ylabel("held-out query MSE")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

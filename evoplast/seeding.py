@@ -22,6 +22,7 @@ class Purpose(enum.IntEnum):
     SEARCH = 3     # the searcher's own sampling
     BASELINE = 4   # random parts of baselines (feedback-alignment matrices)
     FINETUNE = 5   # episodes of gradient meta-training steps
+    VALIDATION = 6 # episodes that choose between candidates (never the held-out ones)
 
 
 def derive_seed(seed: int, purpose: Purpose, *indices: int) -> int:

@@ -131,6 +131,9 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
         else:
             tracker.start_run(cfg.tracking.experiment, cfg.tracking.run_name)
             tracker.log_params({**flatten(cfg), **environment_params()})
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "config.yaml").write_text(to_yaml(cfg))
+                tracker.log_artifact(Path(tmp) / "config.yaml")
         center0 = evaluator.spec.initial_vector()
         out(f"evoplast: run {tracker.run_id} | genome of {evaluator.spec.dim} numbers "
             f"({', '.join(s.name for s in evaluator.spec.evolved)[:90]}...) | {cfg.search.algorithm} "
@@ -236,7 +239,6 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                          center: torch.Tensor, report: dict[str, Any], heldout: list[dict[str, float]]) -> None:
     with tempfile.TemporaryDirectory(prefix="evoplast-artifacts-") as tmp:
         d = Path(tmp)
-        (d / "config.yaml").write_text(to_yaml(cfg))
         genomes, fitness = trainer.population()
         values = evaluator.spec.decode(center.to(torch.float32))
         torch.save({"format": "evoplast.genome", "version": 1, "genome": center,
@@ -251,7 +253,7 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                            "online SGD, seed's initial weights": report["curve_sgd_seed_init"]},
                           d / "mse_vs_tasks_seen.png",
                           title=f"held-out episodes, {cfg.task.order} stream")
-        for name in ("config.yaml", "best_genome.pt", "population.pt", "fitness_curve.png", "mse_vs_tasks_seen.png"):
+        for name in ("best_genome.pt", "population.pt", "fitness_curve.png", "mse_vs_tasks_seen.png"):
             tracker.log_artifact(d / name)
         import json
 

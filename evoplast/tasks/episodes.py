@@ -47,14 +47,16 @@ class Episodes:
     def n_in(self) -> int:
         return self.stream_x.shape[-1]
 
+    def seen_by_step(self) -> Tensor:
+        """``[K, T, n]`` bool: task j has appeared in episode k's stream by the end of step t."""
+        k, _, _ = self.stream_task.shape
+        onehot = torch.zeros(k, self.num_steps, self.num_tasks, dtype=torch.bool, device=self.stream_task.device)
+        onehot.scatter_(2, self.stream_task, True)  # [K, T, n]: task present in step t
+        return onehot.cumsum(dim=1) > 0
+
     def seen_mask(self) -> Tensor:
         """``[K, C, n]`` bool: task j has appeared in the stream by curve point c of episode k."""
-        k, _, _ = self.stream_task.shape
-        n = self.num_tasks
-        onehot = torch.zeros(k, self.num_steps, n, dtype=torch.bool, device=self.stream_task.device)
-        onehot.scatter_(2, self.stream_task, True)  # [K, T, n]: task present in step t
-        seen_by_step = onehot.cumsum(dim=1) > 0    # [K, T, n]
-        return seen_by_step[:, list(self.curve_steps)]
+        return self.seen_by_step()[:, list(self.curve_steps)]
 
     def to(self, device: torch.device | str) -> "Episodes":
         return replace(self, stream_x=self.stream_x.to(device), stream_y=self.stream_y.to(device),

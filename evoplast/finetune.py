@@ -1,0 +1,155 @@
+"""One fine-tune (gradient meta-training) run: genomes -> BPTT -> held-out before/after -> MLflow.
+
+The run is nested under its evolution run when it starts from one (``mlflow.parentRunId``), so the MLflow
+UI shows evolution -> fine-tune. From a config alone it meta-trains from the initial genome: the
+paper's own method, the baseline for evolution.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .config import Config, ConfigError, flatten, to_yaml
+from .evaluation import Evaluator
+from .genome import GenomeSpec, build_genome_spec
+from .metatrain import MetaTrainer
+from .seeding import Purpose
+from .tasks import make_task
+from .tracking import Tracker, environment_params, resolve_tracking_uri
+
+# what may change when fine-tuning a run's genomes (anything else changes the genome's meaning)
+FINETUNE_OVERRIDABLE = ("finetune.", "tracking.", "evaluation.", "device", "export.")
+
+
+def check_finetune_overrides(overrides) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in FINETUNE_OVERRIDABLE):
+            raise ConfigError(f"{key} cannot change when fine-tuning a run's genomes (only "
+                              f"{', '.join(FINETUNE_OVERRIDABLE)} can); use --config to start from scratch")
+
+
+def train_spec_of(cfg: Config) -> tuple[GenomeSpec, GenomeSpec]:
+    """``(evolution spec, training spec)``: the latter also trains the segments matched by ``finetune.train``."""
+    task = make_task(cfg.task)
+    evo = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
+    names = {s.name for s in evo.evolved}
+    names |= {s.name for s in evo.segments if any(fnmatch.fnmatch(s.name, pat) for pat in cfg.finetune.train)}
+    if not names:
+        raise ConfigError("nothing to train: the genome has no evolved segments and finetune.train matches none")
+    return evo, evo.with_evolved(names)
+
+
+@dataclass
+class FinetuneResult:
+    run_id: str
+    parent_run_id: Optional[str]
+    labels: list[str]
+    before: list[dict[str, float]]
+    after: list[dict[str, float]]
+    chosen: int                                  # index of the genome kept (best on validation episodes)
+    genome: torch.Tensor                         # [D] chosen genome in the training spec
+    trained: list[str]
+    history: list[dict[str, float]] = field(default_factory=list)
+    ui_command: str = ""
+
+
+def _measures(ev: Evaluator, genome: torch.Tensor) -> dict[str, float]:
+    g = genome.reshape(1, -1)
+    on = ev.score(g, episode_gain=True)
+    off = ev.score(g, learn=False)
+    return {"loss": on.loss.item(), "loss_plasticity_off": off.loss.item(),
+            "learning_gain": (off.loss - on.loss).item(), "episode_gain": on.episode_gain.item()}
+
+
+def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str], *,
+                 parent_run_id: Optional[str] = None, out: Callable[[str], None] = print,
+                 print_every: int = 0) -> FinetuneResult:
+    """Meta-train ``genomes [k, D]`` (evolution spec of ``cfg``), or the initial genome when None."""
+    evo_spec, spec = train_spec_of(cfg)
+    start = spec.initial_vector().reshape(1, -1) if genomes is None else spec.encode(evo_spec.decode(genomes))
+    labels = labels if genomes is not None else ["initial genome"]
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    ev = Evaluator(cfg, device, spec=spec)
+    tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
+    if parent_run_id:
+        parent = tracker.get_run(parent_run_id)
+        experiment = tracker.client.get_experiment(parent.info.experiment_id).name
+    else:
+        experiment = cfg.tracking.experiment
+    tracker.start_run(experiment, "finetune" if parent_run_id else "meta-train from scratch",
+                      parent_run_id=parent_run_id)
+    status = "FAILED"
+    try:
+        tracker.log_params({**flatten(cfg), **environment_params(), "finetune.source": parent_run_id or "scratch",
+                            "finetune.genomes": ", ".join(labels), "finetune.trained_segments": len(spec.evolved)})
+        out(f"evoplast: fine-tune run {tracker.run_id}" + (f" (nested under {parent_run_id})" if parent_run_id else "")
+            + f" | {len(labels)} genome(s), {spec.dim} trained numbers | "
+            + ("full BPTT" if not cfg.finetune.bptt_window else f"truncated BPTT, window {cfg.finetune.bptt_window}")
+            + (", activation checkpointing" if cfg.finetune.checkpoint_activations else ""))
+        before = [_measures(ev, g) for g in start]
+        for i, b in enumerate(before):
+            tracker.log_metrics({f"heldout.loss.g{i}": b["loss"]}, step=0)
+        trainer = MetaTrainer(cfg, spec, start, device)
+        steps = cfg.finetune.steps
+        print_every = print_every or max(1, steps // 20)
+        history: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            t = time.perf_counter()
+            r = trainer.step()
+            row = {"step": s, "meta_loss": r.loss.mean().item(), "grad_norm": r.grad_norm.mean().item(),
+                   "skipped": float(r.skipped), "seconds": time.perf_counter() - t}
+            history.append(row)
+            tracker.log_metrics({"meta_loss": row["meta_loss"], "grad_norm": row["grad_norm"],
+                                 "skipped_steps": trainer.skipped, "step_seconds": row["seconds"]}
+                                | {f"meta_loss.g{i}": v for i, v in enumerate(r.loss.tolist())}, step=s)
+            if s % cfg.finetune.eval_every == 0 or s == steps:
+                now = trainer.current()
+                for i in range(len(now)):
+                    tracker.log_metrics({f"heldout.loss.g{i}": _measures(ev, now[i])["loss"]}, step=s)
+            if s % print_every == 0 or s == steps:
+                out(f"meta-step {s:4d}/{steps} | meta-loss {row['meta_loss']:.3f} | grad norm {row['grad_norm']:.3g} "
+                    f"| {(time.perf_counter() - t0) / s:.3f} s/step | skipped {trainer.skipped}")
+        final = trainer.current()
+        after = [_measures(ev, g) for g in final]
+        validation = ev.episodes(Purpose.VALIDATION, 1, cfg.evaluation.heldout_episodes)
+        chosen = int(ev.score(final, episodes=validation).loss.argmin())
+        tracker.log_metrics({f"final.{k}": v for k, v in after[chosen].items()} |
+                            {f"before.{k}": v for k, v in before[chosen].items()}, step=steps)
+        _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after)
+        status = "FINISHED"
+        return FinetuneResult(tracker.run_id, parent_run_id, labels, before, after, chosen, final[chosen],
+                              [s.name for s in spec.evolved], history, tracker.ui_command())
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+def _log_artifacts(tracker: Tracker, cfg: Config, spec: GenomeSpec, genome: torch.Tensor, label: str,
+                   parent_run_id: Optional[str], history, before, after) -> None:
+    from .plots import finetune_curve
+
+    with tempfile.TemporaryDirectory(prefix="evoplast-finetune-") as tmp:
+        d = Path(tmp)
+        values = spec.decode(genome.float())
+        torch.save({"format": "evoplast.finetuned_genome", "version": 1, "genome": genome,
+                    "trained": [s.name for s in spec.evolved],
+                    "segments": {k: v.contiguous() for k, v in values.items()},
+                    "config_yaml": to_yaml(cfg), "parent_run_id": parent_run_id or "", "label": label},
+                   d / "finetuned_genome.pt")
+        (d / "config.yaml").write_text(to_yaml(cfg))
+        (d / "finetune_report.json").write_text(json.dumps({"before": before, "after": after}, indent=1))
+        finetune_curve(history, before, after, d / "finetune_curve.png")
+        for name in ("finetuned_genome.pt", "config.yaml", "finetune_report.json", "finetune_curve.png"):
+            tracker.log_artifact(d / name)

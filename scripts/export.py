@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Export a learned rule to one file that loads with PyTorch alone, and register it in MLflow.
+
+    python scripts/export.py --run-id RUN [--which best|finetuned] --out rule.pt2 [--name NAME]
+
+Reads top to bottom: find the genome in the run -> write the .pt2 (torch.export) -> reload it and check
+it against evoplast's own step -> log it to MLflow (pytorch flavour) in a run nested under RUN and
+register a new version of the model.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evoplast.cli import UsageError, run_main  # noqa: E402
+
+
+def main() -> int:
+    import argparse
+
+    from evoplast.cli import _Parser
+
+    p = _Parser(prog="export.py", description="Export a learned rule as a torch.export (.pt2) file.")
+    p.add_argument("--run-id", required=True, help="evolution run (or a fine-tune run) to export from")
+    p.add_argument("--which", choices=["best", "finetuned"], default="best",
+                   help="the evolution's best genome, or its latest fine-tuned genome")
+    p.add_argument("--out", required=True, help="output file (.pt2)")
+    p.add_argument("--name", default=None, help="Model Registry name (default: export.registered_model)")
+    p.add_argument("--no-mlflow-model", action="store_true", help="write the file only")
+    args = p.parse_args()
+    if not args.out.endswith(".pt2"):
+        raise UsageError(f"--out {args.out!r} should end in .pt2 (a torch.export archive)")
+
+    import torch
+    import yaml
+
+    from evoplast.config import from_dict
+    from evoplast.export import RuleStep, export_rule, load_rule
+    from evoplast.genome import build_genome_spec
+    from evoplast.runs import RunArtifactsError, download, load_genome_file
+    from evoplast.tasks import make_task
+    from evoplast.tracking import Tracker, resolve_tracking_uri
+
+    # 1. the genome: best_genome.pt of the run, or finetuned_genome.pt of its latest nested fine-tune
+    tracker = Tracker(resolve_tracking_uri())
+    run = tracker.get_run(args.run_id)
+    source_run, artifact = args.run_id, "best_genome.pt"
+    if args.which == "finetuned":
+        artifact = "finetuned_genome.pt"
+        if artifact not in {a.path for a in tracker.client.list_artifacts(args.run_id)}:
+            children = tracker.client.search_runs([run.info.experiment_id],
+                                                  f"tags.mlflow.parentRunId = '{args.run_id}'",
+                                                  order_by=["attributes.start_time DESC"])
+            tuned = [r for r in children if r.info.status == "FINISHED" and
+                     artifact in {a.path for a in tracker.client.list_artifacts(r.info.run_id)}]
+            if not tuned:
+                raise RunArtifactsError(f"run {args.run_id} has no finished fine-tune; run "
+                                        f"`python scripts/finetune.py --run-id {args.run_id}` first")
+            source_run = tuned[0].info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        genome = load_genome_file(download(tracker, source_run, artifact, tmp), f"{artifact} of run {source_run}")
+    cfg = from_dict(yaml.safe_load(genome["config_yaml"]))
+    task = make_task(cfg.task)
+    model = build_genome_spec(cfg, task.n_in, task.n_out, task.kind).model
+
+    # 2. the file: a pure step function (state, x, y) -> (y_hat, new state), genome tensors as buffers
+    out = export_rule(model, genome["segments"], args.out, source_run=source_run, which=args.which,
+                      evolution_run=args.run_id)
+
+    # 3. reload it the way a user will, and check it against evoplast's own step
+    step, manifest = load_rule(out)
+    reference = RuleStep(model, genome["segments"])
+    inputs = reference.example_inputs(n=3, m=5)
+    for a, b in zip(step(*inputs), reference(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    print(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KiB): rule '{manifest['rule']}', layers {manifest['sizes']}, "
+          f"plastic {manifest['plastic_layers']}, state of {manifest['state_size']} numbers; "
+          f"tensors: {', '.join(manifest['tensors'])}")
+
+    # 4. MLflow: the same rule as a pytorch-flavour model in a nested run, a new registry version
+    if not args.no_mlflow_model:
+        import mlflow
+
+        name = args.name or cfg.export.registered_model
+        mlflow.set_tracking_uri(tracker.uri)
+        with mlflow.start_run(experiment_id=run.info.experiment_id, run_name=f"export {args.which}",
+                              tags={"mlflow.parentRunId": args.run_id}) as export_run:
+            mlflow.log_params({"source_run": source_run, "which": args.which, "rule": manifest["rule"]})
+            mlflow.log_artifact(str(out))
+            info = mlflow.pytorch.log_model(
+                reference.eval(), name="rule", serialization_format="pt2",
+                input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
+                signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                registered_model_name=name)
+        print(f"MLflow: model {info.model_uri} in run {export_run.info.run_id}, registered as "
+              f"'{name}' version {info.registered_model_version}")
+    print("Load it anywhere with PyTorch:  step = torch.export.load('%s').module()" % args.out)
+    return 0
+
+
+def _signature(manifest):
+    """TensorSpec signature (MLflow's pt2 format needs one): -1 marks the dynamic dimensions."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    n_in, n_out, size = manifest["sizes"][0], manifest["sizes"][-1], manifest["state_size"]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, size), "state"), TensorSpec(f32, (-1, -1, n_in), "x"),
+                       TensorSpec(f32, (-1, -1, n_out), "y")]),
+        outputs=Schema([TensorSpec(f32, (-1, -1, n_out), "y_hat"), TensorSpec(f32, (-1, size), "new_state")]))
+
+
+if __name__ == "__main__":
+    run_main(main)

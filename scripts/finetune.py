@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Gradient meta-training (BPTT) of an evolution run's best genomes, or from scratch.
+
+    python scripts/finetune.py --run-id RUN [--top-k N] [finetune.steps=200 ...]
+    python scripts/finetune.py --checkpoint checkpoints/RUN/latest.pt
+    python scripts/finetune.py --config configs/default.yaml      # the paper's method, no evolution
+
+Reads top to bottom: the genomes and their config -> a nested MLflow run -> meta-steps (one line every
+few) -> held-out MSE before and after, on the same held-out episodes as the evolution's report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
+
+
+def main() -> int:
+    p = parser("Fine-tune evolved genomes by backpropagation through their lifetimes.", "finetune.py")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run-id", help="evolution run whose best genomes to fine-tune")
+    source.add_argument("--checkpoint", help="evolution checkpoint file to take the genomes from")
+    p.add_argument("--top-k", type=int, default=None, metavar="N", help="how many genomes (default finetune.top_k)")
+    args = p.parse_args()
+
+    from evoplast.finetune import check_finetune_overrides, run_finetune
+    from evoplast.runs import candidates_from_checkpoint, candidates_from_run
+    from evoplast.tracking import Tracker, resolve_tracking_uri
+
+    # 1. what to fine-tune: a run's genomes (center first, then its last population), or a fresh genome
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError("--top-k must be >= 1")
+    if args.run_id or args.checkpoint:
+        if args.config:
+            raise UsageError("--config goes with neither --run-id nor --checkpoint (the run's config is used)")
+        check_finetune_overrides(args.overrides)
+        top_k = args.top_k
+        if args.run_id:
+            tracker = Tracker(resolve_tracking_uri())
+            c = candidates_from_run(tracker, args.run_id, top_k or 1, args.overrides)
+        else:
+            c = candidates_from_checkpoint(args.checkpoint, top_k or 1, args.overrides)
+        if top_k is None and c.cfg.finetune.top_k > 1:   # the config's choice, read now that it is known
+            c = (candidates_from_run(tracker, args.run_id, c.cfg.finetune.top_k, args.overrides) if args.run_id
+                 else candidates_from_checkpoint(args.checkpoint, c.cfg.finetune.top_k, args.overrides))
+        cfg, genomes, labels, parent = c.cfg, c.genomes, c.labels, c.run_id
+    else:
+        cfg = config_from_args(args, str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml"))
+        genomes, labels, parent = None, [], None
+
+    # 2. meta-train, nested under the evolution run
+    result = run_finetune(cfg, genomes, labels, parent_run_id=parent)
+
+    # 3. held-out MSE before / after, on the evolution report's held-out episodes
+    print()
+    print(f"MLflow run {result.run_id}" + (f" (nested under {parent})" if parent else "") +
+          f": {cfg.finetune.steps} meta-steps; held-out query MSE ({cfg.evaluation.heldout_episodes} episodes):")
+    print(f"  {'genome':<18} {'before':>8} {'after':>8} {'episode gain before':>20} {'after':>7}")
+    for i, label in enumerate(result.labels):
+        b, a = result.before[i], result.after[i]
+        mark = "  <- kept (best on validation episodes)" if i == result.chosen else ""
+        print(f"  {label:<18} {b['loss']:8.3f} {a['loss']:8.3f} {b['episode_gain']:20.3f} {a['episode_gain']:7.3f}{mark}")
+    print(f"Fine-tuned genome: artifact finetuned_genome.pt of run {result.run_id}")
+    print(f"Export it: python scripts/export.py --run-id {parent or result.run_id} --which finetuned --out rule.pt2")
+    print(f"Look at it: {result.ui_command}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

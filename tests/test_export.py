@@ -1,0 +1,183 @@
+"""Export: a .pt2 that replays evoplast's lifetime with torch alone; bad files; the MLflow model."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from evoplast.config import load_config
+from evoplast.evaluation import Evaluator
+from evoplast.export import RuleExportError, RuleStep, export_rule, load_rule
+from evoplast.learners import state_predict
+from evoplast.lifetime import expand_params, run_lifetime
+from evoplast.seeding import Purpose
+
+from .conftest import REPO
+from .test_evolution import TINY, quiet, store  # noqa: F401  (fixture)
+
+REPLAY = textwrap.dedent("""
+    import sys
+    sys.modules["evoplast"] = None            # evoplast cannot be imported here, whatever sys.path says
+    try:
+        import evoplast  # noqa: F401
+        raise SystemExit("evoplast was importable")
+    except ImportError:
+        pass
+    import torch
+    data = torch.load(sys.argv[2], weights_only=True)
+    step = torch.export.load(sys.argv[1]).module()
+    state = step.get_buffer("initial_state").unsqueeze(0).clone()       # reset: the initial weights
+    steps = []
+    for x, y in zip(data["x"], data["y"]):                             # the stream, one mini-batch at a time
+        y_hat, state = step(state, x.unsqueeze(0), y.unsqueeze(0))
+        steps.append(y_hat[0])
+    query, _ = step(state, data["query"].unsqueeze(0), torch.zeros(1, data["query"].shape[0], 1))
+    names = sorted(n for n, _ in step.named_buffers())
+    torch.save({"steps": torch.stack(steps), "query": query[0], "names": names}, sys.argv[3])
+""")
+
+
+def _genome(*extra):
+    cfg = load_config(None, TINY + ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.003", *extra])
+    ev = Evaluator(cfg)
+    g = ev.spec.initial_vector() + 0.05 * torch.randn(ev.spec.dim, generator=torch.Generator().manual_seed(3))
+    return cfg, ev, g
+
+
+@pytest.mark.parametrize("rule", ["oja", "abcd"])
+def test_exported_file_replays_the_lifetime_without_evoplast(tmp_path, rule):
+    cfg, ev, g = _genome(f"rule.name={rule}", "rule.granularity=neuron")
+    segments = ev.spec.decode(g)
+    path = export_rule(ev.spec.model, segments, tmp_path / "rule.pt2")
+    eps = ev.episodes(Purpose.HELDOUT, 0, 1)
+    # evoplast's own lifetime: predictions of every step, then of the query after the last step
+    params = expand_params(ev.spec.decode(g.reshape(1, -1)), 1)
+    state = ev.learner.init_state(params)
+    own_steps = []
+    with torch.no_grad():
+        for t in range(eps.num_steps):
+            state, y_hat = ev.learner.step_and_predict(params, state, eps.stream_x[:, t], eps.stream_y[:, t])
+            own_steps.append(y_hat[0])
+        final = run_lifetime(ev.learner, params, eps, 1).final
+        own_query = state_predict(final, eps.query_x.reshape(1, -1, eps.n_in))[0]
+    torch.save({"x": eps.stream_x[0], "y": eps.stream_y[0], "query": eps.query_x[0].reshape(-1, eps.n_in)},
+               tmp_path / "stream.pt")
+    proc = subprocess.run([sys.executable, "-c", REPLAY, str(path), str(tmp_path / "stream.pt"),
+                           str(tmp_path / "out.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    replay = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.isfinite(torch.stack(own_steps)).all()
+    torch.testing.assert_close(replay["steps"], torch.stack(own_steps), rtol=0, atol=1e-5)
+    torch.testing.assert_close(replay["query"], own_query, rtol=0, atol=1e-5)
+    assert {"layer1.weight", "layer2.feedback", "layer3.eta", "layer3.beta"} <= set(replay["names"])
+
+
+def test_exported_buffers_are_the_genome_and_reset_is_the_initial_weights(tmp_path):
+    cfg, ev, g = _genome()
+    segments = ev.spec.decode(g)
+    step, manifest = load_rule(export_rule(ev.spec.model, segments, tmp_path / "r.pt2", note="x"))
+    for name, value in segments.items():
+        torch.testing.assert_close(step.get_buffer(name), value)
+    layout = manifest["state_layout"]
+    init = step.get_buffer("initial_state")
+    for row in layout:
+        n = row["shape"][0] * row["shape"][1]
+        torch.testing.assert_close(init[row["offset"]:row["offset"] + n].reshape(row["shape"]), segments[row["name"]])
+    assert manifest["note"] == "x" and manifest["rule"] == "oja"
+    # a batch of learners and of rows works as well as one of each
+    state = init.expand(4, -1).clone()
+    y_hat, new = step(state, torch.randn(4, 7, cfg.task.num_tasks + 1), torch.randn(4, 7, 1))
+    assert y_hat.shape == (4, 7, 1) and new.shape == state.shape and not torch.equal(new, state)
+
+
+def _manifest_file(tmp_path, manifest):
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    path = tmp_path / "other.pt2"
+    torch.export.save(torch.export.export(Tiny(), (torch.ones(2),)), path,
+                      extra_files={"evoplast.json": json.dumps(manifest)} if manifest is not None else None)
+    return path
+
+
+def test_bad_export_files_give_one_line(tmp_path):
+    cfg, ev, g = _genome()
+    good = export_rule(ev.spec.model, ev.spec.decode(g), tmp_path / "good.pt2")
+    truncated = tmp_path / "truncated.pt2"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.pt2"
+    garbage.write_bytes(b"\x00" * 1000)
+    cases = {
+        truncated: "is corrupt or truncated",
+        garbage: "is corrupt or truncated",
+        tmp_path / "missing.pt2": "does not exist",
+        _manifest_file(tmp_path, None): "not an evoplast rule",
+    }
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    cases[_manifest_file(newer, {"format": "evoplast.rule", "version": 99})] = "incompatible evoplast (rule format version 99"
+    for path, fragment in cases.items():
+        with pytest.raises(RuleExportError) as info:
+            load_rule(path)
+        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def _script(name, args, tmp_path):
+    return subprocess.run([sys.executable, f"{REPO}/scripts/{name}", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+
+
+def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
+    evo = _script("evolve.py", TINY + ["search.generations=20"], tmp_path)
+    assert evo.returncode == 0, evo.stderr[-2000:]
+    run_id = evo.stdout.split("MLflow run ")[1].split(":")[0]
+    missing = _script("export.py", ["--run-id", run_id, "--which", "finetuned", "--out", "r.pt2"], tmp_path)
+    assert missing.returncode == 1 and "has no finished fine-tune" in missing.stderr, missing.stderr[-2000:]
+    ft = _script("finetune.py", ["--run-id", run_id, "--top-k", "2", "finetune.steps=10"], tmp_path)
+    assert ft.returncode == 0, ft.stderr[-2000:]
+    assert "<- kept" in ft.stdout and "population #1" in ft.stdout
+    first = _script("export.py", ["--run-id", run_id, "--out", "best.pt2"], tmp_path)
+    second = _script("export.py", ["--run-id", run_id, "--which", "finetuned", "--out", "tuned.pt2", "--name", "my-rule"], tmp_path)
+    third = _script("export.py", ["--run-id", run_id, "--which", "finetuned", "--out", "tuned2.pt2", "--name", "my-rule"], tmp_path)
+    for proc in (first, second, third):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "registered as 'evoplast-rule' version 1" in first.stdout
+    assert "registered as 'my-rule' version 2" in third.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    versions = client.search_model_versions("name='my-rule'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    # the registered model loads through MLflow and computes the same step as the file
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pytorch.load_model("models:/my-rule/2")
+    step, _ = load_rule(tmp_path / "tuned2.pt2")
+    state = step.get_buffer("initial_state").expand(2, -1).clone()
+    x, y = torch.randn(2, 3, 4), torch.randn(2, 3, 1)
+    for a, b in zip(model(state, x, y), step(state, x, y)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--run-id", "feedbeef", "--out", "r.pt2"], "no MLflow run with id 'feedbeef'"),
+    (["--run-id", "x", "--out", "r.txt"], "should end in .pt2"),
+])
+def test_export_bad_input_is_one_line(tmp_path, args, fragment):
+    proc = _script("export.py", args, tmp_path)
+    assert proc.returncode in (1, 2) and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_run_without_genomes_is_one_line(tmp_path, store):  # noqa: F811
+    from evoplast.evolution.run import run_evolution
+
+    part = run_evolution(load_config(None, TINY + ["search.generations=10"]), out=quiet, stop_after=2)
+    for script, extra in (("export.py", ["--out", "r.pt2"]), ("finetune.py", [])):
+        proc = _script(script, ["--run-id", part.run_id, *extra], tmp_path)
+        assert proc.returncode == 1 and "has no artifact 'best_genome.pt'" in proc.stderr, proc.stderr[-2000:]
