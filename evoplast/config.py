@@ -35,12 +35,19 @@ def _f(default: Any, help: str, *, min: float | None = None, max: float | None =
 class TaskConfig:
     """The inner task and its protocol (DESIGN §3)."""
 
-    name: Literal["sinusoid"] = _f("sinusoid", "task family")
-    num_tasks: int = _f(10, "sinusoids per episode", min=1)
-    batches_per_task: int = _f(10, "mini-batches of the stream per sinusoid", min=1)
-    batch_size: int = _f(8, "points per mini-batch (rows m of one lifetime step)", min=1)
-    query_size: int = _f(32, "held-out query points per sinusoid", min=1)
-    order: Literal["blocked", "iid"] = _f("blocked", "stream order: sinusoid by sinusoid, or shuffled")
+    name: Literal["sinusoid", "glyphs", "digits", "omniglot"] = _f(
+        "sinusoid", "task family: sinusoid regression, or class-incremental classification of images")
+    num_tasks: int = _f(10, "sinusoids (regression) or classes N (classification) per episode", min=1)
+    batches_per_task: int = _f(10, "mini-batches of the stream per sinusoid / shots k per class", min=1)
+    batch_size: int = _f(8, "rows m of one lifetime step (classification: images per step, usually 1)", min=1)
+    query_size: int = _f(32, "held-out query points per sinusoid / query images per class", min=1)
+    order: Literal["blocked", "iid"] = _f("blocked", "stream order: task after task (continual), or shuffled")
+    output_classes: int = _f(0, "classification: output units (>= num_tasks, so one genome serves several N); "
+                                "0 = num_tasks", min=0)
+    image_size: int = _f(28, "classification: images are resized to image_size x image_size", min=4)
+    data_dir: str = _f("", "omniglot: directory holding images_background/ and images_evaluation/")
+    glyph_classes: int = _f(600, "glyphs: number of procedural classes (80% meta-train, 20% meta-test)", min=10)
+    images_per_class: int = _f(20, "glyphs: images drawn per class", min=2)
     amplitude: tuple[float, float] = _f((0.1, 5.0), "amplitude range A ~ U[lo, hi]")
     phase: tuple[float, float] = _f((0.0, 3.141592653589793), "phase range phi ~ U[lo, hi]")
     x_range: tuple[float, float] = _f((-5.0, 5.0), "input range x ~ U[lo, hi]")
@@ -57,6 +64,10 @@ class NetworkConfig:
     feedback_activation: Literal["relu", "linear"] = _f(
         "relu", "g in f = g(B s + c) for hidden layers (the output layer's feedback is linear)")
     init_gain: float = _f(1.0, "scale of the Kaiming-uniform initial weights", min=0.0)
+    features: Literal["none", "conv"] = _f(
+        "none", "classification: plastic layers read the pixels, or the output of a conv stack that is frozen "
+                "in the lifetime (random from the seed; meta-learned with finetune.train=['features.*'])")
+    conv_channels: tuple[int, ...] = _f((16, 32), "conv stack: channels of each 3x3 stride-2 conv layer", min=1)
 
 
 @dataclass(frozen=True)
@@ -434,6 +445,12 @@ def _check_value(key: str, value: Any, hint: Any, meta: Any) -> Any:
 def _check_section(cfg: Any, prefix: str) -> None:
     """Checks that involve several fields of one section."""
     if isinstance(cfg, TaskConfig):
+        if cfg.output_classes and cfg.output_classes < cfg.num_tasks:
+            raise ConfigError(f"{prefix}output_classes={cfg.output_classes} is invalid: it must be 0 or at least "
+                              f"{prefix}num_tasks={cfg.num_tasks} (one output per class of an episode)")
+        if cfg.name == "omniglot" and not cfg.data_dir:
+            raise ConfigError(f"{prefix}data_dir is empty: the omniglot task reads images_background/ and "
+                              f"images_evaluation/ from a local directory (see README, 'Omniglot')")
         for name in ("amplitude", "phase", "x_range"):
             lo, hi = getattr(cfg, name)
             if not lo < hi:

@@ -64,7 +64,8 @@ def score_params(learner: Learner, params: dict[str, Tensor], episodes: Episodes
     """Score P parameter sets ``{name: [P, *shape]}`` on ``episodes`` (one batched lifetime)."""
     p = next(iter(params.values())).shape[0]
     k = episodes.num_episodes
-    out = run_lifetime(learner, expand_params(params, k), episodes, p, learn=learn, curve=curve)
+    expanded = expand_params(params, k)
+    out = run_lifetime(learner, expanded, episodes, p, learn=learn, curve=curve)
     per_episode, bad = cap_loss(out.query_loss.mean(-1).reshape(p, k), cap)
     accuracy = None if out.query_acc is None else out.query_acc.mean(-1).reshape(p, k).mean(-1)
     curve_pc = None
@@ -77,7 +78,7 @@ def score_params(learner: Learner, params: dict[str, Tensor], episodes: Episodes
         if k < 2:
             raise ValueError("the episode-specific gain needs at least 2 episodes")
         rolled = episodes.rolled(1)
-        other, _ = query(learner, out.final, rolled.query_x, rolled.query_y, p)
+        other, _ = query(learner, out.final, rolled.query_x, rolled.query_y, p, expanded)
         other_pk = cap_loss(other.mean(-1).reshape(p, k), cap)[0]
         gain = (other_pk - per_episode).mean(-1)
     return Scores(per_episode.mean(-1), per_episode, bad.any(-1), accuracy, curve_pc, gain)
@@ -162,7 +163,7 @@ class Evaluator:
         fa, fa_lr = self.tuned_sgd(genome, feedback="alignment", order=order)
         iid, iid_lr = self.tuned_sgd(genome, order="iid")
         sgd_seed, seed_lr = self.tuned_sgd(seed_genome, order=order, curve=True)
-        return {
+        report = {
             "loss": float(on.loss[0]),
             "loss_plasticity_off": float(off.loss[0]),
             "learning_gain": float(off.loss[0] - on.loss[0]),
@@ -175,3 +176,9 @@ class Evaluator:
             "curve_sgd_same_init": sgd.curve[0].tolist(),
             "curve_sgd_seed_init": sgd_seed.curve[0].tolist(),
         }
+        if on.accuracy is not None:   # classification: the accuracy of each, beside its loss
+            for key, scores in (("accuracy", on), ("accuracy_plasticity_off", off), ("sgd_same_init_accuracy", sgd),
+                                ("fa_same_init_accuracy", fa), ("sgd_iid_same_init_accuracy", iid),
+                                ("sgd_seed_init_accuracy", sgd_seed)):
+                report[key] = float(scores.accuracy[0])
+        return report

@@ -152,6 +152,15 @@ def build_genome_spec(cfg: Config, n_in: int, n_out: int, kind: str = "regressio
     def const(v):
         return lambda gen, shape: torch.full(shape, float(v))
 
+    if model.features == "conv":  # a frozen conv stack: fixed from the seed, trainable by fine-tuning only
+        from .features import conv_shapes
+
+        for i, (c_out, c_in) in enumerate(conv_shapes(model.conv_channels), start=1):
+            std = math.sqrt(2.0 / (c_in * 9))
+            add(f"features.conv{i}.weight", (c_out, c_in, 3, 3),
+                lambda gen, shape, s=std: torch.randn(shape, generator=gen) * s, evolved=False)
+            add(f"features.conv{i}.bias", (c_out,), const(0.0), evolved=False)
+
     for l in range(1, model.num_layers + 1):
         n_out_l, n_in_l = model.sizes[l], model.sizes[l - 1]
         bound = cfg.network.init_gain * math.sqrt(6.0 / n_in_l) / math.sqrt(2.0)  # Kaiming uniform (relu)

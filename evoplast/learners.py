@@ -132,8 +132,10 @@ class GradientLearner:
     else ``lr``.
     """
 
-    def __init__(self, spec: ModelSpec, lr: float, feedback: str = "backprop", seed: int = 0):
+    def __init__(self, spec: ModelSpec, lr: float, feedback: str = "backprop", seed: int = 0,
+                 layers: tuple[int, ...] | None = None):
         self.spec, self.lr, self.feedback = spec, lr, feedback
+        self.layers = set(layers or range(1, spec.num_layers + 1))   # the layers SGD updates (OML: the head)
         self.fa_matrices: tuple[Tensor, ...] = ()
         if feedback == "alignment":
             mats = []
@@ -161,13 +163,15 @@ class GradientLearner:
         lr = params.get("sgd.lr")
         lr_w, lr_b = (self.lr, self.lr) if lr is None else (lr.view(-1, 1, 1), lr.view(-1, 1))
         weights, biases = list(state.weights), list(state.biases)
-        for l in range(L, 0, -1):
+        lowest = min(self.layers)
+        for l in range(L, lowest - 1, -1):
             grad_w = torch.bmm(delta.transpose(1, 2), acts[l - 1])             # [B, out, in]
             grad_b = delta.sum(dim=1)                                           # [B, out]
-            if l > 1:
+            if l > lowest:
                 back = state.weights[l - 1] if self.feedback == "backprop" else \
                     self.fa_matrices[l - 1].to(delta).expand_as(state.weights[l - 1])
                 delta = torch.bmm(delta, back) * (preacts[l - 2] > 0)           # [B, m, in_l]
-            weights[l - 1] = state.weights[l - 1] - lr_w * grad_w
-            biases[l - 1] = state.biases[l - 1] - lr_b * grad_b
+            if l in self.layers:
+                weights[l - 1] = state.weights[l - 1] - lr_w * grad_w
+                biases[l - 1] = state.biases[l - 1] - lr_b * grad_b
         return NetState(tuple(weights), tuple(biases))

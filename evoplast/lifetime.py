@@ -24,14 +24,17 @@ class LifetimeOutput:
 
     query_loss: [B, n] query loss per task (MSE or cross-entropy) after the lifetime
     query_acc:  [B, n] classification accuracy per task (None for regression)
-    curve:      [B, C, n] query loss per task at each curve point (None unless asked)
+    curve:      [B, C, n] query loss per task at each curve point (None unless asked): row c is the
+                forgetting matrix's row "after task c"
     final:      the final network state
+    curve_acc:  [B, C, n] accuracy per task at each curve point (classification, when asked)
     """
 
     query_loss: Tensor
     query_acc: Optional[Tensor]
     curve: Optional[Tensor]
     final: NetState
+    curve_acc: Optional[Tensor] = None
 
 
 def expand_params(params: dict[str, Tensor], num_episodes: int) -> dict[str, Tensor]:
@@ -44,11 +47,29 @@ def tile(t: Tensor, num_genomes: int) -> Tensor:
     return t.repeat(num_genomes, *([1] * (t.dim() - 1)))
 
 
+def model_inputs(learner: Learner, params: dict[str, Tensor], x: Tensor, num_genomes: int) -> tuple[Tensor, bool]:
+    """What the first layer reads for episode data ``x [K, ..., n_in]``: the data itself, or the features of
+    the frozen conv stack. Returns ``(inputs, tiled)``: ``[K, ..., F]`` still to be tiled over genomes, or
+    ``[P*K, ..., F]`` when the genomes' conv stacks differ (fine-tuning them)."""
+    spec = learner.spec
+    if spec.features != "conv":
+        return x, False
+    from .features import extract
+
+    convs = {n: v for n, v in params.items() if n.startswith("features.")}
+    shared = all(torch.equal(v[:1].expand_as(v), v) for v in convs.values())
+    if shared:
+        return extract({n: v[:1] for n, v in convs.items()}, x, spec.image_size, spec.conv_channels), False
+    return extract(convs, tile(x, num_genomes), spec.image_size, spec.conv_channels, per_row=True), True
+
+
 def query(learner: Learner, state: NetState, query_x: Tensor, query_y: Tensor,
-          num_genomes: int) -> tuple[Tensor, Optional[Tensor]]:
-    """Query loss (and accuracy) per task ``[B, n]`` of ``state`` on ``query_x [K, n, q, n_in]``."""
+          num_genomes: int, params: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """Query loss (and accuracy) per task ``[B, n]`` of ``state`` on ``query_x [K, n, q, n_in]``
+    (``params`` are needed when the model has a conv stack)."""
     k, n, q, n_in = query_x.shape
-    x = tile(query_x.reshape(k, n * q, n_in), num_genomes)                  # [B, n*q, n_in]
+    x, tiled = model_inputs(learner, params or {}, query_x.reshape(k, n * q, n_in), num_genomes)
+    x = x if tiled else tile(x, num_genomes)                                # [B, n*q, F]
     y = tile(query_y.reshape(k, n * q, *query_y.shape[3:]), num_genomes)   # [B, n*q(, n_out)]
     y_hat = state_predict(state, x)                                          # [B, n*q, n_out]
     loss = loss_per_row(learner.spec, y_hat, y).reshape(-1, n, q).mean(-1)   # [B, n]
@@ -88,10 +109,11 @@ def run_lifetime(learner: Learner, params: dict[str, Tensor], episodes: Episodes
         cuts = {t for t in range(T - 1) if truncate_every and on_truncate is not None and (t + 1) % truncate_every == 0}
         stops = sorted(curve_stops | cuts | {T - 1})
         chunk = math.ceil(math.sqrt(T)) if checkpoint_steps and torch.is_grad_enabled() else T
+        stream, tiled = model_inputs(learner, params, episodes.stream_x, num_genomes)
 
         def live(state: NetState, t0: int, t1: int) -> NetState:
             for t in range(t0, t1):
-                x = tile(episodes.stream_x[:, t], num_genomes)              # [B, m, n_in]
+                x = stream[:, t] if tiled else tile(stream[:, t], num_genomes)  # [B, m, n_in]
                 y = tile(episodes.stream_y[:, t], num_genomes)              # [B, m, n_out] or [B, m]
                 state = learner.step(params, state, x, y)
             return state
@@ -105,13 +127,15 @@ def run_lifetime(learner: Learner, params: dict[str, Tensor], episodes: Episodes
             if stop in cuts:
                 state = on_truncate(stop, state)
             if stop in curve_stops:
-                curve_points.append(query(learner, state, episodes.query_x, episodes.query_y, num_genomes)[0])
-    loss, acc = query(learner, state, episodes.query_x, episodes.query_y, num_genomes)
-    curve_t = None
+                curve_points.append(query(learner, state, episodes.query_x, episodes.query_y, num_genomes, params))
+    loss, acc = query(learner, state, episodes.query_x, episodes.query_y, num_genomes, params)
+    curve_t = curve_acc = None
     if curve:
-        curve_t = torch.stack(curve_points, 1) if learn else loss.unsqueeze(1).expand(
-            -1, len(episodes.curve_steps), -1)
-    return LifetimeOutput(loss, acc, curve_t, state)
+        c = len(episodes.curve_steps)
+        curve_t = torch.stack([p[0] for p in curve_points], 1) if learn else loss.unsqueeze(1).expand(-1, c, -1)
+        if acc is not None:
+            curve_acc = torch.stack([p[1] for p in curve_points], 1) if learn else acc.unsqueeze(1).expand(-1, c, -1)
+    return LifetimeOutput(loss, acc, curve_t, state, curve_acc)
 
 
 def _checkpointed(live: Callable, state: NetState, t0: int, t1: int) -> NetState:

@@ -38,7 +38,7 @@ class MetaStepResult:
     skipped: bool         # a non-finite loss or gradient: no update this step
 
 
-def meta_gradient(learner: PlasticLearner, spec: GenomeSpec, genomes: Tensor, episodes: Episodes, *,
+def meta_gradient(learner, spec: GenomeSpec, genomes: Tensor, episodes: Episodes, *,
                   window: int = 0, checkpoint_activations: bool = False, cap: float = 1e4) -> Tensor:
     """Meta-loss ``[P]`` of ``genomes [P, D]`` (``requires_grad``); accumulates ``genomes.grad``."""
     p, k = genomes.shape[0], episodes.num_episodes
@@ -49,7 +49,7 @@ def meta_gradient(learner: PlasticLearner, spec: GenomeSpec, genomes: Tensor, ep
     window_losses: list[Tensor] = []
 
     def loss_of(state: NetState, seen_tasks: Tensor) -> Tensor:
-        per_task, _ = query(learner, state, episodes.query_x, episodes.query_y, p)   # [P*K, n]
+        per_task, _ = query(learner, state, episodes.query_x, episodes.query_y, p, leaves)   # [P*K, n]
         mask = tile(seen_tasks, p).to(per_task.dtype)                                  # [P*K, n]
         per_lifetime = (per_task * mask).sum(-1) / mask.sum(-1)
         return per_lifetime.clamp(max=cap).reshape(p, k).mean(-1)                      # [P]
@@ -79,14 +79,18 @@ def meta_gradient(learner: PlasticLearner, spec: GenomeSpec, genomes: Tensor, ep
 
 
 class MetaTrainer:
-    """Adam over genomes ``[P, D]`` of ``spec`` (its evolved/trained segments); state = genomes + Adam."""
+    """Adam over genomes ``[P, D]`` of ``spec`` (its evolved/trained segments); state = genomes + Adam.
 
-    def __init__(self, cfg: Config, spec: GenomeSpec, genomes: Tensor, device: torch.device | str = "cpu"):
+    ``learner`` is the FLP rule by default; the OML baseline meta-trains an SGD learner's initial weights.
+    """
+
+    def __init__(self, cfg: Config, spec: GenomeSpec, genomes: Tensor, device: torch.device | str = "cpu",
+                 learner=None):
         self.cfg = cfg
         self.spec = spec
         self.device = torch.device(device)
         self.task = make_task(cfg.task)
-        self.learner = PlasticLearner(spec.model)
+        self.learner = learner or PlasticLearner(spec.model)
         self.genomes = genomes.detach().to(self.device, torch.float32).clone().requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.genomes], lr=cfg.finetune.lr)
         self.step_count = 0

@@ -26,6 +26,9 @@ class ModelSpec:
     teaching_signal: Literal["error", "target"] = "error"
     feedback_activation: Literal["relu", "linear"] = "relu"
     kind: Literal["regression", "classification"] = "regression"
+    features: Literal["none", "conv"] = "none"   # a frozen conv stack turns images into sizes[0] features
+    image_size: int = 0
+    conv_channels: tuple[int, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -37,10 +40,17 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, cfg, n_in: int, n_out: int, kind: str = "regression") -> "ModelSpec":
-        sizes = (n_in, *cfg.network.hidden, n_out)
+        """``n_in`` is the task's input size (pixels for images); with a conv stack the first layer reads
+        its features instead."""
+        from .features import feature_size
+
+        conv = kind == "classification" and cfg.network.features == "conv"
+        first = feature_size(tuple(cfg.network.conv_channels)) if conv else n_in
+        sizes = (first, *cfg.network.hidden, n_out)
         plastic = tuple(sorted(set(cfg.network.plastic_layers))) or tuple(range(1, len(sizes)))
         return cls(sizes, plastic, cfg.rule.name, tuple(cfg.rule.terms), cfg.network.teaching_signal,
-                   cfg.network.feedback_activation, kind)
+                   cfg.network.feedback_activation, kind, "conv" if conv else "none",
+                   cfg.task.image_size if conv else 0, tuple(cfg.network.conv_channels) if conv else ())
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

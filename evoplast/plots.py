@@ -38,13 +38,14 @@ def fitness_curve(history: Sequence[dict], path: str | Path, heldout: Sequence[d
     return Path(path)
 
 
-def mse_vs_tasks_seen(curves: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
-    """Query MSE over the tasks seen so far, one line per learner (the continual-learning curve)."""
+def mse_vs_tasks_seen(curves: dict[str, Sequence[float]], path: str | Path, title: str = "",
+                      ylabel: str = "query MSE") -> Path:
+    """Query loss over the tasks seen so far, one line per learner (the continual-learning curve)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, curve in curves.items():
         ax.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=label)
     ax.set_xlabel("tasks seen")
-    ax.set_ylabel("query MSE over the tasks seen")
+    ax.set_ylabel(f"{ylabel} over the tasks seen")
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -70,6 +71,63 @@ def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Seque
     bx.set_xlabel("genome")
     bx.set_ylabel("held-out query MSE")
     bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def accuracy_vs_n(by_n: dict[int, dict[str, float]], path: str | Path) -> Path:
+    """Held-out accuracy against the number of classes per episode, one line per learner."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ns = sorted(by_n)
+    for name in by_n[ns[0]]:
+        ax.plot(ns, [by_n[n][name] for n in ns], "o-", ms=4, label=name)
+    ax.plot(ns, [1 / n for n in ns], ":", color="gray", label="chance")
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("classes per episode (N)")
+    ax.set_ylabel("held-out query accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def forgetting_heatmaps(matrices: dict[str, "object"], path: str | Path, metric: str) -> Path:
+    """One heatmap per learner: row j = after learning task j, column i = task i."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
+    values = [m for m in matrices.values()]
+    lo = min(float(v.min()) for v in values)
+    hi = max(float(v.max()) for v in values)
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        im = ax.imshow(m.numpy() if hasattr(m, "numpy") else m, vmin=lo, vmax=hi,
+                       cmap="viridis" if metric == "accuracy" else "viridis_r")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("task i")
+        ax.set_ylabel("after learning task j")
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"query {metric}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def cosine_curves(cosine, layers: Sequence[int], task_ends: Sequence[int], path: str | Path) -> Path:
+    """cos(rule update, -gradient) per lifetime step, one line per plastic layer; dotted lines end tasks."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for i, layer in enumerate(layers):
+        ax.plot(cosine[:, i].tolist(), lw=1, label=f"layer {layer}")
+    for t in task_ends[:-1]:
+        ax.axvline(t + 0.5, color="gray", lw=0.5, ls=":")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("lifetime step")
+    ax.set_ylabel("cos(rule update, -gradient)")
+    ax.set_ylim(-1, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

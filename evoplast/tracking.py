@@ -8,6 +8,7 @@ Everything goes through ``MlflowClient`` with an explicit run id (no global acti
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -72,6 +73,11 @@ def environment_params() -> dict[str, str]:
     return out
 
 
+def _metric_name(name: str) -> str:
+    """MLflow allows letters, digits, ``_ - . : /`` and spaces in metric names; anything else goes."""
+    return re.sub(r"[^\w\-. :/]", "", name)
+
+
 class Tracker:
     """One MLflow run, addressed by id."""
 
@@ -132,7 +138,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        self._pending.extend(Metric(_metric_name(k), float(v), now, int(step)) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 

@@ -50,19 +50,26 @@ def main() -> int:
     print()
     print(f"MLflow run {result.run_id}: {result.generations} generations, best training fitness "
           f"{first['best']:.3f} (generation 1) -> {result.history[-1]['best']:.3f} (last)")
-    print(f"Held-out episodes ({cfg.evaluation.heldout_episodes}, {cfg.task.order} stream), query MSE "
+    metric = "MSE" if cfg.task.name == "sinusoid" else "cross-entropy and accuracy, meta-test classes"
+    print(f"Held-out episodes ({cfg.evaluation.heldout_episodes}, {cfg.task.order} stream), query {metric} "
           f"(baselines: learning rate tuned on validation episodes):")
     rows = [
-        ("evolved rule (search center)", r["loss"], ""),
-        ("same genome, plasticity off", r["loss_plasticity_off"], ""),
-        ("online SGD, same initial weights", r["sgd_same_init"], r["sgd_same_init_lr"]),
-        ("feedback alignment, same initial weights", r["fa_same_init"], r["fa_same_init_lr"]),
-        ("online SGD, seed's initial weights", r["sgd_seed_init"], r["sgd_seed_init_lr"]),
-        ("online SGD on the shuffled (iid) stream, same initial weights", r["sgd_iid_same_init"],
+        ("evolved rule (search center)", "", ""),
+        ("same genome, plasticity off", "_plasticity_off", ""),
+        ("online SGD, same initial weights", "sgd_same_init", r["sgd_same_init_lr"]),
+        ("feedback alignment, same initial weights", "fa_same_init", r["fa_same_init_lr"]),
+        ("online SGD, seed's initial weights", "sgd_seed_init", r["sgd_seed_init_lr"]),
+        ("online SGD on the shuffled (iid) stream, same initial weights", "sgd_iid_same_init",
          r["sgd_iid_same_init_lr"]),
     ]
-    for name, value, lr in rows:
-        print(f"  {name:<64s} {value:7.3f}" + (f"   (lr {lr:g})" if lr != "" else ""))
+    classification = "accuracy" in r
+    if classification:
+        print(f"  {'':<64s} {'loss':>7s} {'accuracy':>9s}")
+    for name, key, lr in rows:
+        loss_key = "loss" + key if key.startswith("_") or not key else key
+        acc_key = ("accuracy" + key if key.startswith("_") or not key else key + "_accuracy")
+        acc = f" {r[acc_key]:9.3f}" if classification else ""
+        print(f"  {name:<64s} {r[loss_key]:7.3f}{acc}" + (f"   (lr {lr:g})" if lr != "" else ""))
     print(f"  learning gain (plasticity off - on)                              {r['learning_gain']:+7.3f}")
     print(f"  episode-specific gain (other episode's tasks - own tasks)        {r['episode_gain']:+7.3f}")
     print(f"Checkpoint: {result.checkpoint}")

@@ -10,4 +10,6 @@ def make_task(task_cfg):
     """The task object for a :class:`evoplast.config.TaskConfig`."""
     if task_cfg.name == "sinusoid":
         return SinusoidTask(task_cfg)
-    raise ValueError(f"unknown task {task_cfg.name!r}")
+    from .classification import ClassificationTask
+
+    return ClassificationTask(task_cfg)

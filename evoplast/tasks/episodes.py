@@ -33,7 +33,7 @@ class Episodes:
 
     @property
     def num_episodes(self) -> int:
-        return self.stream_x.shape[0]
+        return self.stream_task.shape[0]
 
     @property
     def num_steps(self) -> int:

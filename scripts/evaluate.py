@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Evaluate a learned rule against the baselines on held-out episodes, with the paper's analyses.
+
+    python scripts/evaluate.py --run-id RUN [--which best|finetuned] [--oml-steps 150] [key=value ...]
+    python scripts/evaluate.py --config configs/glyphs.yaml          # the untrained (seed) genome
+
+Reads top to bottom: the genome and its config -> the protocol on held-out episodes (meta-test classes for
+classification) for the evolved rule and every baseline on the same streams -> accuracy vs N (classification)
+-> update/gradient cosine and forgetting matrices -> a table, plots, and an MLflow run nested under RUN.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
+
+N_SWEEP = (5, 10, 20, 50)
+
+
+def main() -> int:
+    p = parser("Evaluate a rule and the baselines on held-out episodes; analyses and plots.", "evaluate.py")
+    p.add_argument("--run-id", help="evolution run to evaluate (its best genome, or its latest fine-tune)")
+    p.add_argument("--which", choices=["best", "finetuned"], default="best")
+    p.add_argument("--oml-steps", type=int, default=150, metavar="N",
+                   help="meta-steps of the OML baseline's meta-learned initial weights (0 = skip it)")
+    p.add_argument("--out", default=None, help="directory for the plots and the table (default evaluation/<run>)")
+    args = p.parse_args()
+    if args.run_id and args.config:
+        raise UsageError("--config goes without --run-id (the run's config is used)")
+
+    import torch
+    import yaml
+
+    from evoplast.analysis import forgetting_matrix, oml_init, score_oml, update_gradient_cosine
+    from evoplast.config import flatten, from_dict
+    from evoplast.evaluation import Evaluator
+    from evoplast.finetune import check_finetune_overrides, train_spec_of
+    from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen
+    from evoplast.runs import download, load_genome_file
+    from evoplast.seeding import Purpose
+    from evoplast.tracking import Tracker, environment_params, resolve_tracking_uri
+
+    # 1. the genome and its config
+    tracker = Tracker(resolve_tracking_uri())
+    if args.run_id:
+        check_finetune_overrides(args.overrides)
+        run = tracker.get_run(args.run_id)
+        artifact, source = "best_genome.pt", args.run_id
+        if args.which == "finetuned":
+            children = tracker.client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{args.run_id}'",
+                                                  order_by=["attributes.start_time DESC"])
+            tuned = [r.info.run_id for r in children if "finetuned_genome.pt" in
+                     {a.path for a in tracker.client.list_artifacts(r.info.run_id)}]
+            if not tuned:
+                from evoplast.runs import RunArtifactsError
+
+                raise RunArtifactsError(f"run {args.run_id} has no fine-tune; run scripts/finetune.py --run-id {args.run_id}")
+            artifact, source = "finetuned_genome.pt", tuned[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = load_genome_file(download(tracker, source, artifact, tmp), f"{artifact} of run {source}")
+        from evoplast.config import merge_overrides
+
+        cfg = from_dict(merge_overrides(yaml.safe_load(saved["config_yaml"]), args.overrides))
+        evo_spec, _ = train_spec_of(cfg)
+        spec = evo_spec.with_evolved(set(saved["trained"])) if "trained" in saved else evo_spec
+        genome = saved["genome"].float()
+    else:
+        cfg = config_from_args(args, str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml"))
+        spec, genome = None, None
+    ev = Evaluator(cfg, spec=spec)
+    genome = ev.spec.initial_vector() if genome is None else genome
+    classification = ev.task.kind == "classification"
+    out_dir = Path(args.out or f"evaluation/{args.run_id or 'config'}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"evoplast: evaluating {'run ' + args.run_id + ' (' + args.which + ')' if args.run_id else 'the seed genome'} "
+          f"on {cfg.evaluation.heldout_episodes} held-out episodes of {cfg.task.name}")
+
+    # 2. the protocol: the rule, its own init with plasticity off, and the baselines on the same streams
+    report = ev.report(genome)
+    oml = None
+    if args.oml_steps:
+        print(f"  meta-learning the OML baseline's initial weights ({args.oml_steps} BPTT steps)...")
+        oml = oml_init(cfg, ev, args.oml_steps)
+        held = ev.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
+        o = score_oml(ev, *oml, held, curve=True)
+        report["oml"] = o.loss.item()
+        report["curve_oml"] = o.curve[0].tolist()
+        if classification:
+            report["oml_accuracy"] = o.accuracy.item()
+
+    # 3. accuracy vs N (classification): one genome, every N its output layer and the data allow
+    by_n = {}
+    if classification:
+        top = min(ev.task.n_out, ev.task.images.test.shape[0], ev.task.images.train.shape[0])
+        for n in sorted({*(x for x in N_SWEEP if x <= top), cfg.task.num_tasks}):
+            cfg_n = cfg.replace(**{"task.num_tasks": n, "task.output_classes": ev.task.n_out})
+            ev_n = Evaluator(cfg_n, spec=ev.spec)
+            held = ev_n.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
+            row = {"evolved rule": ev_n.score(genome.reshape(1, -1), episodes=held).accuracy.item(),
+                   "plasticity off": ev_n.score(genome.reshape(1, -1), episodes=held, learn=False).accuracy.item(),
+                   "SGD, same init": ev_n.tuned_sgd(genome)[0].accuracy.item(),
+                   "feedback alignment, same init": ev_n.tuned_sgd(genome, feedback="alignment")[0].accuracy.item(),
+                   "SGD, random init": ev_n.tuned_sgd(ev.spec.initial_vector())[0].accuracy.item(),
+                   "SGD iid, same init": ev_n.tuned_sgd(genome, order="iid")[0].accuracy.item()}
+            if oml is not None:
+                row["OML (meta-learned init, SGD head)"] = score_oml(ev_n, *oml, held).accuracy.item()
+            by_n[n] = row
+
+    # 4. analyses: is the rule's update a gradient step? how much does learning task j erase task i?
+    held = ev.episodes(Purpose.HELDOUT, 0, min(cfg.evaluation.heldout_episodes, 32))
+    cosine = update_gradient_cosine(ev, genome, held)                                  # [T, plastic layers]
+    forgetting = {"evolved rule": forgetting_matrix(ev, genome, held)}
+    sgd_lr = report["sgd_same_init_lr"]
+    forgetting["online SGD, same init"] = forgetting_matrix(
+        ev, genome, held, learner=ev.sgd_learner(), extra={"sgd.lr": torch.tensor([sgd_lr])})
+
+    # 5. the table, the plots, the MLflow run
+    metric = "accuracy" if classification else "MSE"
+    key = (lambda k: f"{k}_accuracy" if k else "accuracy") if classification else (lambda k: k or "loss")
+    rows = [("evolved rule", key("")), ("same genome, plasticity off", "accuracy_plasticity_off" if classification
+                                        else "loss_plasticity_off"),
+            ("online SGD, same init", key("sgd_same_init")), ("feedback alignment, same init", key("fa_same_init")),
+            ("online SGD, random (seed) init", key("sgd_seed_init")),
+            ("online SGD on the iid stream, same init", key("sgd_iid_same_init"))]
+    if oml is not None:
+        rows.append(("OML: meta-learned init, online SGD of the head", key("oml")))
+    print(f"\nHeld-out {metric} ({cfg.task.order} stream, {cfg.task.num_tasks} {'classes' if classification else 'sinusoids'}):")
+    for name, k in rows:
+        print(f"  {name:<50s} {report[k]:7.3f}")
+    print(f"  {'episode-specific gain of the evolved rule':<50s} {report['episode_gain']:+7.3f}")
+    if by_n:
+        names = list(next(iter(by_n.values())))
+        print(f"\nAccuracy vs N (classes per episode), {cfg.task.batches_per_task * cfg.task.batch_size} shots:")
+        print("  " + f"{'':<36s}" + "".join(f"{f'N={n}':>8s}" for n in by_n))
+        for name in names:
+            print("  " + f"{name:<36s}" + "".join(f"{by_n[n][name]:8.3f}" for n in by_n))
+    print("\nMean cosine(rule update, -gradient) per plastic layer: " +
+          ", ".join(f"layer {l}: {c:+.3f}" for l, c in zip(ev.spec.model.plastic_layers, cosine.mean(0).tolist())))
+    fm_key = "accuracy" if classification else "loss"
+    for name, fm in forgetting.items():
+        m = fm[fm_key]
+        first_task_after_all = m[-1, 0].item()
+        print(f"Forgetting ({name}): {fm_key} on task 1 right after it {m[0, 0].item():.3f}, after all tasks "
+              f"{first_task_after_all:.3f}")
+
+    plots = [forgetting_heatmaps({k: v[fm_key] for k, v in forgetting.items()}, out_dir / "forgetting.png", fm_key),
+             cosine_curves(cosine, ev.spec.model.plastic_layers, held.curve_steps, out_dir / "cosine.png")]
+    curves = {"evolved rule": report["curve"], "online SGD, same init": report["curve_sgd_same_init"],
+              "online SGD, random init": report["curve_sgd_seed_init"]}
+    if oml is not None:
+        curves["OML"] = report["curve_oml"]
+    plots.append(mse_vs_tasks_seen(curves, out_dir / "loss_vs_tasks_seen.png",
+                                   title=f"held-out episodes, {cfg.task.order} stream",
+                                   ylabel="query MSE" if not classification else "query cross-entropy"))
+    if by_n:
+        plots.append(accuracy_vs_n(by_n, out_dir / "accuracy_vs_n.png"))
+    result = {"report": report, "accuracy_vs_n": by_n, "cosine_per_step": cosine.tolist(),
+              "forgetting": {k: {m: v.tolist() for m, v in fm.items()} for k, fm in forgetting.items()}}
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
+
+    tracker.start_run(cfg.tracking.experiment if not args.run_id else
+                      tracker.client.get_experiment(run.info.experiment_id).name,
+                      f"evaluate {args.which}" if args.run_id else "evaluate config", parent_run_id=args.run_id)
+    try:
+        tracker.log_params({**flatten(cfg), **environment_params(), "evaluate.which": args.which})
+        tracker.log_metrics({k: v for k, v in report.items() if isinstance(v, float)}, step=0)
+        for n, row in by_n.items():
+            tracker.log_metrics({f"accuracy_vs_n.{name}": v for name, v in row.items()}, step=n)
+        for i, row in enumerate(cosine.tolist()):
+            tracker.log_metrics({f"cosine.layer{l}": c for l, c in zip(ev.spec.model.plastic_layers, row)}, step=i)
+        for f in [*plots, out_dir / "evaluation.json"]:
+            tracker.log_artifact(f)
+        tracker.end("FINISHED")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    print(f"\nPlots and evaluation.json in {out_dir}/; MLflow run {tracker.run_id}"
+          + (f" (nested under {args.run_id})" if args.run_id else ""))
+    print(f"Look at it: {tracker.ui_command()}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
