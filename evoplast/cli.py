@@ -10,6 +10,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .export import RuleExportError
 from .runs import RunArtifactsError
+from .tasks.images import DatasetError
 from .tracking import TrackingUnavailable
 
 
@@ -42,7 +43,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     except (UsageError, ConfigError) as exc:
         print(f"evoplast: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (TrackingUnavailable, CheckpointError, RunArtifactsError, RuleExportError) as exc:
+    except (TrackingUnavailable, CheckpointError, RunArtifactsError, RuleExportError, DatasetError) as exc:
         print(f"evoplast: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@ The file holds a pure step function of N independent learners::
 
     (state, x, y) -> (y_hat, new_state)
     state  [N, S]          every layer's current weights, flattened and concatenated (layer 1 first)
-    x      [N, m, n_in]    a mini-batch of m rows per learner;  y [N, m, n_out] its targets
+    x      [N, m, n_in]    a mini-batch of m rows per learner (pixels for image tasks)
+    y      [N, m, n_out]   its targets (regression), or integer labels [N, m] (classification)
     y_hat  [N, m, n_out]   the prediction of the current weights (before this step's update)
 
 N and m are dynamic (any size >= 1). ``initial_state`` (a buffer, ``[S]``) is where every lifetime
@@ -51,13 +52,14 @@ class RuleStep(nn.Module):
         super().__init__()
         self.model = model
         self.learner = PlasticLearner(model)
-        for l in range(1, model.num_layers + 1):
-            layer = nn.Module()
-            for name, value in segments.items():
-                prefix, _, suffix = name.partition(".")
-                if prefix == f"layer{l}":
-                    layer.register_buffer(suffix, value.detach().float().contiguous().clone())
-            setattr(self, f"layer{l}", layer)
+        for name, value in sorted(segments.items()):   # "layer2.eta" -> submodule layer2, buffer eta
+            *path, leaf = name.split(".")
+            owner = self
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            owner.register_buffer(leaf, value.detach().float().contiguous().clone())
         self.shapes = [tuple(segments[f"layer{l}.weight"].shape) for l in range(1, model.num_layers + 1)]
         self.register_buffer("initial_state", torch.cat([
             segments[f"layer{l}.weight"].detach().float().reshape(-1) for l in range(1, model.num_layers + 1)]))
@@ -72,17 +74,27 @@ class RuleStep(nn.Module):
 
     def forward(self, state: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
+        if self.model.features == "conv":   # the frozen conv stack turns pixels into features
+            from .features import extract
+
+            convs = {name: buf.unsqueeze(0) for name, buf in self.named_buffers() if name.startswith("features.")}
+            x = extract(convs, x, self.model.image_size, self.model.conv_channels)
         weights = tuple(state[:, r["offset"]:r["offset"] + r["shape"][0] * r["shape"][1]].reshape(n, *r["shape"])
                         for r in self.layout())
-        params = {name: buf.expand(n, *buf.shape) for name, buf in self.named_buffers() if "." in name}
+        params = {name: buf.expand(n, *buf.shape) for name, buf in self.named_buffers()
+                  if name.startswith("layer")}
         biases = tuple(params[f"layer{l}.bias"] for l in range(1, self.model.num_layers + 1))
         new, y_hat = self.learner.step_and_predict(params, NetState(weights, biases), x, y, inplace=False)
         return y_hat, torch.cat([w.reshape(n, -1) for w in new.weights], dim=1)
 
     def example_inputs(self, n: int = 2, m: int = 3) -> tuple[Tensor, Tensor, Tensor]:
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(n, m, self.model.sizes[0], generator=g)
-        y = torch.randn(n, m, self.model.n_out, generator=g)
+        n_in = self.model.image_size ** 2 if self.model.features == "conv" else self.model.sizes[0]
+        x = torch.rand(n, m, n_in, generator=g)
+        if self.model.kind == "classification":
+            y = torch.randint(0, self.model.n_out, (n, m), generator=g)
+        else:
+            y = torch.randn(n, m, self.model.n_out, generator=g)
         return self.initial_state.expand(n, -1).clone(), x, y
 
 
@@ -95,8 +107,10 @@ def manifest_of(module: RuleStep, **extra: Any) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "sizes": list(m.sizes), "plastic_layers": list(m.plastic_layers), "rule": m.rule, "terms": list(m.terms),
         "teaching_signal": m.teaching_signal, "feedback_activation": m.feedback_activation, "kind": m.kind,
+        "features": m.features, "image_size": m.image_size, "conv_channels": list(m.conv_channels),
         "state_layout": module.layout(), "state_size": int(module.initial_state.numel()),
-        "inputs": "state [N, S], x [N, m, n_in], y [N, m, n_out]",
+        "inputs": "state [N, S], x [N, m, n_in], y [N, m, n_out] (regression) or integer labels [N, m] "
+                  "(classification)",
         "outputs": "y_hat [N, m, n_out] (from the current weights), new_state [N, S]",
         "tensors": {name: list(buf.shape) for name, buf in module.named_buffers()},
         **extra,

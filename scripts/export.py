@@ -109,10 +109,12 @@ def _signature(manifest):
     from mlflow.types.schema import Schema, TensorSpec
 
     f32 = np.dtype(np.float32)
-    n_in, n_out, size = manifest["sizes"][0], manifest["sizes"][-1], manifest["state_size"]
+    n_in = manifest["image_size"] ** 2 if manifest.get("features") == "conv" else manifest["sizes"][0]
+    n_out, size = manifest["sizes"][-1], manifest["state_size"]
+    y = (TensorSpec(np.dtype(np.int64), (-1, -1), "y") if manifest["kind"] == "classification"
+         else TensorSpec(f32, (-1, -1, n_out), "y"))
     return ModelSignature(
-        inputs=Schema([TensorSpec(f32, (-1, size), "state"), TensorSpec(f32, (-1, -1, n_in), "x"),
-                       TensorSpec(f32, (-1, -1, n_out), "y")]),
+        inputs=Schema([TensorSpec(f32, (-1, size), "state"), TensorSpec(f32, (-1, -1, n_in), "x"), y]),
         outputs=Schema([TensorSpec(f32, (-1, -1, n_out), "y_hat"), TensorSpec(f32, (-1, size), "new_state")]))
 
 

@@ -1,8 +1,8 @@
 """Class-incremental classification (the Omniglot protocol of OML / ANML / FLP).
 
 An episode draws N classes (``task.num_tasks``) from the meta-train classes (evolution, fine-tuning,
-validation) or the meta-test classes (held-out reports), gives them fresh labels 0..N-1 in a random
-order, and presents k shots of each (``task.batches_per_task`` steps of ``task.batch_size`` images),
+validation) or the meta-test classes (held-out reports), gives them fresh labels (N distinct output units
+out of ``task.output_classes``, at random, so every output unit plays every role), and presents k shots of each (``task.batches_per_task`` steps of ``task.batch_size`` images),
 class after class (``blocked``) or shuffled (``iid``). The query holds ``task.query_size`` other images
 of each class: no query image is ever in the stream. Inputs are flattened pixels in [0, 1]. Task i (the
 row of the query and of the forgetting matrix) is the i-th class presented; its label is random.
@@ -56,7 +56,7 @@ class ClassificationTask:
         c = self.cfg
         n, shots, q, m = c.num_tasks, c.batches_per_task * c.batch_size, c.query_size, c.batch_size
         classes = torch.randperm(pool.shape[0], generator=gen)[:n]                       # [n] classes, presentation order
-        labels = torch.randperm(n, generator=gen)                                       # class i is called labels[i]
+        labels = torch.randperm(self.n_out, generator=gen)[:n]                          # class i is called labels[i]
         picks = torch.stack([torch.randperm(pool.shape[1], generator=gen)[:shots + q] for _ in range(n)])
         images = pool[classes.unsqueeze(1), picks].reshape(n, shots + q, -1)            # [n, shots+q, pixels]
         stream, query = images[:, :shots], images[:, shots:]                           # disjoint drawings
