@@ -60,9 +60,18 @@ class Scores:
 
 
 def score_params(learner: Learner, params: dict[str, Tensor], episodes: Episodes, *, cap: float,
-                 learn: bool = True, curve: bool = False, episode_gain: bool = False) -> Scores:
-    """Score P parameter sets ``{name: [P, *shape]}`` on ``episodes`` (one batched lifetime)."""
+                 learn: bool = True, curve: bool = False, episode_gain: bool = False, chunk: int = 0) -> Scores:
+    """Score P parameter sets ``{name: [P, *shape]}`` on ``episodes`` (one batched lifetime).
+
+    ``chunk``: run the population in slices of this many genomes, one batched lifetime each (0 = all at
+    once). Wide layers run faster when a slice's weights stay in cache; the scores are the same.
+    """
     p = next(iter(params.values())).shape[0]
+    if 0 < chunk < p:
+        parts = [score_params(learner, {n: v[i:i + chunk] for n, v in params.items()}, episodes, cap=cap,
+                              learn=learn, curve=curve, episode_gain=episode_gain) for i in range(0, p, chunk)]
+        return Scores(*(None if getattr(parts[0], f) is None else torch.cat([getattr(x, f) for x in parts])
+                        for f in ("loss", "per_episode", "nonfinite", "accuracy", "curve", "episode_gain")))
     k = episodes.num_episodes
     expanded = expand_params(params, k)
     out = run_lifetime(learner, expanded, episodes, p, learn=learn, curve=curve)
@@ -109,7 +118,8 @@ class Evaluator:
     def fitness(self, genomes: Tensor, generation: int) -> tuple[Tensor, Tensor]:
         """``(fitness [P], nonfinite [P] bool)`` on generation ``generation``'s training episodes (CPU)."""
         episodes = self.episodes(Purpose.TRAIN, generation, self.cfg.evaluation.episodes)
-        scores = score_params(self.learner, self.decode(genomes), episodes, cap=self.cfg.evaluation.loss_cap)
+        scores = score_params(self.learner, self.decode(genomes), episodes, cap=self.cfg.evaluation.loss_cap,
+                              chunk=self.cfg.evaluation.chunk_size)
         return scores.fitness.cpu(), scores.nonfinite.cpu()
 
     @torch.no_grad()

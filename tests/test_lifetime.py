@@ -125,3 +125,14 @@ def test_episode_gain_needs_two_episodes(tiny_cfg):
     with pytest.raises(ValueError, match="at least 2 episodes"):
         ev.score(ev.spec.initial_vector().reshape(1, -1), episode_gain=True,
                  episodes=ev.episodes(Purpose.HELDOUT, 0, 1))
+
+
+def test_population_in_chunks_scores_the_same(tiny_cfg):
+    ev = Evaluator(tiny_cfg.replace(**{"genome.evolve_init_weights": True, "rule.eta_init": 1.0}))
+    pop = _population(ev, 7, 0.1)
+    whole = ev.score(pop, curve=True, episode_gain=True)
+    chunked = score_params(ev.learner, ev.decode(pop), ev.episodes(Purpose.HELDOUT, 0, 4), cap=100.0,
+                           curve=True, episode_gain=True, chunk=3)
+    # batched-matmul kernels may round differently for another batch size: equal to float32 precision
+    for field in ("loss", "per_episode", "nonfinite", "curve", "episode_gain"):
+        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=1e-5, atol=1e-5)
