@@ -5,6 +5,9 @@ contiguous slice of the population on its own device (the GPU Ray assigned it, e
 are derived from ``(seed, generation)`` inside the actor, so the fitness of a genome does not depend on
 which actor, or how many, evaluate it. An actor that dies mid-generation (its process or its node lost)
 is replaced and its slice evaluated again; every such event is reported to ``on_event``.
+
+Actors are placed with Ray's ``SPREAD`` strategy: on a cluster they go to as many nodes as can hold
+them, so losing one node costs as few slices as possible (GPU actors are spread by their GPUs anyway).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
     address = cfg.address.strip()
     if address == "":
         num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(np.ceil(cfg.num_actors * cfg.num_cpus_per_actor))),
+        # address="local": always a new local Ray, never a cluster that happens to run on this machine
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(np.ceil(cfg.num_actors * cfg.num_cpus_per_actor))),
                  num_gpus=num_gpus, **common)
         return
     if address != "auto" and not address.startswith("ray://"):
@@ -92,25 +96,36 @@ class RayPool:
         cfg: the run's config (``cfg.ray`` sets actors, CPUs and GPUs per actor).
         start_timeout: seconds to wait for actors to be placed and started before giving up with a
             message naming the resources that could not be found.
-        max_retries: how many times one slice may be re-evaluated after losing its actor.
-        on_event: called with ``(kind, details)`` when an actor is lost or replaced.
+        replace_timeout: the same for the replacement of a lost actor. Longer: when the lost actor's
+            node is gone and no other node has room, an autoscaling cluster launches and sets up a new
+            node first (minutes on AWS).
+        max_retries: how many times one slice may lose its actor in one generation (a replacement
+            that dies before it starts counts too) before :meth:`evaluate` gives up.
+        on_event: called with ``(kind, details)`` when an actor is lost (``actor_lost``) or replaced
+            (``actor_replaced``, with the new actor's ``node_id``, ``device`` and ``pid``); ``details``
+            always has ``generation``, ``actor`` (slice index) and ``retry`` (losses of that slice so far
+            in this generation).
+
+    ``actor_info[i]`` is ``{"device", "node_id", "pid"}`` of actor ``i``, kept current across replacements.
     """
 
-    def __init__(self, cfg: Config, *, start_timeout: float = 120.0, max_retries: int = 3,
-                 on_event: Optional[Callable[[str, dict], None]] = None):
+    def __init__(self, cfg: Config, *, start_timeout: float = 120.0, replace_timeout: float = 900.0,
+                 max_retries: int = 3, on_event: Optional[Callable[[str, dict], None]] = None):
         import ray
 
         self.cfg = cfg
         self.start_timeout = start_timeout
+        self.replace_timeout = replace_timeout
         self.max_retries = max_retries
         self.on_event = on_event or (lambda kind, details: None)
         self._cfg_dict = to_dict(cfg)
         rc = cfg.ray
         self._check_feasible(rc)
         self._remote = ray.remote(EvaluatorActor).options(
-            num_cpus=rc.num_cpus_per_actor, num_gpus=rc.num_gpus_per_actor, max_restarts=0)
+            num_cpus=rc.num_cpus_per_actor, num_gpus=rc.num_gpus_per_actor, max_restarts=0,
+            scheduling_strategy="SPREAD")
         self.actors = [self._new_actor() for _ in range(rc.num_actors)]
-        self.actor_info = self._wait_ready(self.actors)
+        self.actor_info = self._wait_ready(self.actors, self.start_timeout)
         self.last_timing: dict[str, float] = {}   # wall and slowest actor's compute of the last evaluate
 
     def _new_actor(self):
@@ -130,18 +145,18 @@ class RayPool:
             raise RayUnavailable(f"ray.num_cpus_per_actor={rc.num_cpus_per_actor:g} but no node of the Ray cluster "
                                  f"has more than {max_cpus:g} CPUs; lower it")
 
-    def _wait_ready(self, actors) -> list[dict]:
+    def _wait_ready(self, actors, timeout: float) -> list[dict]:
         import ray
 
         refs = [a.info.remote() for a in actors]
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if pending:
             rc = self.cfg.ray
             free = ray.available_resources()
             for a in actors:   # give their resources back
                 ray.kill(a)
             raise RayUnavailable(
-                f"only {len(ready)} of {len(refs)} Ray actors started within {self.start_timeout:g} s: the cluster "
+                f"only {len(ready)} of {len(refs)} Ray actors started within {timeout:g} s: the cluster "
                 f"cannot place actors of {rc.num_cpus_per_actor:g} CPU / {rc.num_gpus_per_actor:g} GPU "
                 f"({free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free); lower ray.num_actors or the "
                 f"per-actor resources")
@@ -150,7 +165,6 @@ class RayPool:
     def evaluate(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Fitness ``[P]`` and non-finite flags ``[P]`` of ``genomes [P, D]``, slice per actor."""
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         t0 = time.perf_counter()
         bounds = np.linspace(0, genomes.shape[0], len(self.actors) + 1).round().astype(int)
@@ -167,19 +181,42 @@ class RayPool:
                 i = pending.pop(ref)
                 try:
                     results[i] = ray.get(ref)
-                except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-                    retries[i] += 1
-                    self.on_event("actor_lost", {"generation": generation, "actor": i, "retry": retries[i],
-                                                 "error": type(exc).__name__})
-                    if retries[i] > self.max_retries:
-                        raise RuntimeError(f"slice {i} of generation {generation} lost its actor "
-                                           f"{retries[i]} times; giving up") from None
-                    self.actors[i] = self._new_actor()
-                    self.actor_info[i] = self._wait_ready([self.actors[i]])[0]
-                    self.on_event("actor_replaced", {"generation": generation, "actor": i, **self.actor_info[i]})
+                except _lost_errors() as exc:
+                    retries[i] = self._replace(i, generation, retries[i], exc)
                     pending[self.actors[i].fitness.remote(slices[i], generation)] = i
         self.last_timing = {"wall": time.perf_counter() - t0, "compute_max": max(r[2] for r in results)}
         return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
+    def _replace(self, i: int, generation: int, retries: int, error: BaseException) -> int:
+        """Replace lost actor ``i`` by a new one that is ready; returns the slice's retry count.
+
+        A replacement can itself die before it starts: after a node dies without saying so, Ray keeps the
+        node alive for its health check's grace period (seconds) and may place the replacement there.
+        That counts as another loss of the slice, and the next replacement goes elsewhere.
+        """
+        import ray
+
+        node_id = self.actor_info[i].get("node_id", "")     # where the lost actor ran ('' if never started)
+        while True:
+            retries += 1
+            self.on_event("actor_lost", {"generation": generation, "actor": i, "retry": retries,
+                                         "error": type(error).__name__, "node_id": node_id})
+            if retries > self.max_retries:
+                raise RuntimeError(f"slice {i} of generation {generation} lost its actor {retries} times "
+                                   f"(last: {type(error).__name__}); giving up") from None
+            try:   # an unavailable actor may still be running somewhere: free its resources
+                ray.kill(self.actors[i], no_restart=True)
+            except Exception:
+                pass
+            self.actors[i] = self._new_actor()
+            try:
+                self.actor_info[i] = self._wait_ready([self.actors[i]], self.replace_timeout)[0]
+            except _lost_errors() as exc:
+                error, node_id = exc, ""
+                continue
+            self.on_event("actor_replaced", {"generation": generation, "actor": i, "retry": retries,
+                                             **self.actor_info[i]})
+            return retries
 
     def shutdown(self) -> None:
         import ray
@@ -190,3 +227,14 @@ class RayPool:
             except Exception:  # already gone
                 pass
         self.actors = []
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the actor or its node is gone", as opposed to an error in evoplast's code.
+
+    ``RayActorError`` covers ``ActorDiedError`` (process or node dead) and ``ActorUnavailableError``
+    (unreachable, e.g. its node stopped answering); the others cover a result lost with its node.
+    """
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+
+    return (RayActorError, NodeDiedError, ObjectLostError, WorkerCrashedError)

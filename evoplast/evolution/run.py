@@ -8,6 +8,7 @@ as KILLED; ``--resume`` continues the same run and reaches the same result as an
 
 from __future__ import annotations
 
+import json
 import signal
 import tempfile
 import threading
@@ -134,6 +135,8 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "config.yaml").write_text(to_yaml(cfg))
                 tracker.log_artifact(Path(tmp) / "config.yaml")
+        if pool is not None:   # where each slice is evaluated; replacements update their actor's tag
+            tracker.set_tags({f"evoplast.actor.{i}": _actor_tag(info) for i, info in enumerate(pool.actor_info)})
         center0 = evaluator.spec.initial_vector()
         out(f"evoplast: run {tracker.run_id} | genome of {evaluator.spec.dim} numbers "
             f"({', '.join(s.name for s in evaluator.spec.evolved)[:90]}...) | {cfg.search.algorithm} "
@@ -220,11 +223,21 @@ def _make_evaluate(cfg: Config, tracker: Tracker, evaluator: Evaluator):
         return None, None
 
     def on_event(kind: str, details: dict) -> None:
-        tracker.set_tags({f"evoplast.event.{kind}.{details.get('generation')}.{details.get('actor')}": details})
+        # one tag per event: evoplast.event.<kind>.<generation>.<actor>.<retry> = the details as JSON
+        tags = {f"evoplast.event.{kind}.{details.get('generation')}.{details.get('actor')}.{details.get('retry', 0)}":
+                json.dumps(details, default=str)}
+        if kind == "actor_replaced":
+            tags[f"evoplast.actor.{details.get('actor')}"] = _actor_tag(details)
+        tracker.set_tags(tags)
         print(f"evoplast: {kind.replace('_', ' ')}: {details}")
 
     pool = RayPool(cfg, on_event=on_event)
     return pool.evaluate, pool
+
+
+def _actor_tag(info: dict) -> str:
+    """MLflow tag value of one evaluator actor: ``{"node_id": ..., "device": ..., "pid": ...}`` as JSON."""
+    return json.dumps({k: info.get(k) for k in ("node_id", "device", "pid")})
 
 
 def _heldout_measures(evaluator: Evaluator, center: torch.Tensor) -> dict[str, float]:
