@@ -50,9 +50,9 @@ def run_main(main: Callable[[], int | None]) -> None:
         print("evoplast: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # Ray's errors are imported lazily
-        from .evolution.ray_pool import RayUnavailable
+        from .evolution.ray_pool import ActorsLost, RayUnavailable
 
-        if isinstance(exc, RayUnavailable):
+        if isinstance(exc, (RayUnavailable, ActorsLost)):
             print(f"evoplast: error: {exc}", file=sys.stderr)
             sys.exit(1)
         raise

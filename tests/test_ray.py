@@ -104,3 +104,17 @@ def test_evotorch_distributed_mode_runs_and_resumes_exactly(local_ray, store):  
     resumed = run_evolution(resume_config(checkpoint, []), resume=checkpoint, out=quiet)
     assert [h["best"] for h in resumed.history] == [h["best"] for h in whole.history]
     assert torch.equal(resumed.center, whole.center)
+
+
+def test_a_slice_that_keeps_losing_its_actor_stops_with_one_line(local_ray):
+    from evoplast.evolution.ray_pool import ActorsLost
+
+    cfg = load_config(None, TINY + ["ray.num_actors=2"])
+    pool = RayPool(cfg, max_retries=0)
+    try:
+        ev = Evaluator(cfg)
+        ray.kill(pool.actors[1], no_restart=True)
+        with pytest.raises(ActorsLost, match="slice 1 of generation 0 lost its actor 1 times"):
+            pool.evaluate(ev.spec.initial_vector().reshape(1, -1).repeat(4, 1), 0)
+    finally:
+        pool.shutdown()

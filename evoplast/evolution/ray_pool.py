@@ -27,6 +27,10 @@ class RayUnavailable(RuntimeError):
     """Ray cannot be reached, or cannot place the requested actors; the message says what to do."""
 
 
+class ActorsLost(RuntimeError):
+    """A slice lost its actor more often than allowed in one generation; the run stops."""
+
+
 def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
     """Start a local Ray (``address=''``) with explicit resources, or join ``auto`` / ``host:port``.
 
@@ -202,8 +206,8 @@ class RayPool:
             self.on_event("actor_lost", {"generation": generation, "actor": i, "retry": retries,
                                          "error": type(error).__name__, "node_id": node_id})
             if retries > self.max_retries:
-                raise RuntimeError(f"slice {i} of generation {generation} lost its actor {retries} times "
-                                   f"(last: {type(error).__name__}); giving up") from None
+                raise ActorsLost(f"slice {i} of generation {generation} lost its actor {retries} times "
+                                 f"(last: {type(error).__name__}); giving up") from None
             try:   # an unavailable actor may still be running somewhere: free its resources
                 ray.kill(self.actors[i], no_restart=True)
             except Exception:

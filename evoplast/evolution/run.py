@@ -162,7 +162,18 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
         last = min(total, stop_after) if stop_after is not None else total
         with _StopFlag() as stop:
             while trainer.generation < last and stop.signal is None:
-                stats = trainer.step()
+                try:
+                    stats = trainer.step()
+                except Exception as exc:
+                    from .ray_pool import ActorsLost
+
+                    if not isinstance(exc, ActorsLost):
+                        raise
+                    # a half-done generation is never checkpointed; the last whole one is resumable
+                    where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
+                             f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
+                             else "no checkpoint was written yet; start the run again")
+                    raise ActorsLost(f"{exc}; {where}") from None
                 g = trainer.generation
                 tracker.log_metrics({f"fitness.{k}": stats[k] for k in ("best", "mean", "median", "worst")
                                      if stats[k] == stats[k]} |
