@@ -48,8 +48,8 @@ def update_gradient_cosine(ev: Evaluator, genome: Tensor, episodes: Episodes) ->
         y = tile(episodes.stream_y[:, t], 1)
         leaves = [w.detach().clone().requires_grad_(True) for w in state.weights]
         with torch.enable_grad():
-            _, pre = forward(tuple(leaves), state.biases, x)
-            loss = _online_loss(spec, pre[-1], y).sum()
+            _, y_hat = forward(tuple(leaves), state.biases, x)
+            loss = _online_loss(spec, y_hat, y).sum()
             grads = torch.autograd.grad(loss, [leaves[l - 1] for l in spec.plastic_layers])
         new = learner.step(params, NetState(tuple(w.clone() for w in state.weights), state.biases), x, y,
                            inplace=False)

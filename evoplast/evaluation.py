@@ -106,6 +106,10 @@ class Evaluator:
         self.task = make_task(cfg.task)
         self.spec: GenomeSpec = spec or build_genome_spec(cfg, self.task.n_in, self.task.n_out, self.task.kind)
         self.learner = PlasticLearner(self.spec.model)
+        self.fast_learner = self.learner           # the one evolution uses: compiled if asked
+        if cfg.evaluation.compile:
+            self.fast_learner = PlasticLearner(self.spec.model)
+            self.fast_learner.step_and_predict = torch.compile(self.fast_learner.step_and_predict, dynamic=False)
 
     def episodes(self, purpose: Purpose, index: int, num_episodes: int, order: str | None = None) -> Episodes:
         return self.task.episodes(self.cfg.seed, purpose, index, num_episodes, self.device, order=order)
@@ -118,7 +122,7 @@ class Evaluator:
     def fitness(self, genomes: Tensor, generation: int) -> tuple[Tensor, Tensor]:
         """``(fitness [P], nonfinite [P] bool)`` on generation ``generation``'s training episodes (CPU)."""
         episodes = self.episodes(Purpose.TRAIN, generation, self.cfg.evaluation.episodes)
-        scores = score_params(self.learner, self.decode(genomes), episodes, cap=self.cfg.evaluation.loss_cap,
+        scores = score_params(self.fast_learner, self.decode(genomes), episodes, cap=self.cfg.evaluation.loss_cap,
                               chunk=self.cfg.evaluation.chunk_size)
         return scores.fitness.cpu(), scores.nonfinite.cpu()
 

@@ -50,6 +50,14 @@ def state_predict(state: NetState, x: Tensor) -> Tensor:
     return predict(state.weights, state.biases, x)
 
 
+def _feedback(s: Tensor, feedback: Tensor) -> Tensor:
+    """``s B^T``: ``[B, m, n_out] x [B, out, n_out] -> [B, m, out]``. With one output (regression) it is
+    an outer product, done as a broadcast multiply: a matmul with inner size 1 is ~10x slower on CPU."""
+    if s.shape[-1] == 1:
+        return s * feedback.transpose(1, 2)
+    return torch.bmm(s, feedback.transpose(1, 2))
+
+
 class PlasticLearner:
     """FLP: forward -> teaching signal -> direct feedback -> local rule on every plastic layer.
 
@@ -89,8 +97,7 @@ class PlasticLearner:
         """:meth:`step`, also returning the prediction ``y_hat [B, m, n_out]`` of the pre-update weights."""
         spec = self.spec
         L = spec.num_layers
-        acts, preacts = forward(state.weights, state.biases, x)
-        y_hat = preacts[-1]
+        acts, y_hat = forward(state.weights, state.biases, x)
         s = teaching_signal(spec, y_hat, y)                                    # [B, m, n_out]
         weights = list(state.weights)
         if inplace is None:
@@ -99,18 +106,17 @@ class PlasticLearner:
         for l in spec.plastic_layers:
             is_output = l == L
             w = state.weights[l - 1]
-            fb = torch.bmm(s, params[f"layer{l}.feedback"].transpose(1, 2))    # [B, m, out] = s B_l^T
+            fb = _feedback(s, params[f"layer{l}.feedback"])                    # [B, m, out] = s B_l^T
             f = fb + params[f"layer{l}.feedback_bias"].unsqueeze(1)
             if not is_output and spec.feedback_activation == "relu":
-                f = torch.relu(f)
+                f = torch.relu_(f)
             post_ff = y_hat if is_output else acts[l]
             if is_output and spec.kind == "classification":
                 post = s
-            else:
-                beta = params[f"layer{l}.beta"]                                # [B, 1, 1]
-                post = beta * f + (1 - beta) * post_ff
-            activity = LayerActivity(pre=acts[l - 1], post=post, post_ff=post_ff, preact=preacts[l - 1],
-                                     feedback=fb, weight=w, is_output=is_output)
+            else:                                  # beta f + (1 - beta) x in one pass
+                post = torch.lerp(post_ff, f, params[f"layer{l}.beta"])         # beta [B, 1, 1]
+            activity = LayerActivity(pre=acts[l - 1], post=post, post_ff=post_ff, feedback=fb, weight=w,
+                                     is_output=is_output)
             coefs = {c: params[f"layer{l}.{c}"] for c in self.coef_names}
             if inplace:  # every layer's activity is computed before any weight changes
                 activities.append((coefs, activity))
@@ -152,8 +158,7 @@ class GradientLearner:
         return initial_state(self.spec, params)
 
     def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState:
-        acts, preacts = forward(state.weights, state.biases, x)
-        y_hat = preacts[-1]
+        acts, y_hat = forward(state.weights, state.biases, x)
         m = x.shape[1]
         if self.spec.kind == "regression":
             delta = (y_hat - y) / m                                             # [B, m, n_out]
@@ -170,7 +175,7 @@ class GradientLearner:
             if l > lowest:
                 back = state.weights[l - 1] if self.feedback == "backprop" else \
                     self.fa_matrices[l - 1].to(delta).expand_as(state.weights[l - 1])
-                delta = torch.bmm(delta, back) * (preacts[l - 2] > 0)           # [B, m, in_l]
+                delta = torch.bmm(delta, back) * (acts[l - 1] > 0)              # [B, m, in_l] relu'(a)
             if l in self.layers:
                 weights[l - 1] = state.weights[l - 1] - lr_w * grad_w
                 biases[l - 1] = state.biases[l - 1] - lr_b * grad_b

@@ -58,24 +58,23 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-def forward(weights: tuple[Tensor, ...], biases: tuple[Tensor, ...], x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+def forward(weights: tuple[Tensor, ...], biases: tuple[Tensor, ...], x: Tensor) -> tuple[list[Tensor], Tensor]:
     """Feed-forward pass.
 
     Args:
         weights: L tensors ``[B, out_l, in_l]``; biases: L tensors ``[B, out_l]``; x: ``[B, m, n_in]``.
     Returns:
-        ``(acts, preacts)``: acts = [x_0, x_1, ..., x_{L-1}] (the inputs of each layer, ``[B, m, in_l]``),
-        preacts = [a_1, ..., a_L] (``[B, m, out_l]``); the output is ``preacts[-1]``.
+        ``(acts, y_hat)``: acts = [x_0, x_1, ..., x_{L-1}] (the input of each layer, ``[B, m, in_l]``; a relu
+        unit is active where its activity is > 0) and the output ``y_hat = a_L`` (``[B, m, n_out]``).
     """
-    acts, preacts = [x], []
+    acts = [x]
     h = x
     for l, (w, b) in enumerate(zip(weights, biases), start=1):
-        a = linear(h, w, b)
-        preacts.append(a)
+        h = linear(h, w, b)
         if l < len(weights):
-            h = torch.relu(a)
+            h = torch.relu_(h)          # in place on a fresh tensor: one pass less, fine under autograd
             acts.append(h)
-    return acts, preacts
+    return acts, h
 
 
 def predict(weights: tuple[Tensor, ...], biases: tuple[Tensor, ...], x: Tensor) -> Tensor:

@@ -27,8 +27,7 @@ class LayerActivity:
 
     pre:      [B, m, in]   presynaptic activity x_{l-1} (the unmodified feed-forward input)
     post:     [B, m, out]  teaching post activity x~_l = beta f_l + (1 - beta) x_l
-    post_ff:  [B, m, out]  feed-forward post activity x_l (y_hat for the output layer)
-    preact:   [B, m, out]  pre-activation a_l
+    post_ff:  [B, m, out]  feed-forward post activity x_l = relu(a_l) (y_hat for the output layer)
     feedback: [B, m, out]  raw feedback B_l s (before its bias and activation)
     weight:   [B, out, in] the layer's weights before this step's update
     is_output: whether this is the (linear) output layer
@@ -37,7 +36,6 @@ class LayerActivity:
     pre: Tensor
     post: Tensor
     post_ff: Tensor
-    preact: Tensor
     feedback: Tensor
     weight: Tensor
     is_output: bool
@@ -64,7 +62,7 @@ TERMS: dict[str, Callable[[LayerActivity], Tensor]] = {
     # Oja's subspace decay: -(sum x~ x~^T) W
     "oja_subspace": lambda a: -torch.bmm(torch.bmm(a.post.transpose(1, 2), a.post), a.weight),
     # pseudo-gradient: feedback times the activation's derivative, times pre (DFA-like)
-    "pseudo_grad": lambda a: hebbian(a.feedback if a.is_output else a.feedback * (a.preact > 0), a.pre),
+    "pseudo_grad": lambda a: hebbian(a.feedback if a.is_output else a.feedback * (a.post_ff > 0), a.pre),
     # plain weight decay
     "decay": lambda a: -a.weight,
 }

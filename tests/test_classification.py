@@ -152,8 +152,8 @@ def test_sgd_classification_step_is_autograd_cross_entropy():
         learner = GradientLearner(spec, lr, layers=layers)
         new = learner.step(params, learner.init_state(params), x, y)
         leaves = [t.clone().requires_grad_(True) for t in (*weights, *biases)]
-        _, pre = forward(tuple(leaves[:2]), tuple(leaves[2:]), x)
-        torch.nn.functional.cross_entropy(pre[-1].transpose(1, 2), y, reduction="none").mean(-1).sum().backward()
+        _, y_hat = forward(tuple(leaves[:2]), tuple(leaves[2:]), x)
+        torch.nn.functional.cross_entropy(y_hat.transpose(1, 2), y, reduction="none").mean(-1).sum().backward()
         for i, (got, leaf) in enumerate(zip((*new.weights, *new.biases), leaves)):
             updated = layers is None or i % 2 == 1              # head-only (OML) leaves layer 1 alone
             expected = leaf.detach() - lr * leaf.grad if updated else leaf.detach()

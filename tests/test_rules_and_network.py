@@ -42,8 +42,8 @@ def test_hebb_with_exact_error_feedback_is_one_sgd_step(grad_mode):
                                         x, y)
     w3 = weights[2].clone().requires_grad_(True)
     with torch.enable_grad():
-        acts, pre = forward((weights[0], weights[1], w3), biases, x)
-        (0.5 * (y - pre[-1]).square().sum()).backward()
+        _, y_hat = forward((weights[0], weights[1], w3), biases, x)
+        (0.5 * (y - y_hat).square().sum()).backward()
     torch.testing.assert_close(new.weights[2], weights[2] - lr * w3.grad, rtol=1e-5, atol=1e-6)
     assert torch.equal(new.weights[0], weights[0]) and torch.equal(new.weights[1], weights[1])
     assert not torch.equal(new.weights[2], weights[2])
@@ -91,7 +91,7 @@ def test_oja_single_neuron_finds_principal_direction():
     for _ in range(3000):
         x = (torch.randn(1, 8, d, generator=g) * scales) @ q.T   # [1, m, d] zero-mean, covariance cov
         post = x @ w.transpose(1, 2)                               # linear neuron y = w^T x, [1, m, 1]
-        a = LayerActivity(pre=x, post=post, post_ff=post, preact=post, feedback=post, weight=w, is_output=True)
+        a = LayerActivity(pre=x, post=post, post_ff=post, feedback=post, weight=w, is_output=True)
         w = w + oja({"eta": eta}, a)
     w = w.reshape(d)
     assert abs(w.norm().item() - 1.0) < 0.05
@@ -108,8 +108,8 @@ def test_backprop_learner_is_autograd_sgd():
     learner = GradientLearner(spec, lr)
     new = learner.step(params, learner.init_state(params), x, y)
     leaves = [t.clone().requires_grad_(True) for t in (*weights, *biases)]
-    _, pre = forward(tuple(leaves[:3]), tuple(leaves[3:]), x)
-    (0.5 * (y - pre[-1]).square().sum(-1).mean(-1).sum()).backward()   # mean over rows, per lifetime
+    _, y_hat = forward(tuple(leaves[:3]), tuple(leaves[3:]), x)
+    (0.5 * (y - y_hat).square().sum(-1).mean(-1).sum()).backward()   # mean over rows, per lifetime
     for got, leaf in zip((*new.weights, *new.biases), leaves):
         torch.testing.assert_close(got, leaf.detach() - lr * leaf.grad, rtol=1e-5, atol=1e-6)
 
