@@ -137,6 +137,16 @@ class Evaluator:
                             cap=self.cfg.evaluation.loss_cap, learn=learn, curve=curve,
                             episode_gain=episode_gain)
 
+    @torch.no_grad()
+    def learning_measures(self, genome: Tensor) -> dict[str, float]:
+        """Held-out ``loss``, ``loss_plasticity_off``, ``learning_gain`` (off - on) and ``episode_gain`` of
+        one genome ``[D]``: the numbers every report carries beside the loss."""
+        g = genome.reshape(1, -1)
+        on = self.score(g, episode_gain=True)
+        off = self.score(g, learn=False)
+        return {"loss": on.loss.item(), "loss_plasticity_off": off.loss.item(),
+                "learning_gain": (off.loss - on.loss).item(), "episode_gain": on.episode_gain.item()}
+
     def sgd_learner(self, feedback: str = "backprop") -> GradientLearner:
         return GradientLearner(self.spec.model, self.cfg.evaluation.sgd_lrs[0], feedback, seed=self.cfg.seed)
 

@@ -62,14 +62,6 @@ class FinetuneResult:
     ui_command: str = ""
 
 
-def _measures(ev: Evaluator, genome: torch.Tensor) -> dict[str, float]:
-    g = genome.reshape(1, -1)
-    on = ev.score(g, episode_gain=True)
-    off = ev.score(g, learn=False)
-    return {"loss": on.loss.item(), "loss_plasticity_off": off.loss.item(),
-            "learning_gain": (off.loss - on.loss).item(), "episode_gain": on.episode_gain.item()}
-
-
 def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str], *,
                  parent_run_id: Optional[str] = None, out: Callable[[str], None] = print,
                  print_every: int = 0) -> FinetuneResult:
@@ -95,7 +87,7 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
             + f" | {len(labels)} genome(s), {spec.dim} trained numbers | "
             + ("full BPTT" if not cfg.finetune.bptt_window else f"truncated BPTT, window {cfg.finetune.bptt_window}")
             + (", activation checkpointing" if cfg.finetune.checkpoint_activations else ""))
-        before = [_measures(ev, g) for g in start]
+        before = [ev.learning_measures(g) for g in start]
         for i, b in enumerate(before):
             tracker.log_metrics({f"heldout.loss.g{i}": b["loss"]}, step=0)
         trainer = MetaTrainer(cfg, spec, start, device)
@@ -113,14 +105,13 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
                                  "skipped_steps": trainer.skipped, "step_seconds": row["seconds"]}
                                 | {f"meta_loss.g{i}": v for i, v in enumerate(r.loss.tolist())}, step=s)
             if s % cfg.finetune.eval_every == 0 or s == steps:
-                now = trainer.current()
-                for i in range(len(now)):
-                    tracker.log_metrics({f"heldout.loss.g{i}": _measures(ev, now[i])["loss"]}, step=s)
+                losses = ev.score(trainer.current()).loss                      # [k], one batched lifetime
+                tracker.log_metrics({f"heldout.loss.g{i}": v for i, v in enumerate(losses.tolist())}, step=s)
             if s % print_every == 0 or s == steps:
                 out(f"meta-step {s:4d}/{steps} | meta-loss {row['meta_loss']:.3f} | grad norm {row['grad_norm']:.3g} "
                     f"| {(time.perf_counter() - t0) / s:.3f} s/step | skipped {trainer.skipped}")
         final = trainer.current()
-        after = [_measures(ev, g) for g in final]
+        after = [ev.learning_measures(g) for g in final]
         validation = ev.episodes(Purpose.VALIDATION, 1, cfg.evaluation.heldout_episodes)
         chosen = int(ev.score(final, episodes=validation).loss.argmin())
         tracker.log_metrics({f"final.{k}": v for k, v in after[chosen].items()} |

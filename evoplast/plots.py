@@ -12,6 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: str | Path, *axes) -> Path:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def fitness_curve(history: Sequence[dict], path: str | Path, heldout: Sequence[dict] = ()) -> Path:
     """Best / mean / median fitness per generation (training episodes), and held-out center loss points."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -30,12 +40,7 @@ def fitness_curve(history: Sequence[dict], path: str | Path, heldout: Sequence[d
     ax.set_ylabel("fitness = -query MSE")
     if shown:  # the first generations of a search can be far below the rest: keep the scale readable
         ax.set_ylim(bottom=max(min(shown), -20))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, ax)
 
 
 def mse_vs_tasks_seen(curves: dict[str, Sequence[float]], path: str | Path, title: str = "",
@@ -48,12 +53,7 @@ def mse_vs_tasks_seen(curves: dict[str, Sequence[float]], path: str | Path, titl
     ax.set_ylabel(f"{ylabel} over the tasks seen")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, ax)
 
 
 def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Sequence[dict],
@@ -89,12 +89,7 @@ def accuracy_vs_n(by_n: dict[int, dict[str, float]], path: str | Path) -> Path:
     ax.set_xlabel("classes per episode (N)")
     ax.set_ylabel("held-out query accuracy")
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, ax)
 
 
 def forgetting_heatmaps(matrices: dict[str, "object"], path: str | Path, metric: str) -> Path:
@@ -126,9 +121,4 @@ def cosine_curves(cosine, layers: Sequence[int], task_ends: Sequence[int], path:
     ax.set_xlabel("lifetime step")
     ax.set_ylabel("cos(rule update, -gradient)")
     ax.set_ylim(-1, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, ax)

@@ -148,6 +148,7 @@ def bench_evolve(args) -> None:
 
     print(f"evolve benchmark: generations/s and evaluations/s (genomes/s) with 0, 1, 2 Ray actors; "
           f"{os.cpu_count()} CPUs. 0 actors = in-process with {args.threads} threads; each actor uses 1 thread.")
+    results: dict[tuple[str, int], tuple[float, float]] = {}
     header = f"{'config':<34} {'actors':>6} {'gen/s':>7} {'evals/s':>8} {'vs 0 actors':>11} {'Ray overhead':>13}"
     print(header)
     print("-" * len(header))
@@ -167,7 +168,7 @@ def bench_evolve(args) -> None:
                 evaluate = Evaluator(cfg).fitness
             ev = Evaluator(cfg)
             trainer = EvolutionTrainer(cfg, evaluate, ev.spec.initial_vector())
-            gens = args.generations if "light" in name else 2
+            gens = args.generations if "light" in name else 4
             trainer.step()  # warm-up
             overheads = []
             t0 = time.perf_counter()
@@ -181,10 +182,17 @@ def bench_evolve(args) -> None:
             overhead = f"{statistics.median(overheads) / per_gen * 100:12.1f}%" if overheads else ""
             print(f"{name:<34} {actors:>6} {1 / per_gen:>7.2f} {cfg.search.popsize / per_gen:>8.1f} "
                   f"{base / per_gen:>10.2f}x {overhead:>13}", flush=True)
+            results[(name.split(":")[0], actors)] = (per_gen, statistics.median(overheads) / per_gen if overheads else 0.0)
             if pool is not None:
                 pool.shutdown()
         if ray.is_initialized():
             ray.shutdown()
+    scaling = results[("heavy", 1)][0] / results[("heavy", 2)][0]
+    overhead = max(results[("heavy", 1)][1], results[("heavy", 2)][1])
+    print()
+    print("targets (heavy configuration):")
+    print(f"  2 actors vs 1 actor, evaluations/s   {scaling:5.2f}x (target >= 1.7): {'pass' if scaling >= 1.7 else 'short'}")
+    print(f"  Ray overhead per generation         {overhead * 100:5.1f}% (target < 5%): {'pass' if overhead < 0.05 else 'short'}")
 
 
 MEMORY_MODES = {

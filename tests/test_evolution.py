@@ -111,3 +111,28 @@ def test_checkpoint_file_is_self_describing(store):
     data = load_checkpoint(result.checkpoint)
     assert data["format"] == "evoplast.checkpoint" and data["mlflow_run_id"] == result.run_id
     assert data["trainer"]["generation"] == 2 and "search:" in data["config_yaml"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A write that dies half-way leaves the previous checkpoint whole and no temporary file."""
+    from evoplast import checkpoint as ckpt
+
+    path = tmp_path / "run" / "latest.pt"
+    ckpt.save_checkpoint(path, {"generation": 1, "x": torch.arange(10)})
+    real_save = torch.save
+
+    def dies_half_way(obj, fh, *a, **kw):
+        real_save(obj, fh, *a, **kw)
+        fh.truncate(fh.tell() // 2)               # half the bytes are on disk ...
+        raise KeyboardInterrupt                   # ... when the process is interrupted
+
+    monkeypatch.setattr(ckpt.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(path, {"generation": 2, "x": torch.arange(1000)})
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert ckpt.load_checkpoint(path)["generation"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["latest.pt"]
+    # and a file that is itself cut short is reported in one line
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
+        ckpt.load_checkpoint(path)

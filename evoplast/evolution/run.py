@@ -183,10 +183,11 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
                 if print_every and (g % print_every == 0 or g == last):
                     out(_format_stats(stats, total))
                 if g % cfg.tracking.gain_every == 0 or g == total:
-                    h = _heldout_measures(evaluator, trainer.center())
+                    h = evaluator.learning_measures(trainer.center())
                     heldout.append({"generation": g, **h})
                     tracker.log_metrics({f"heldout.{k}": v for k, v in h.items()}, step=g)
-                    out(f"          held-out MSE {h['loss']:.3f} | plasticity off {h['loss_plasticity_off']:.3f} "
+                    metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
+                    out(f"          held-out {metric} {h['loss']:.3f} | plasticity off {h['loss_plasticity_off']:.3f} "
                         f"(learning gain {h['learning_gain']:+.3f}) | episode-specific gain {h['episode_gain']:+.3f}")
                 if g % cfg.checkpoint.every == 0 and g < total:
                     checkpoint()
@@ -249,14 +250,6 @@ def _make_evaluate(cfg: Config, tracker: Tracker, evaluator: Evaluator):
 def _actor_tag(info: dict) -> str:
     """MLflow tag value of one evaluator actor: ``{"node_id": ..., "device": ..., "pid": ...}`` as JSON."""
     return json.dumps({k: info.get(k) for k in ("node_id", "device", "pid")})
-
-
-def _heldout_measures(evaluator: Evaluator, center: torch.Tensor) -> dict[str, float]:
-    g = center.reshape(1, -1)
-    on = evaluator.score(g, episode_gain=True)
-    off = evaluator.score(g, learn=False)
-    return {"loss": on.loss.item(), "loss_plasticity_off": off.loss.item(),
-            "learning_gain": (off.loss - on.loss).item(), "episode_gain": on.episode_gain.item()}
 
 
 def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, trainer: EvolutionTrainer,
