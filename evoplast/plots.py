@@ -85,6 +85,7 @@ def accuracy_vs_n(by_n: dict[int, dict[str, float]], path: str | Path) -> Path:
         ax.plot(ns, [by_n[n][name] for n in ns], "o-", ms=4, label=name)
     ax.plot(ns, [1 / n for n in ns], ":", color="gray", label="chance")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel("classes per episode (N)")
     ax.set_ylabel("held-out query accuracy")
