@@ -105,3 +105,24 @@ def load_genome_file(path: str | Path, what: str) -> dict:
     if data.get("format") not in ("evoplast.genome", "evoplast.finetuned_genome") or "segments" not in data:
         raise RunArtifactsError(f"{what} is not an evoplast genome file")
     return data
+
+
+def genome_of_run(tracker: Tracker, run_id: str, which: str = "best") -> tuple[dict, str]:
+    """``(genome file, run it came from)``: the run's ``best_genome.pt``, or for ``which="finetuned"`` the
+    ``finetuned_genome.pt`` of the run itself (a fine-tune run) or of its latest finished nested fine-tune."""
+    run = tracker.get_run(run_id)
+    source, artifact = run_id, "best_genome.pt"
+    if which == "finetuned":
+        artifact = "finetuned_genome.pt"
+        if artifact not in {a.path for a in tracker.client.list_artifacts(run_id)}:
+            children = tracker.client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
+                                                  order_by=["attributes.start_time DESC"])
+            tuned = [r.info.run_id for r in children if r.info.status == "FINISHED" and
+                     artifact in {a.path for a in tracker.client.list_artifacts(r.info.run_id)}]
+            if not tuned:
+                raise RunArtifactsError(f"run {run_id} has no finished fine-tune; run "
+                                        f"`python scripts/finetune.py --run-id {run_id}` first")
+            source = tuned[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        genome = load_genome_file(download(tracker, source, artifact, tmp), f"{artifact} of run {source}")
+    return genome, source

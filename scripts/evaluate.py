@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,7 +41,7 @@ def main() -> int:
     from evoplast.evaluation import Evaluator
     from evoplast.finetune import check_finetune_overrides, train_spec_of
     from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen
-    from evoplast.runs import download, load_genome_file
+    from evoplast.runs import genome_of_run
     from evoplast.seeding import Purpose
     from evoplast.tracking import Tracker, environment_params, resolve_tracking_uri
 
@@ -51,19 +50,7 @@ def main() -> int:
     if args.run_id:
         check_finetune_overrides(args.overrides)
         run = tracker.get_run(args.run_id)
-        artifact, source = "best_genome.pt", args.run_id
-        if args.which == "finetuned":
-            children = tracker.client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{args.run_id}'",
-                                                  order_by=["attributes.start_time DESC"])
-            tuned = [r.info.run_id for r in children if "finetuned_genome.pt" in
-                     {a.path for a in tracker.client.list_artifacts(r.info.run_id)}]
-            if not tuned:
-                from evoplast.runs import RunArtifactsError
-
-                raise RunArtifactsError(f"run {args.run_id} has no fine-tune; run scripts/finetune.py --run-id {args.run_id}")
-            artifact, source = "finetuned_genome.pt", tuned[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = load_genome_file(download(tracker, source, artifact, tmp), f"{artifact} of run {source}")
+        saved, _ = genome_of_run(tracker, args.run_id, args.which)
         from evoplast.config import merge_overrides
 
         cfg = from_dict(merge_overrides(yaml.safe_load(saved["config_yaml"]), args.overrides))

@@ -11,7 +11,6 @@ register a new version of the model.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -20,8 +19,6 @@ from evoplast.cli import UsageError, run_main  # noqa: E402
 
 
 def main() -> int:
-    import argparse
-
     from evoplast.cli import _Parser
 
     p = _Parser(prog="export.py", description="Export a learned rule as a torch.export (.pt2) file.")
@@ -41,28 +38,14 @@ def main() -> int:
     from evoplast.config import from_dict
     from evoplast.export import RuleStep, export_rule, load_rule
     from evoplast.genome import build_genome_spec
-    from evoplast.runs import RunArtifactsError, download, load_genome_file
+    from evoplast.runs import genome_of_run
     from evoplast.tasks import make_task
     from evoplast.tracking import Tracker, resolve_tracking_uri
 
     # 1. the genome: best_genome.pt of the run, or finetuned_genome.pt of its latest nested fine-tune
     tracker = Tracker(resolve_tracking_uri())
     run = tracker.get_run(args.run_id)
-    source_run, artifact = args.run_id, "best_genome.pt"
-    if args.which == "finetuned":
-        artifact = "finetuned_genome.pt"
-        if artifact not in {a.path for a in tracker.client.list_artifacts(args.run_id)}:
-            children = tracker.client.search_runs([run.info.experiment_id],
-                                                  f"tags.mlflow.parentRunId = '{args.run_id}'",
-                                                  order_by=["attributes.start_time DESC"])
-            tuned = [r for r in children if r.info.status == "FINISHED" and
-                     artifact in {a.path for a in tracker.client.list_artifacts(r.info.run_id)}]
-            if not tuned:
-                raise RunArtifactsError(f"run {args.run_id} has no finished fine-tune; run "
-                                        f"`python scripts/finetune.py --run-id {args.run_id}` first")
-            source_run = tuned[0].info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        genome = load_genome_file(download(tracker, source_run, artifact, tmp), f"{artifact} of run {source_run}")
+    genome, source_run = genome_of_run(tracker, args.run_id, args.which)
     cfg = from_dict(yaml.safe_load(genome["config_yaml"]))
     task = make_task(cfg.task)
     model = build_genome_spec(cfg, task.n_in, task.n_out, task.kind).model

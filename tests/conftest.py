@@ -19,3 +19,12 @@ def tiny_cfg():
         "network.hidden=[8,8]", "evaluation.episodes=3", "evaluation.heldout_episodes=4",
         "search.popsize=8", "search.generations=3",
     ])
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A private MLflow sqlite store and checkpoint directory for one test."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -18,7 +18,7 @@ from evoplast.seeding import Purpose
 from evoplast.tasks.images import DatasetError, digits, glyphs, omniglot
 
 from .conftest import REPO
-from .test_evolution import quiet, store  # noqa: F401  (fixture)
+from .test_evolution import quiet
 
 GLYPHS = ["task.name=glyphs", "task.glyph_classes=40", "task.images_per_class=12", "task.image_size=12",
           "task.num_tasks=4", "task.batches_per_task=3", "task.batch_size=1", "task.query_size=4",
@@ -193,10 +193,8 @@ def test_oml_baseline_meta_learns_an_init_for_sgd_of_the_head():
     ev = Evaluator(cfg)
     held = ev.episodes(Purpose.HELDOUT, 0, 16)
     spec0 = oml_spec(ev.spec, 0.03)
-    from evoplast.analysis import score_oml as score
-
     learner = GradientLearner(spec0.model, 0.03, layers=(2,))
-    before = score(ev, spec0, spec0.initial_vector(), learner, held).accuracy.item()
+    before = score_oml(ev, spec0, spec0.initial_vector(), learner, held).accuracy.item()
     spec, genome, learner = oml_init(cfg, ev, 40)
     after = score_oml(ev, spec, genome, learner, held).accuracy.item()
     assert after > before + 0.05, (before, after)
@@ -222,7 +220,7 @@ def test_conv_features_shared_and_per_genome_agree_and_train_by_bptt():
     assert spec.split(g.grad)["features.conv1.weight"].abs().sum() > 0
 
 
-def test_evolving_a_rule_on_glyphs_learns_in_its_lifetime(store):  # noqa: F811
+def test_evolving_a_rule_on_glyphs_learns_in_its_lifetime(store):
     from evoplast.evolution.run import run_evolution
 
     result = run_evolution(glyph_cfg("search.generations=60"), out=quiet)

@@ -27,7 +27,7 @@ from evoplast.evolution.ray_pool import RayUnavailable, init_ray
 from evoplast.evolution.run import run_evolution
 
 from .conftest import REPO
-from .test_evolution import TINY, quiet, store  # noqa: F401  (fixture)
+from .test_evolution import TINY, quiet
 
 AWS_YAML = Path(REPO) / "cluster" / "aws.yaml"
 CLUSTER_CONFIG = Path(REPO) / "configs" / "cluster.yaml"
@@ -220,7 +220,7 @@ def actor_nodes(store_uri: str, run_id: str, actors: int) -> list[str]:
 FITNESS = ("best", "mean", "median", "worst")
 
 
-def test_actors_spread_over_both_workers_and_fitness_equals_one_process(two_nodes, store):  # noqa: F811
+def test_actors_spread_over_both_workers_and_fitness_equals_one_process(two_nodes, store):
     alone = run_evolution(load_config(None, TINY + ["search.generations=6", "ray.num_actors=0"]), out=quiet)
     spread = run_evolution(on_cluster(two_nodes, "search.generations=6", "ray.num_actors=2"), out=quiet)
     assert sorted(actor_nodes(store, spread.run_id, 2)) == sorted(w.node_id for w in two_nodes.workers)
@@ -232,7 +232,7 @@ def test_actors_spread_over_both_workers_and_fitness_equals_one_process(two_node
     assert spread.report["loss"] == alone.report["loss"]
 
 
-def test_resources_that_no_single_node_has_fail_fast_in_one_line(two_nodes, store):  # noqa: F811
+def test_resources_that_no_single_node_has_fail_fast_in_one_line(two_nodes, store):
     """4 CPUs in the cluster but 2 per node: an actor of 3 CPUs would wait forever; so would a GPU one."""
     for override, fragment in (("ray.num_cpus_per_actor=3", "ray.num_cpus_per_actor=3"),
                                ("ray.num_gpus_per_actor=1", "ray.num_gpus_per_actor=1")):
@@ -247,7 +247,7 @@ def test_resources_that_no_single_node_has_fail_fast_in_one_line(two_nodes, stor
     assert not experiments or not client.search_runs(experiments)      # no run left behind
 
 
-def test_worker_node_lost_mid_generation(two_nodes, store):  # noqa: F811
+def test_worker_node_lost_mid_generation(two_nodes, store):
     """A worker node dies without warning while its actor computes, as when a machine is lost: the
     actor's process and the node's raylet are killed at once. The generation completes on the surviving
     node, the fitness history is the uninterrupted run's, and the MLflow run records the loss and the

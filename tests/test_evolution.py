@@ -19,15 +19,6 @@ TINY = ["task.num_tasks=3", "task.batches_per_task=8", "task.batch_size=4", "tas
         "search.popsize=16", "search.stdev_init=0.05", "tracking.gain_every=5", "checkpoint.every=5"]
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A private MLflow sqlite store and checkpoint directory for one test."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 def tiny(*extra):
     return load_config(None, TINY + list(extra))
 

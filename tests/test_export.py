@@ -12,13 +12,13 @@ from mlflow.tracking import MlflowClient
 
 from evoplast.config import load_config
 from evoplast.evaluation import Evaluator
-from evoplast.export import RuleExportError, RuleStep, export_rule, load_rule
+from evoplast.export import RuleExportError, export_rule, load_rule
 from evoplast.learners import state_predict
 from evoplast.lifetime import expand_params, run_lifetime
 from evoplast.seeding import Purpose
 
 from .conftest import REPO
-from .test_evolution import TINY, quiet, store  # noqa: F401  (fixture)
+from .test_evolution import TINY, quiet
 
 REPLAY = textwrap.dedent("""
     import sys
@@ -174,7 +174,7 @@ def test_export_bad_input_is_one_line(tmp_path, args, fragment):
     assert proc.returncode in (1, 2) and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_run_without_genomes_is_one_line(tmp_path, store):  # noqa: F811
+def test_run_without_genomes_is_one_line(tmp_path, store):
     from evoplast.evolution.run import run_evolution
 
     part = run_evolution(load_config(None, TINY + ["search.generations=10"]), out=quiet, stop_after=2)

@@ -4,7 +4,6 @@ import gc
 import os
 
 import psutil
-import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -14,7 +13,7 @@ from evoplast.finetune import run_finetune, train_spec_of
 from evoplast.metatrain import MetaTrainer, meta_gradient
 from evoplast.seeding import Purpose
 
-from .test_evolution import TINY, quiet, store  # noqa: F401  (fixture)
+from .test_evolution import TINY, quiet
 
 
 def _setup(*extra):
@@ -113,7 +112,7 @@ def test_memory_is_flat_over_meta_steps():
     assert growth < leak / 4, f"memory grew {growth:.1f} MB over 15 meta-steps (a leak grows {leak:.1f} MB)"
 
 
-def test_finetune_run_is_nested_and_reports_before_and_after(store):  # noqa: F811
+def test_finetune_run_is_nested_and_reports_before_and_after(store):
     from evoplast.evolution.run import run_evolution
 
     evo = run_evolution(load_config(None, TINY + ["search.generations=30"]), out=quiet)

@@ -13,7 +13,7 @@ from evoplast.evaluation import Evaluator
 from evoplast.evolution.ray_pool import RayPool, RayUnavailable
 from evoplast.evolution.run import run_evolution
 
-from .test_evolution import TINY, quiet, store  # noqa: F401  (fixture)
+from .test_evolution import TINY, quiet
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def local_ray():
     ray.shutdown()
 
 
-def test_same_fitness_history_with_0_1_2_actors(local_ray, store):  # noqa: F811
+def test_same_fitness_history_with_0_1_2_actors(local_ray, store):
     runs = {}
     for actors in (0, 1, 2):
         cfg = load_config(None, TINY + ["search.generations=12", f"ray.num_actors={actors}"])
@@ -90,7 +90,7 @@ def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
     pool.shutdown()
 
 
-def test_evotorch_distributed_mode_runs_and_resumes_exactly(local_ray, store):  # noqa: F811
+def test_evotorch_distributed_mode_runs_and_resumes_exactly(local_ray, store):
     """search.distributed: EvoTorch's own actors sample and estimate PGPE's gradient."""
     cfg = load_config(None, TINY + ["search.algorithm=pgpe", "search.distributed=true", "ray.num_actors=2",
                                     "search.generations=6", "tracking.gain_every=3"])

@@ -12,7 +12,6 @@ import json
 import signal
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_dict, to_yaml
+from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml
 from ..evaluation import Evaluator
 from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..tracking import Tracker, environment_params, resolve_tracking_uri
