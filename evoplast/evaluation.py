@@ -97,15 +97,21 @@ class Evaluator:
     """Everything needed to score flat genomes of one config, on one device.
 
     Built from the config alone (in the driver or inside a Ray actor), so two evaluators of the same
-    config give the same scores for the same genomes and generation.
+    config give the same scores for the same genomes and generation. On a CPU it also applies
+    :func:`evoplast.runtime.reuse_freed_memory` to its process (``evaluation.reuse_memory``).
     """
 
     def __init__(self, cfg: Config, device: torch.device | str = "cpu", spec: GenomeSpec | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
+        if cfg.evaluation.reuse_memory and self.device.type == "cpu":
+            from .runtime import reuse_freed_memory
+
+            reuse_freed_memory()
         self.task = make_task(cfg.task)
         self.spec: GenomeSpec = spec or build_genome_spec(cfg, self.task.n_in, self.task.n_out, self.task.kind)
-        self.learner = PlasticLearner(self.spec.model)
+        fused = cfg.evaluation.fused_kernel and self.device.type == "cpu" and not cfg.evaluation.compile
+        self.learner = PlasticLearner(self.spec.model, fused=fused)
         self.fast_learner = self.learner           # the one evolution uses: compiled if asked
         if cfg.evaluation.compile:
             self.fast_learner = PlasticLearner(self.spec.model)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .network import ModelSpec, forward, predict, teaching_signal
+from .network import ModelSpec, column_major, forward, predict, teaching_signal
 from .rules import LayerActivity, apply_update_, coefficient_names, get_rule
 from .seeding import Purpose, generator
 
@@ -50,12 +50,13 @@ def state_predict(state: NetState, x: Tensor) -> Tensor:
     return predict(state.weights, state.biases, x)
 
 
-def _feedback(s: Tensor, feedback: Tensor) -> Tensor:
-    """``s B^T``: ``[B, m, n_out] x [B, out, n_out] -> [B, m, out]``. With one output (regression) it is
-    an outer product, done as a broadcast multiply: a matmul with inner size 1 is ~10x slower on CPU."""
+def _feedback(s: Tensor, feedback: Tensor, bias: Tensor) -> Tensor:
+    """``s B^T + c``: ``[B, m, n_out] x [B, out, n_out] + [B, 1, out] -> [B, m, out]``. With one output
+    (regression) it is an outer product, done as one broadcast multiply-add: a matmul with inner size 1
+    is ~10x slower on CPU."""
     if s.shape[-1] == 1:
-        return s * feedback.transpose(1, 2)
-    return torch.bmm(s, feedback.transpose(1, 2))
+        return torch.addcmul(bias, s, feedback.transpose(1, 2))
+    return torch.baddbmm(bias, s, feedback.transpose(1, 2))
 
 
 class PlasticLearner:
@@ -68,20 +69,29 @@ class PlasticLearner:
     All plastic layers update simultaneously from the pre-update weights; biases are not plastic.
 
     When autograd is off (evolution), the state's weights (private copies, see :meth:`init_state`)
-    are updated in place with fused kernels (:func:`evoplast.rules.apply_update_`); under autograd every step is out of place.
-    The two paths give the same numbers (tested).
+    are updated in place: by the fused C++ kernel (:mod:`evoplast.fused`, one call per step) when
+    ``fused`` is set and it covers the model, else by fused PyTorch updates
+    (:func:`evoplast.rules.apply_update_`). Under autograd every step is out of place. The paths give the
+    same numbers up to float rounding (tested).
     """
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, fused: bool = False):
         self.spec = spec
+        self.fused = False
+        if fused:
+            from . import fused as fused_kernel
+
+            self.fused = fused_kernel.supports(spec) and fused_kernel.available()
         self.rule = get_rule(spec.rule, spec.terms)
         self.coef_names = coefficient_names(spec.rule)
+        self.needs_raw_feedback = spec.rule == "terms" and "pseudo_grad" in spec.terms
 
     def init_state(self, params: dict[str, Tensor]) -> NetState:
-        """The initial weights, the plastic ones copied: a lifetime never writes into ``params``."""
+        """The initial weights, :func:`~evoplast.network.column_major`; the plastic ones are private copies,
+        so a lifetime never writes into ``params``."""
         state = initial_state(self.spec, params)
         plastic = set(self.spec.plastic_layers)
-        return NetState(tuple(w.clone() if l in plastic else w for l, w in enumerate(state.weights, start=1)),
+        return NetState(tuple(column_major(w, copy=l in plastic) for l, w in enumerate(state.weights, start=1)),
                         state.biases)
 
     def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor,
@@ -97,17 +107,22 @@ class PlasticLearner:
         """:meth:`step`, also returning the prediction ``y_hat [B, m, n_out]`` of the pre-update weights."""
         spec = self.spec
         L = spec.num_layers
+        if inplace is None:
+            inplace = not torch.is_grad_enabled()
+        if inplace and self.fused and self._fused_covers(params, x):
+            from .fused import step_
+
+            return state, step_(spec, params, state.weights, state.biases, x, y)
         acts, y_hat = forward(state.weights, state.biases, x)
         s = teaching_signal(spec, y_hat, y)                                    # [B, m, n_out]
         weights = list(state.weights)
-        if inplace is None:
-            inplace = not torch.is_grad_enabled()
         activities = []
         for l in spec.plastic_layers:
             is_output = l == L
             w = state.weights[l - 1]
-            fb = _feedback(s, params[f"layer{l}.feedback"])                    # [B, m, out] = s B_l^T
-            f = fb + params[f"layer{l}.feedback_bias"].unsqueeze(1)
+            bias = params[f"layer{l}.feedback_bias"].unsqueeze(1)                # [B, 1, out]
+            f = _feedback(s, params[f"layer{l}.feedback"], bias)               # [B, m, out] = s B_l^T + c_l
+            fb = f - bias if self.needs_raw_feedback else None
             if not is_output and spec.feedback_activation == "relu":
                 f = torch.relu_(f)
             post_ff = y_hat if is_output else acts[l]
@@ -125,6 +140,11 @@ class PlasticLearner:
         for coefs, activity in activities:
             apply_update_(spec.rule, coefs, activity, self.rule)
         return NetState(tuple(weights), state.biases), y_hat
+
+    def _fused_covers(self, params: dict[str, Tensor], x: Tensor) -> bool:
+        """The kernel's remaining conditions: float32 on the CPU, eta per layer or per neuron."""
+        eta = params[f"layer{self.spec.plastic_layers[0]}.eta"] if self.spec.plastic_layers else None
+        return x.device.type == "cpu" and x.dtype == torch.float32 and (eta is None or eta.shape[-1] == 1)
 
 
 class GradientLearner:
@@ -155,7 +175,8 @@ class GradientLearner:
             raise ValueError(f"feedback must be 'backprop' or 'alignment', not {feedback!r}")
 
     def init_state(self, params: dict[str, Tensor]) -> NetState:
-        return initial_state(self.spec, params)
+        state = initial_state(self.spec, params)
+        return NetState(tuple(column_major(w) for w in state.weights), state.biases)
 
     def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState:
         acts, y_hat = forward(state.weights, state.biases, x)
@@ -170,7 +191,7 @@ class GradientLearner:
         weights, biases = list(state.weights), list(state.biases)
         lowest = min(self.layers)
         for l in range(L, lowest - 1, -1):
-            grad_w = torch.bmm(delta.transpose(1, 2), acts[l - 1])             # [B, out, in]
+            grad_w = torch.bmm(acts[l - 1].transpose(1, 2), delta).transpose(1, 2)  # [B, out, in] column-major
             grad_b = delta.sum(dim=1)                                           # [B, out]
             if l > lowest:
                 back = state.weights[l - 1] if self.feedback == "backprop" else \

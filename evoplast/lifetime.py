@@ -43,8 +43,9 @@ def expand_params(params: dict[str, Tensor], num_episodes: int) -> dict[str, Ten
 
 
 def tile(t: Tensor, num_genomes: int) -> Tensor:
-    """Episode data ``[K, ...]`` -> ``[P*K, ...]`` (row ``p*K + k`` holds episode k)."""
-    return t.repeat(num_genomes, *([1] * (t.dim() - 1)))
+    """Episode data ``[K, ...]`` -> ``[P*K, ...]`` (row ``p*K + k`` holds episode k). With one episode
+    (K = 1) this is a broadcast view, no copy: read it, never write into it."""
+    return t.unsqueeze(0).expand(num_genomes, *t.shape).reshape(num_genomes * t.shape[0], *t.shape[1:])
 
 
 def model_inputs(learner: Learner, params: dict[str, Tensor], x: Tensor, num_genomes: int) -> tuple[Tensor, bool]:

@@ -56,6 +56,16 @@ LIFETIME_TARGETS = (("small 11-40-40-1", 256, "fraction", 0.6), ("paper width 11
                     ("small 11-40-40-1", 64, "batched/loop", 20.0), ("paper width 11-300-300-1", 64, "batched/loop", 5.0))
 
 
+def benchmark_population(spec, p: int, noise: float = 0.01):
+    """``[p, D]`` genomes: the initial genome with every segment but eta perturbed by ``noise`` x N(0, 1).
+    Eta keeps its initial value: noise on it would give some genomes a negative (growing) rule, and a
+    diverged lifetime is not what a benchmark should time (every lifetime here stays finite, checked)."""
+    center = spec.initial_vector()
+    raw = spec.split(center + noise * torch.randn(p, spec.dim))
+    fixed = spec.split(center)
+    return spec.join({n: fixed[n].expand_as(v) if n.endswith(".eta") else v for n, v in raw.items()})
+
+
 def bench_lifetime(args) -> None:
     from dataclasses import replace
 
@@ -66,21 +76,24 @@ def bench_lifetime(args) -> None:
     torch.set_num_threads(args.threads)
     print(f"lifetime benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU")
     print("oja on every layer; lifetimes/s = genomes x 1 episode per second; GFLOP/s counts the forward and")
-    print("Hebbian-update matmuls; 'loop' evaluates the same genomes one at a time (as reference code does);")
-    print("'bmm' is a plain batched matmul of the same shapes. Variants: 'eager' (default), 'chunks of 16' genomes,")
-    print("'compiled' (evaluation.compile). Medians of repetitions; ratios taken side by side in this process.")
+    print("Hebbian-update matmuls; 'loop' evaluates the same genomes one at a time (as reference code does) with")
+    print("the same kernel as the row; 'bmm' is a plain batched matmul of the same shapes (the faster of two")
+    print("weight layouts). Variants: 'fused' (the default: evoplast.fused, one C++ call per step), 'eager'")
+    print("(PyTorch ops, evaluation.fused_kernel=false), 'fused / eager chunks' (slices of 8 / 16 genomes), 'compiled'")
+    print("(evaluation.compile). Medians of repetitions; ratios taken side by side in this process. 'ceiling'")
+    print("under the targets: the batched/loop ratio of a lifetime as fast as the plain bmm, against the eager loop.")
     header = (f"{'config':<28} {'P':>4} {'variant':>12} {'steps':>5} {'lifetimes/s':>12} {'GFLOP/s':>8} "
               f"{'loop l/s':>9} {'batched/loop':>12} {'bmm GFLOP/s':>11} {'fraction':>8}")
     print(header)
     print("-" * len(header))
     best: dict[tuple[str, int], dict[str, float]] = {}
     for name, overrides, populations, steps_timed in (
-            ("small 11-40-40-1", SMALL, (1, 16, 64, 256), None),
-            ("paper width 11-300-300-1", PAPER_WIDTH, (1, 16, 64), 40)):
-        cfg = load_config(None, overrides + ["genome.evolve_init_weights=true", "rule.eta_init=0.1",
-                                             "evaluation.episodes=1"])
+            ("small 11-40-40-1", SMALL + ["rule.eta_init=0.01"], (1, 16, 64, 256), None),
+            ("paper width 11-300-300-1", PAPER_WIDTH + ["rule.eta_init=0.0001"], (1, 16, 64), 40)):
+        cfg = load_config(None, overrides + ["genome.evolve_init_weights=true", "evaluation.episodes=1"])
         ev = Evaluator(cfg)
-        compiled = PlasticLearner(ev.spec.model)
+        eager = PlasticLearner(ev.spec.model, fused=False)
+        compiled = PlasticLearner(ev.spec.model, fused=False)
         compiled.step_and_predict = torch.compile(compiled.step_and_predict, dynamic=False)
         full = ev.episodes(Purpose.TRAIN, 0, 1)
         steps = steps_timed or full.num_steps
@@ -91,25 +104,33 @@ def bench_lifetime(args) -> None:
         scale = full.num_steps / steps
         flops = lifetime_flops(cfg, steps)
         for p in populations:
-            pop = ev.spec.initial_vector() + 0.01 * torch.randn(p, ev.spec.dim)
+            pop = benchmark_population(ev.spec, p)
             params = ev.decode(pop)
             singles = [ev.decode(pop[i:i + 1]) for i in range(p)]
             reps = 5 if p * flops < 5e9 else 3
-            variants = [("eager", ev.learner, 0)]
+            variants = ([("fused", ev.learner, 0)] if ev.learner.fused else []) + [("eager", eager, 0)]
             if p >= 64:
-                variants += [("chunks of 16", ev.learner, 16), ("compiled", compiled, 0)]
+                variants += ([("fused chunks", ev.learner, 8)] if ev.learner.fused else []) + \
+                    [("eager chunks", eager, 16), ("compiled", compiled, 0)]
             with torch.no_grad():
+                if p == populations[-1]:
+                    full_scores = score_params(ev.learner, params, full, cap=1e9)
+                    assert full_scores.num_nonfinite == 0, "a benchmark lifetime diverged"
                 loop_reps = max(1, reps if p <= 16 else 1)
-                t_loop = median_time(lambda: [score_params(ev.learner, s, episodes, cap=1e9) for s in singles],
-                                     loop_reps, warmup=0 if p > 16 else 1)
-                t_bmm = median_time(lambda: _plain_bmm(ev.spec.model, cfg.task.batch_size, p, steps), reps)
+                t_loops = {learner.fused: median_time(lambda: [score_params(learner, s, episodes, cap=1e9)
+                                                               for s in singles], loop_reps, warmup=0 if p > 16 else 1)
+                           for learner in {ev.learner, eager}}
+                t_bmm = min(median_time(lambda: _plain_bmm(ev.spec.model, cfg.task.batch_size, p, steps, layout), reps)
+                            for layout in ("row", "column"))
                 for label, learner, chunk in variants:
                     t_batch = median_time(lambda: score_params(learner, params, episodes, cap=1e9, chunk=chunk),
                                           reps, warmup=2 if label == "compiled" else 1)
+                    t_loop = t_loops[learner.fused]
                     gflops = p * flops / t_batch / 1e9
                     bmm_gflops = p * flops / t_bmm / 1e9
                     row = {"fraction": gflops / bmm_gflops, "batched/loop": t_loop / t_batch}
                     slot = best.setdefault((name, p), {})
+                    slot["ceiling"] = (t_loops[False] / t_bmm, "bmm")
                     for k, v in row.items():
                         slot[k] = max(slot.get(k, (0.0, "")), (v, label))
                     print(f"{name:<28} {p:>4} {label:>12} {full.num_steps:>5} {p / t_batch / scale:>12.1f} "
@@ -120,20 +141,32 @@ def bench_lifetime(args) -> None:
     for name, p, what, threshold in LIFETIME_TARGETS:
         value, label = best[(name, p)][what]
         verdict = "pass" if value >= threshold else "short"
-        print(f"  {name:<26} P={p:<4} {what:<13} {value:6.2f} (target >= {threshold:g}, {label}): {verdict}")
+        ceiling = f"; ceiling {best[(name, p)]['ceiling'][0]:.2f}" if what == "batched/loop" else ""
+        print(f"  {name:<26} P={p:<4} {what:<13} {value:6.2f} (target >= {threshold:g}, {label}{ceiling}): {verdict}")
 
 
-def _plain_bmm(model, m: int, p: int, steps: int) -> None:
-    """The matmuls of a lifetime and nothing else: per step and layer one forward and one outer-product bmm."""
+def _plain_bmm(model, m: int, p: int, steps: int, layout: str) -> None:
+    """The matmuls of a lifetime and nothing else: per step and layer one forward and one outer-product bmm.
+
+    ``layout``: "row" = weights ``[p, out, in]`` contiguous (forward through a transposed view), "column" =
+    stored ``[p, in, out]`` (forward and update on contiguous operands, the lifetime's layout). The target
+    compares with the faster of the two.
+    """
     sizes = model.sizes
-    ws = [torch.randn(p, sizes[l], sizes[l - 1]) for l in range(1, len(sizes))]
-    xs = [torch.randn(p, m, sizes[l - 1]) for l in range(1, len(sizes))]
-    posts = [torch.randn(p, m, sizes[l]) for l in range(1, len(sizes))]
+    shapes = [(sizes[l], sizes[l - 1]) for l in range(1, len(sizes))]
+    ws = [torch.randn(p, o, i) if layout == "row" else torch.randn(p, i, o) for o, i in shapes]
+    xs = [torch.randn(p, m, i) for _, i in shapes]
+    posts = [torch.randn(p, m, o) for o, _ in shapes]
     for _ in range(steps):
         for l in range(len(ws)):
-            torch.bmm(xs[l], ws[l].transpose(1, 2))
-            if (l + 1) in model.plastic_layers:
-                torch.bmm(posts[l].transpose(1, 2), xs[l])
+            if layout == "row":
+                torch.bmm(xs[l], ws[l].transpose(1, 2))
+                if (l + 1) in model.plastic_layers:
+                    torch.bmm(posts[l].transpose(1, 2), xs[l])
+            else:
+                torch.bmm(xs[l], ws[l])
+                if (l + 1) in model.plastic_layers:
+                    torch.bmm(xs[l].transpose(1, 2), posts[l])
 
 
 def bench_evolve(args) -> None:
@@ -148,51 +181,64 @@ def bench_evolve(args) -> None:
 
     print(f"evolve benchmark: generations/s and evaluations/s (genomes/s) with 0, 1, 2 Ray actors; "
           f"{os.cpu_count()} CPUs. 0 actors = in-process with {args.threads} threads; each actor uses 1 thread.")
+    print("The three settings run side by side: one generation of each in turn (the idle actors wait without "
+          "using a core);")
+    print("gen/s is the median over the generations. Ray overhead = a generation's evaluation wall time minus "
+          "the slowest actor's compute.")
     results: dict[tuple[str, int], tuple[float, float]] = {}
     header = f"{'config':<34} {'actors':>6} {'gen/s':>7} {'evals/s':>8} {'vs 0 actors':>11} {'Ray overhead':>13}"
     print(header)
     print("-" * len(header))
-    for name, overrides in (("light: configs/default.yaml", ["search.popsize=32", "evaluation.episodes=4"]),
-                            ("heavy: 11-300-300-1, 400 steps", PAPER_WIDTH + ["search.popsize=8",
-                                                                               "evaluation.episodes=2"])):
-        base = None
-        for actors in (0, 1, 2):
-            cfg = load_config(DEFAULT_CONFIG, overrides + [f"ray.num_actors={actors}", "search.algorithm=cmaes"])
-            torch.set_num_threads(args.threads)
-            pool = None
-            if actors:
-                init_ray(cfg.ray)
-                pool = RayPool(cfg)
-                evaluate = pool.evaluate
-            else:
-                evaluate = Evaluator(cfg).fitness
-            ev = Evaluator(cfg)
-            trainer = EvolutionTrainer(cfg, evaluate, ev.spec.initial_vector())
-            gens = args.generations if "light" in name else 4
-            trainer.step()  # warm-up
-            overheads = []
-            t0 = time.perf_counter()
-            for _ in range(gens):
+    configs = (("light: configs/default.yaml", ["search.popsize=32", "evaluation.episodes=4"], args.generations),
+               ("heavy: 11-300-300-1, 400 steps", PAPER_WIDTH + ["search.popsize=8", "evaluation.episodes=2"],
+                args.generations))
+    torch.set_num_threads(args.threads)
+    for name, overrides, gens in configs:
+        if args.only and not name.startswith(args.only):
+            continue
+        cfgs = {a: load_config(DEFAULT_CONFIG, overrides + [f"ray.num_actors={a}", "search.algorithm=cmaes"])
+                for a in (0, 1, 2)}
+        init_ray(replace_ray(cfgs[2].ray, num_actors=3))       # room for the 1- and the 2-actor pool at once
+        pools = {a: RayPool(cfgs[a]) for a in (1, 2)}
+        trainers = {}
+        for a, cfg in cfgs.items():
+            evaluate = pools[a].evaluate if a else Evaluator(cfg).fitness
+            trainers[a] = EvolutionTrainer(cfg, evaluate, Evaluator(cfg).spec.initial_vector())
+            trainers[a].step()  # warm-up
+        seconds = {a: [] for a in cfgs}
+        overheads = {a: [] for a in pools}
+        for _ in range(gens):
+            for a, trainer in trainers.items():
+                t0 = time.perf_counter()
                 trainer.step()
-                if pool is not None:  # wall time of the evaluation minus the slowest actor's own compute
-                    overheads.append(pool.last_timing["wall"] - pool.last_timing["compute_max"])
-            per_gen = (time.perf_counter() - t0) / gens
-            if base is None:
-                base = per_gen
-            overhead = f"{statistics.median(overheads) / per_gen * 100:12.1f}%" if overheads else ""
-            print(f"{name:<34} {actors:>6} {1 / per_gen:>7.2f} {cfg.search.popsize / per_gen:>8.1f} "
-                  f"{base / per_gen:>10.2f}x {overhead:>13}", flush=True)
-            results[(name.split(":")[0], actors)] = (per_gen, statistics.median(overheads) / per_gen if overheads else 0.0)
-            if pool is not None:
-                pool.shutdown()
-        if ray.is_initialized():
-            ray.shutdown()
+                seconds[a].append(time.perf_counter() - t0)
+                if a:
+                    timing = pools[a].last_timing
+                    overheads[a].append((timing["wall"] - timing["compute_max"]) / seconds[a][-1])
+        for a in cfgs:
+            per_gen = statistics.median(seconds[a])
+            overhead = statistics.median(overheads[a]) if a else 0.0
+            results[(name.split(":")[0], a)] = (per_gen, overhead)
+            print(f"{name:<34} {a:>6} {1 / per_gen:>7.2f} {cfgs[a].search.popsize / per_gen:>8.1f} "
+                  f"{statistics.median(seconds[0]) / per_gen:>10.2f}x {f'{overhead * 100:12.1f}%' if a else '':>13}",
+                  flush=True)
+        for pool in pools.values():
+            pool.shutdown()
+        ray.shutdown()
+    if ("heavy", 2) not in results:
+        return
     scaling = results[("heavy", 1)][0] / results[("heavy", 2)][0]
     overhead = max(results[("heavy", 1)][1], results[("heavy", 2)][1])
     print()
     print("targets (heavy configuration):")
     print(f"  2 actors vs 1 actor, evaluations/s   {scaling:5.2f}x (target >= 1.7): {'pass' if scaling >= 1.7 else 'short'}")
     print(f"  Ray overhead per generation         {overhead * 100:5.1f}% (target < 5%): {'pass' if overhead < 0.05 else 'short'}")
+
+
+def replace_ray(ray_cfg, **changes):
+    from dataclasses import replace
+
+    return replace(ray_cfg, **changes)
 
 
 MEMORY_MODES = {
@@ -213,7 +259,7 @@ def _measure_once(mode: str, steps: int, threads: int) -> dict:
     from evoplast.metatrain import MetaTrainer
 
     torch.set_num_threads(threads)
-    cfg = load_config(None, ["network.hidden=[40,40]", "rule.name=oja", "task.batch_size=8",
+    cfg = load_config(None, ["network.hidden=[40,40]", "rule.name=oja", "task.batch_size=8", "evaluation.reuse_memory=false",
                              f"task.batches_per_task={steps // 10}", "search.popsize=32", "evaluation.episodes=4",
                              "finetune.episodes=4", f"finetune.bptt_window={40 if mode == 'bptt_w40' else 0}",
                              f"finetune.checkpoint_activations={'true' if mode == 'bptt_ckpt' else 'false'}"])
@@ -266,6 +312,7 @@ def main() -> int:
     p.add_argument("--one", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
     p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--only", choices=["light", "heavy"], help="evolve: run one of the two configurations")
     p.add_argument("--no-auth", action="store_true", help="RAY_AUTH_MODE=disabled for the throwaway local Ray")
     try:
         args = p.parse_args()

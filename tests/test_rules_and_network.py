@@ -49,11 +49,13 @@ def test_hebb_with_exact_error_feedback_is_one_sgd_step(grad_mode):
     assert not torch.equal(new.weights[2], weights[2])
 
 
-def test_inplace_and_functional_paths_agree():
-    """The fused in-place update (no grad) equals the out-of-place one (autograd) for every rule."""
-    sizes, B, m = (4, 6, 5, 3), 3, 4
+@pytest.mark.parametrize("n_out", [3, 1])   # one output: the outer-product feedback and vecdot update paths
+def test_inplace_and_functional_paths_agree(n_out):
+    """The fused in-place update (no grad) equals the out-of-place one (autograd) for every rule, and
+    neither depends on the weights' memory layout."""
+    sizes, B, m = (4, 6, 5, n_out), 3, 4
     weights, biases = _net(sizes, B, seed=1)
-    x, y = torch.randn(B, m, 4), torch.randn(B, m, 3)
+    x, y = torch.randn(B, m, 4), torch.randn(B, m, n_out)
     g = torch.Generator().manual_seed(2)
     for rule, gran, coefs in [("hebb", (1, 1), ("eta",)), ("oja", (6, 1), ("eta",)), ("oja", (6, 4), ("eta",)),
                               ("abcd", (1, 1), ("eta", "A", "B", "C", "D")), ("terms", (1, 1), ("theta",))]:
@@ -63,7 +65,7 @@ def test_inplace_and_functional_paths_agree():
         for l in (1, 2, 3):
             out, inp = sizes[l], sizes[l - 1]
             shape = {(1, 1): (1, 1), (6, 1): (out, 1), (6, 4): (out, inp)}[gran]
-            params[f"layer{l}.feedback"] = torch.randn(B, out, 3, generator=g)
+            params[f"layer{l}.feedback"] = torch.randn(B, out, n_out, generator=g)
             params[f"layer{l}.feedback_bias"] = torch.randn(B, out, generator=g) * 0.1
             params[f"layer{l}.beta"] = torch.rand(B, 1, 1, generator=g)
             for c in coefs:
@@ -73,9 +75,14 @@ def test_inplace_and_functional_paths_agree():
         with torch.enable_grad():
             ref = learner.step(params, learner.init_state(params), x, y)
         with torch.no_grad():
-            fast = learner.step(params, learner.init_state(params), x, y)
-        for a, b in zip(ref.weights, fast.weights):
+            state = learner.init_state(params)
+            assert all(w.transpose(1, 2).is_contiguous() for w in state.weights)   # the lifetime's layout
+            fast = learner.step(params, state, x, y)
+            row_major = NetState(tuple(w.clone(memory_format=torch.contiguous_format) for w in weights), biases)
+            fast_row_major = learner.step(params, row_major, x, y)
+        for a, b, c in zip(ref.weights, fast.weights, fast_row_major.weights):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"rule {rule} granularity {gran}")
+            torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=f"row-major, rule {rule} granularity {gran}")
         assert torch.equal(params["layer1.weight"], weights[0])  # the in-place path never touches params
 
 
