@@ -107,8 +107,9 @@ class EvaluationConfig:
     heldout_episodes: int = _f(32, "episodes of the held-out evaluation", min=2)
     loss_cap: float = _f(100.0, "cap on a lifetime's query loss; non-finite counts as the cap",
                          min=0.0, min_exclusive=True)
-    compile: bool = _f(False, "torch.compile the lifetime step for evolution (fuses elementwise ops; each "
-                              "process compiles once, about 20 s on a CPU)")
+    compile: bool = _f(False, "torch.compile the PyTorch-ops lifetime step for evolution instead of the fused "
+                              "kernel (each process compiles once, about 20 s on a CPU; slower than the fused "
+                              "kernel, measured)")
     fused_kernel: bool = _f(True, "on a CPU, run each lifetime step as one call of the fused C++ kernel "
                                   "(evoplast.fused) where it covers the model (hebb / oja, eta per layer or "
                                   "neuron, no conv stack): 2.5-5x faster at small layers; compiled once per "

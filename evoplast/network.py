@@ -63,10 +63,6 @@ def column_major(weight: Tensor, copy: bool = False) -> Tensor:
     return t.transpose(1, 2)
 
 
-def is_column_major(weight: Tensor) -> bool:
-    return weight.transpose(1, 2).is_contiguous()
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``[B, m, in] x [B, out, in] + [B, out] -> [B, m, out]`` (fastest with a :func:`column_major` weight)."""
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
