@@ -171,6 +171,7 @@ def _plain_bmm(model, m: int, p: int, steps: int, layout: str) -> None:
 
 def bench_evolve(args) -> None:
     import os
+    from dataclasses import replace
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.no_auth else None
     import ray
@@ -189,16 +190,15 @@ def bench_evolve(args) -> None:
     header = f"{'config':<34} {'actors':>6} {'gen/s':>7} {'evals/s':>8} {'vs 0 actors':>11} {'Ray overhead':>13}"
     print(header)
     print("-" * len(header))
-    configs = (("light: configs/default.yaml", ["search.popsize=32", "evaluation.episodes=4"], args.generations),
-               ("heavy: 11-300-300-1, 400 steps", PAPER_WIDTH + ["search.popsize=8", "evaluation.episodes=2"],
-                args.generations))
+    configs = (("light: configs/default.yaml", ["search.popsize=32", "evaluation.episodes=4"]),
+               ("heavy: 11-300-300-1, 400 steps", PAPER_WIDTH + ["search.popsize=8", "evaluation.episodes=2"]))
     torch.set_num_threads(args.threads)
-    for name, overrides, gens in configs:
+    for name, overrides in configs:
         if args.only and not name.startswith(args.only):
             continue
         cfgs = {a: load_config(DEFAULT_CONFIG, overrides + [f"ray.num_actors={a}", "search.algorithm=cmaes"])
                 for a in (0, 1, 2)}
-        init_ray(replace_ray(cfgs[2].ray, num_actors=3))       # room for the 1- and the 2-actor pool at once
+        init_ray(replace(cfgs[2].ray, num_actors=3))           # room for the 1- and the 2-actor pool at once
         pools = {a: RayPool(cfgs[a]) for a in (1, 2)}
         trainers = {}
         for a, cfg in cfgs.items():
@@ -207,7 +207,7 @@ def bench_evolve(args) -> None:
             trainers[a].step()  # warm-up
         seconds = {a: [] for a in cfgs}
         overheads = {a: [] for a in pools}
-        for _ in range(gens):
+        for _ in range(args.generations):
             for a, trainer in trainers.items():
                 t0 = time.perf_counter()
                 trainer.step()
@@ -233,12 +233,6 @@ def bench_evolve(args) -> None:
     print("targets (heavy configuration):")
     print(f"  2 actors vs 1 actor, evaluations/s   {scaling:5.2f}x (target >= 1.7): {'pass' if scaling >= 1.7 else 'short'}")
     print(f"  Ray overhead per generation         {overhead * 100:5.1f}% (target < 5%): {'pass' if overhead < 0.05 else 'short'}")
-
-
-def replace_ray(ray_cfg, **changes):
-    from dataclasses import replace
-
-    return replace(ray_cfg, **changes)
 
 
 MEMORY_MODES = {

@@ -271,6 +271,10 @@ def test_unavailable_kernel_warns_once_and_never_raises(monkeypatch):
     state = PlasticLearner(spec).init_state(params)
     with pytest.raises(RuntimeError, match="unavailable"):
         fused.step_(spec, params, state.weights, state.biases, x, y)
+    learner = PlasticLearner(spec, fused=True)         # asked for, unavailable: the PyTorch ops run
+    assert learner.fused is False
+    with torch.no_grad():
+        assert torch.isfinite(learner.step_and_predict(params, state, x, y)[1]).all()
 
 
 def test_evaluator_runs_the_kernel_and_scores_like_the_eager_ops():

@@ -129,3 +129,24 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     proc = _evolve(["--resume", str(bad)], tmp_path)
     assert proc.returncode == 1 and "is corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evolve_benchmark_prints_the_ray_targets_with_a_verdict(tmp_path):
+    """scripts/benchmark.py evolve, one generation per setting: every row and both targets with pass/short."""
+    proc = subprocess.run([sys.executable, f"{REPO}/scripts/benchmark.py", "evolve", "--generations", "1",
+                           "--no-auth", "--threads", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("light:", "heavy:"))]
+    assert [(r.split(":")[0], int(r[34:41])) for r in rows] == [(c, a) for c in ("light", "heavy") for a in (0, 1, 2)], \
+        proc.stdout
+    for target in ("2 actors vs 1 actor", "Ray overhead per generation"):
+        line = next(line for line in proc.stdout.splitlines() if target in line)
+        assert line.endswith(("pass", "short")), line
+
+
+def test_benchmark_bad_arguments_are_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, f"{REPO}/scripts/benchmark.py", "lifetimes"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("evoplast: error: bad arguments")
