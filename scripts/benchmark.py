@@ -114,8 +114,8 @@ def bench_lifetime(args) -> None:
                     [("eager chunks", eager, 16), ("compiled", compiled, 0)]
             with torch.no_grad():
                 if p == populations[-1]:
-                    full_scores = score_params(ev.learner, params, full, cap=1e9)
-                    assert full_scores.num_nonfinite == 0, "a benchmark lifetime diverged"
+                    if score_params(ev.learner, params, full, cap=1e9).num_nonfinite:
+                        raise RuntimeError("a benchmark lifetime diverged: lower its rule.eta_init")
                 loop_reps = max(1, reps if p <= 16 else 1)
                 t_loops = {learner.fused: median_time(lambda: [score_params(learner, s, episodes, cap=1e9)
                                                                for s in singles], loop_reps, warmup=0 if p > 16 else 1)
