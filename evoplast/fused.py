@@ -34,7 +34,6 @@ Speed (2-core Ice Lake VM, same-process medians, oja on every layer): sizes 11-4
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import platform
@@ -42,11 +41,13 @@ import sys
 import threading
 import warnings
 
+from typing import Callable
+
 from torch import Tensor
 
 from .network import ModelSpec
 
-__all__ = ["available", "step_", "supports"]
+__all__ = ["available", "bind", "step_", "supports"]
 
 _SOURCE = r"""
 #include <ATen/Parallel.h>
@@ -528,17 +529,25 @@ def supports(spec: ModelSpec) -> bool:
             and list(spec.plastic_layers) == sorted(set(spec.plastic_layers)))
 
 
-@functools.lru_cache(maxsize=128)
-def _plan(spec: ModelSpec) -> tuple:
-    """The per-spec constant arguments of the C++ call: plastic layers, parameter names, flags."""
+def bind(spec: ModelSpec) -> Callable[..., Tensor]:
+    """:func:`step_` for one model, with everything that depends only on ``spec`` worked out once:
+    ``bind(spec)(params, weights, biases, x, y) -> y_hat``. Raises ``ValueError`` when the model is not
+    covered (:func:`supports`)."""
     if not supports(spec):
         raise ValueError(f"the fused kernel does not cover this model (rule {spec.rule!r}, features "
                          f"{spec.features!r}, kind {spec.kind!r}); check evoplast.fused.supports first")
-    names = tuple(tuple(f"layer{l}.{n}" for l in spec.plastic_layers)
-                  for n in ("feedback", "feedback_bias", "beta", "eta"))
+    plastic = list(spec.plastic_layers)
+    names = tuple(tuple(f"layer{l}.{n}" for l in plastic) for n in ("feedback", "feedback_bias", "beta", "eta"))
     flags = (spec.rule == "oja", spec.teaching_signal == "target", spec.feedback_activation == "relu",
              spec.kind == "classification")
-    return list(spec.plastic_layers), names, flags
+
+    def step(params: dict[str, Tensor], weights, biases, x: Tensor, y: Tensor) -> Tensor:
+        if _module is None and not available():
+            raise RuntimeError("the fused kernel is unavailable (see the warning from evoplast.fused.available)")
+        fb, fbias, beta, eta = ([params[n] for n in group] for group in names)
+        return _module.step(list(weights), list(biases), x, y, plastic, fb, fbias, beta, eta, *flags)
+
+    return step
 
 
 def step_(spec: ModelSpec, params: dict[str, Tensor], weights: tuple[Tensor, ...] | list[Tensor],
@@ -547,15 +556,11 @@ def step_(spec: ModelSpec, params: dict[str, Tensor], weights: tuple[Tensor, ...
 
     Equals ``PlasticLearner(spec).step_and_predict(params, NetState(weights, biases), x, y, inplace=True)``
     up to float rounding (shapes in the module docstring). Returns ``y_hat [B, m, n_out]`` of the
-    pre-update weights.
+    pre-update weights. (A lifetime loop calls :func:`bind` once instead.)
 
     Raises:
         ValueError: the model is not covered (:func:`supports`), a weight is not column-major, an eta is
             per synapse, or a shape / dtype is wrong.
         RuntimeError: the kernel is not :func:`available`.
     """
-    plastic, names, flags = _plan(spec)
-    if _module is None and not available():
-        raise RuntimeError("the fused kernel is unavailable (see the warning from evoplast.fused.available)")
-    fb, fbias, beta, eta = ([params[n] for n in group] for group in names)
-    return _module.step(list(weights), list(biases), x, y, plastic, fb, fbias, beta, eta, *flags)
+    return bind(spec)(params, weights, biases, x, y)

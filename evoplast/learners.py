@@ -82,6 +82,10 @@ class PlasticLearner:
             from . import fused as fused_kernel
 
             self.fused = fused_kernel.supports(spec) and fused_kernel.available()
+            if self.fused:
+                self._fused_step = fused_kernel.bind(spec)
+                # the per-step conditions left: float32 on the CPU, eta per layer or per neuron (not synapse)
+                self._eta_name = f"layer{spec.plastic_layers[0]}.eta" if spec.plastic_layers else None
         self.rule = get_rule(spec.rule, spec.terms)
         self.coef_names = coefficient_names(spec.rule)
         self.needs_raw_feedback = spec.rule == "terms" and "pseudo_grad" in spec.terms
@@ -109,10 +113,9 @@ class PlasticLearner:
         L = spec.num_layers
         if inplace is None:
             inplace = not torch.is_grad_enabled()
-        if inplace and self.fused and self._fused_covers(params, x):
-            from .fused import step_
-
-            return state, step_(spec, params, state.weights, state.biases, x, y)
+        if inplace and self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and \
+                (self._eta_name is None or params[self._eta_name].shape[-1] == 1):
+            return state, self._fused_step(params, state.weights, state.biases, x, y)
         acts, y_hat = forward(state.weights, state.biases, x)
         s = teaching_signal(spec, y_hat, y)                                    # [B, m, n_out]
         weights = list(state.weights)
@@ -140,11 +143,6 @@ class PlasticLearner:
         for coefs, activity in activities:
             apply_update_(spec.rule, coefs, activity, self.rule)
         return NetState(tuple(weights), state.biases), y_hat
-
-    def _fused_covers(self, params: dict[str, Tensor], x: Tensor) -> bool:
-        """The kernel's remaining conditions: float32 on the CPU, eta per layer or per neuron."""
-        eta = params[f"layer{self.spec.plastic_layers[0]}.eta"] if self.spec.plastic_layers else None
-        return x.device.type == "cpu" and x.dtype == torch.float32 and (eta is None or eta.shape[-1] == 1)
 
 
 class GradientLearner:
