@@ -115,7 +115,7 @@ class EvaluationConfig:
                                   "neuron, no conv stack): 2.5-5x faster at small layers; compiled once per "
                                   "machine (~20 s); false = PyTorch ops")
     reuse_memory: bool = _f(True, "keep memory freed between lifetime steps mapped for reuse (glibc malloc "
-                                  "setting, see evoplast.runtime): fewer page faults, ~10% faster; resident "
+                                  "setting, see evoplast.runtime): fewer page faults, 10-15% faster; resident "
                                   "memory stays near its peak")
     chunk_size: int = _f(0, "evaluate the population in slices of this many genomes (0 = all at once); "
                             "slices whose weights stay in cache run faster for wide layers", min=0)

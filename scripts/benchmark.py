@@ -4,6 +4,7 @@
     python scripts/benchmark.py lifetime   # batched lifetime vs a per-genome loop vs a plain bmm
     python scripts/benchmark.py evolve     # generations/s with 0, 1, 2 Ray actors, light and heavy
     python scripts/benchmark.py memory     # peak memory and time: ES generation vs BPTT meta-step
+    python scripts/benchmark.py allocator  # page faults and time per generation, evaluation.reuse_memory off / on
 
 Timings on a shared 2-core machine vary by up to +-30% from run to run: every number is a median of
 repetitions, and the ratios are taken side by side in one process.
@@ -22,6 +23,7 @@ import torch  # noqa: E402
 
 from evoplast.cli import UsageError, run_main  # noqa: E402
 from evoplast.config import load_config  # noqa: E402
+from evoplast.learners import NetState, PlasticLearner  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 SMALL = ["network.hidden=[40,40]", "task.batches_per_task=10", "task.batch_size=8"]          # 100 steps of 8
@@ -66,11 +68,19 @@ def benchmark_population(spec, p: int, noise: float = 0.01):
     return spec.join({n: fixed[n].expand_as(v) if n.endswith(".eta") else v for n, v in raw.items()})
 
 
+class RowMajorLearner(PlasticLearner):
+    """The eager learner with its weights in PyTorch's default row-major layout: the layout that
+    :func:`evoplast.network.column_major` replaced, kept here to measure what that bought."""
+
+    def init_state(self, params):
+        state = super().init_state(params)
+        return NetState(tuple(w.contiguous() for w in state.weights), state.biases)
+
+
 def bench_lifetime(args) -> None:
     from dataclasses import replace
 
     from evoplast.evaluation import Evaluator, score_params
-    from evoplast.learners import PlasticLearner
     from evoplast.seeding import Purpose
 
     torch.set_num_threads(args.threads)
@@ -79,7 +89,8 @@ def bench_lifetime(args) -> None:
     print("Hebbian-update matmuls; 'loop' evaluates the same genomes one at a time (as reference code does) with")
     print("the same kernel as the row; 'bmm' is a plain batched matmul of the same shapes (the faster of two")
     print("weight layouts). Variants: 'fused' (the default: evoplast.fused, one C++ call per step), 'eager'")
-    print("(PyTorch ops, evaluation.fused_kernel=false), 'fused / eager chunks' (slices of 8 / 16 genomes), 'compiled'")
+    print("(PyTorch ops, evaluation.fused_kernel=false), 'fused / eager chunks' (slices of 8 / 16 genomes), 'row-major'")
+    print("(eager with the weights row-major, as before network.column_major), 'compiled'")
     print("(evaluation.compile). Medians of repetitions; ratios taken side by side in this process. 'ceiling'")
     print("under the targets: the batched/loop ratio of a lifetime as fast as the plain bmm, against the eager loop.")
     header = (f"{'config':<28} {'P':>4} {'variant':>12} {'steps':>5} {'lifetimes/s':>12} {'GFLOP/s':>8} "
@@ -93,6 +104,7 @@ def bench_lifetime(args) -> None:
         cfg = load_config(None, overrides + ["genome.evolve_init_weights=true", "evaluation.episodes=1"])
         ev = Evaluator(cfg)
         eager = PlasticLearner(ev.spec.model, fused=False)
+        row_major = RowMajorLearner(ev.spec.model, fused=False)
         compiled = PlasticLearner(ev.spec.model, fused=False)
         compiled.step_and_predict = torch.compile(compiled.step_and_predict, dynamic=False)
         full = ev.episodes(Purpose.TRAIN, 0, 1)
@@ -111,7 +123,7 @@ def bench_lifetime(args) -> None:
             variants = ([("fused", ev.learner, 0)] if ev.learner.fused else []) + [("eager", eager, 0)]
             if p >= 64:
                 variants += ([("fused chunks", ev.learner, 8)] if ev.learner.fused else []) + \
-                    [("eager chunks", eager, 16), ("compiled", compiled, 0)]
+                    [("eager chunks", eager, 16), ("row-major", row_major, 0), ("compiled", compiled, 0)]
             with torch.no_grad():
                 if p == populations[-1]:
                     if score_params(ev.learner, params, full, cap=1e9).num_nonfinite:
@@ -207,6 +219,7 @@ def bench_evolve(args) -> None:
             trainers[a].step()  # warm-up
         seconds = {a: [] for a in cfgs}
         overheads = {a: [] for a in pools}
+        walls = {a: [] for a in pools}               # the evaluation alone: the pool's wall time
         for _ in range(args.generations):
             for a, trainer in trainers.items():
                 t0 = time.perf_counter()
@@ -214,6 +227,7 @@ def bench_evolve(args) -> None:
                 seconds[a].append(time.perf_counter() - t0)
                 if a:
                     timing = pools[a].last_timing
+                    walls[a].append(timing["wall"])
                     overheads[a].append((timing["wall"] - timing["compute_max"]) / seconds[a][-1])
         for a in cfgs:
             per_gen = statistics.median(seconds[a])
@@ -222,6 +236,10 @@ def bench_evolve(args) -> None:
             print(f"{name:<34} {a:>6} {1 / per_gen:>7.2f} {cfgs[a].search.popsize / per_gen:>8.1f} "
                   f"{statistics.median(seconds[0]) / per_gen:>10.2f}x {f'{overhead * 100:12.1f}%' if a else '':>13}",
                   flush=True)
+        driver_ms = 1000 * statistics.median(t - w for a in pools for t, w in zip(seconds[a], walls[a]))
+        spread = max(max(v) / min(v) for v in seconds.values())
+        print(f"{'':<34} evaluation alone, 2 vs 1 actor {statistics.median(walls[1]) / statistics.median(walls[2]):.2f}x;"
+              f" searcher + driver {driver_ms:.0f} ms per generation; slowest / fastest generation {spread:.2f}x")
         for pool in pools.values():
             pool.shutdown()
         ray.shutdown()
@@ -233,6 +251,49 @@ def bench_evolve(args) -> None:
     print("targets (heavy configuration):")
     print(f"  2 actors vs 1 actor, evaluations/s   {scaling:5.2f}x (target >= 1.7): {'pass' if scaling >= 1.7 else 'short'}")
     print(f"  Ray overhead per generation         {overhead * 100:5.1f}% (target < 5%): {'pass' if overhead < 0.05 else 'short'}")
+
+
+def _allocator_once(reuse: bool, threads: int) -> dict:
+    """In this (fresh) process: minor page faults and milliseconds per generation of the default config
+    (32 genomes x 4 episodes, in-process), median of 5 generations after 2 of warm-up."""
+    import resource
+
+    from evoplast.evaluation import Evaluator
+
+    torch.set_num_threads(threads)
+    cfg = load_config(DEFAULT_CONFIG, [f"evaluation.reuse_memory={str(reuse).lower()}", "ray.num_actors=0"])
+    ev = Evaluator(cfg)
+    genomes = ev.spec.initial_vector() + 0.01 * torch.randn(cfg.search.popsize, ev.spec.dim)
+    for g in range(2):                                   # warm-up: the heap grows to its working size
+        ev.fitness(genomes, g)
+    faults, seconds = [], []
+    for g in range(5):
+        f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        ev.fitness(genomes, g)
+        seconds.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {"faults": statistics.median(faults), "ms": 1000 * statistics.median(seconds)}
+
+
+def bench_allocator(args) -> None:
+    import json
+    import subprocess
+
+    print(f"allocator benchmark: page faults and ms per generation of configs/default.yaml in-process "
+          f"({args.threads} thread(s)), evaluation.reuse_memory off vs on; fresh processes, alternating, "
+          f"{args.rounds} rounds, medians")
+    rows = {False: [], True: []}
+    for _ in range(args.rounds):
+        for reuse in (False, True):
+            proc = subprocess.run([sys.executable, __file__, "allocator", "--reuse", str(reuse).lower(),
+                                   "--threads", str(args.threads)], capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            rows[reuse].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for reuse in (False, True):
+        faults = statistics.median(r["faults"] for r in rows[reuse])
+        ms = statistics.median(r["ms"] for r in rows[reuse])
+        print(f"  reuse_memory={str(reuse).lower():<5}  page faults / generation {faults:8.0f}   ms / generation {ms:6.1f}")
 
 
 MEMORY_MODES = {
@@ -302,7 +363,9 @@ def main() -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", choices=["lifetime", "evolve", "memory"])
+    p.add_argument("which", choices=["lifetime", "evolve", "memory", "allocator"])
+    p.add_argument("--reuse", choices=["true", "false"], help=argparse.SUPPRESS)   # allocator: one process
+    p.add_argument("--rounds", type=int, default=3, help="allocator: processes per setting")
     p.add_argument("--one", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
     p.add_argument("--generations", type=int, default=10)
@@ -319,7 +382,13 @@ def main() -> int:
 
         print(json.dumps(_measure_once(args.one[0], int(args.one[1]), args.threads)))
         return 0
-    {"lifetime": bench_lifetime, "evolve": bench_evolve, "memory": bench_memory}[args.which](args)
+    if args.reuse:
+        import json
+
+        print(json.dumps(_allocator_once(args.reuse == "true", args.threads)))
+        return 0
+    {"lifetime": bench_lifetime, "evolve": bench_evolve, "memory": bench_memory,
+     "allocator": bench_allocator}[args.which](args)
     return 0
 
 
