@@ -252,8 +252,8 @@ def test_worker_node_lost_mid_generation(two_nodes, store):
     actor's process and the node's raylet are killed at once. The generation completes on the surviving
     node, the fitness history is the uninterrupted run's, and the MLflow run records the loss and the
     replacement."""
-    # oja on every layer of 11-128-128-1, 1,200 steps of 8: about 1 s per actor and generation on 1 thread
-    heavy = on_cluster(two_nodes, "network.hidden=[128,128]", "task.batches_per_task=120", "search.popsize=16",
+    # oja on every layer of 11-128-128-1, 2,400 steps of 8: about 2 s per actor and generation on 1 thread
+    heavy = on_cluster(two_nodes, "network.hidden=[128,128]", "task.batches_per_task=240", "search.popsize=16",
                        "evaluation.episodes=8", "search.generations=4", "tracking.gain_every=100",
                        "ray.num_actors=2", base=[])
     # uninterrupted, on both workers; stop_after skips the final held-out report (not compared here)

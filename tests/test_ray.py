@@ -39,7 +39,7 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store):
 
 
 def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(local_ray):
-    cfg = load_config(None, ["network.hidden=[128,128]", "task.batches_per_task=120", "search.popsize=16",
+    cfg = load_config(None, ["network.hidden=[128,128]", "task.batches_per_task=200", "search.popsize=16",
                              "evaluation.episodes=8", "ray.num_actors=2"])
     events = []
     pool = RayPool(cfg, on_event=lambda kind, details: events.append(kind))
