@@ -116,6 +116,13 @@ class Evaluator:
         if cfg.evaluation.compile:
             self.fast_learner = PlasticLearner(self.spec.model)
             self.fast_learner.step_and_predict = torch.compile(self.fast_learner.step_and_predict, dynamic=False)
+        self.graphed = None                        # evolution's scorer on a GPU: one CUDA graph per shape
+        if cfg.evaluation.cuda_graph and self.device.type == "cuda" and not cfg.evaluation.compile \
+                and self.spec.model.features == "none":
+            from .graphs import GraphedScorer
+
+            self.graphed = GraphedScorer(lambda params, episodes: score_params(
+                self.fast_learner, params, episodes, cap=cfg.evaluation.loss_cap))
 
     def episodes(self, purpose: Purpose, index: int, num_episodes: int, order: str | None = None) -> Episodes:
         return self.task.episodes(self.cfg.seed, purpose, index, num_episodes, self.device, order=order)
@@ -128,8 +135,11 @@ class Evaluator:
     def fitness(self, genomes: Tensor, generation: int) -> tuple[Tensor, Tensor]:
         """``(fitness [P], nonfinite [P] bool)`` on generation ``generation``'s training episodes (CPU)."""
         episodes = self.episodes(Purpose.TRAIN, generation, self.cfg.evaluation.episodes)
-        scores = score_params(self.fast_learner, self.decode(genomes), episodes, cap=self.cfg.evaluation.loss_cap,
-                              chunk=self.cfg.evaluation.chunk_size)
+        if self.graphed is not None:
+            scores = self.graphed(self.decode(genomes), episodes)
+        else:
+            scores = score_params(self.fast_learner, self.decode(genomes), episodes,
+                                  cap=self.cfg.evaluation.loss_cap, chunk=self.cfg.evaluation.chunk_size)
         return scores.fitness.cpu(), scores.nonfinite.cpu()
 
     @torch.no_grad()

@@ -1,25 +1,30 @@
 #!/usr/bin/env python
 """Check evoplast on a CUDA GPU in a few minutes: is it right (against the CPU), and how fast is it?
 
-    python scripts/gpu_check.py                      # on a machine with an NVIDIA GPU and a CUDA torch
+    python scripts/gpu_check.py [--out DIR]          # on a machine with an NVIDIA GPU and a CUDA torch
     python scripts/gpu_check.py --device cpu --quick # every step on the CPU, small: checks this script
 
 1. Correctness. The same population's fitness (``Evaluator(cfg, dev).fitness(genomes, 0)``: the whole
-   batched lifetime plus the query loss) on the CPU and on the GPU, for three configs: the cluster
-   config (11-300-300-1, output layer plastic), the paper's 9 layers of width 300 with every layer
-   plastic (Hebb), and 11-64-64-1 with Oja per neuron on every layer. Pass: every genome's fitness
-   within rtol 1e-3 (atol 1e-4) and the same genomes non-finite on both. PyTorch leaves TF32 off for
-   float32 matmuls (``torch.get_float32_matmul_precision() == 'highest'``); the script says if it
-   found it on, checks with it off, and then reports how far the GPU moves from the CPU with TF32
-   on (reported, not judged: TF32 keeps 10 mantissa bits, and the error compounds over 400 steps).
-2. Throughput, for the paper-scale shapes of DESIGN §3 with every layer plastic, 400 steps of 32:
-   11-300-300-1 and 9 layers of width 300 (``network.hidden=[300]*8``). Per config: lifetimes/s;
-   GFLOP/s counting 2·m·out·in per layer and step for the forward pass, the same again per plastic
-   layer for the update, and the query forward (feedback ignored: a lower bound); GB/s counting 8
-   bytes per fp32 plastic weight per step (read and write once: a lower bound). Beside them, timed in
-   the same run: a plain batched matmul of the same shapes (the forward and update matmuls of 40
-   steps, nothing else) and a plain copy of a tensor as large as all lifetimes' weights, and the
-   fraction of each that the lifetime reaches.
+   batched lifetime plus the query loss) on the CPU (PyTorch ops) and on the GPU, eager and replayed as a
+   CUDA graph (``evaluation.cuda_graph``, the default on a GPU), for every searchable rule (hebb, oja,
+   abcd, terms) at every granularity (layer, neuron, synapse) on 11-40-40-1 with every layer plastic, for
+   ``configs/default.yaml`` as it is, and at paper width (11-300-300-1 of ``configs/cluster.yaml``, the
+   paper's 9 layers of width 300). Pass: every genome's fitness within rtol 1e-3 (atol 1e-4) of the CPU and
+   the same genomes non-finite. The report also says how much learning moved the loss (|on - off|), so
+   a check that passes because the update did nothing shows as such, and how far TF32 moves the GPU.
+2. Throughput, fp32 (TF32 off), eager vs CUDA graph: lifetimes/s; GFLOP/s counting 2·m·out·in per layer
+   and step for the forward pass, the same again per plastic layer for the update, and the query forward
+   (feedback ignored: a lower bound); GB/s counting 8 bytes per fp32 plastic weight per step (read and
+   write once: a lower bound). Beside them, timed in the same run: a plain batched matmul of the same
+   shapes (the forward and update matmuls, nothing else; the faster of eager and graphed) and a plain copy
+   of a tensor as large as all lifetimes' weights, and the fraction of each that the lifetime reaches.
+   Shapes: the default (11-40-40-1, output layer plastic, 100 steps of 8), 11-300-300-1 and 9 layers of
+   width 300 with every layer plastic (400 steps of 32), at several population sizes.
+3. Generations: one generation's evaluation (decode + episodes + lifetimes + fitness, as an actor runs
+   it) of ``configs/default.yaml`` (P=32, K=4) and of ``configs/cluster.yaml`` (the whole population of
+   256 x 8 episodes on one GPU, and one actor's quarter), eager vs graphed, beside this machine's CPU.
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` (the tables) to ``--out`` when given.
 
 Exit codes: 0 = checked, GPU agrees with the CPU; 1 = the GPU disagrees; 2 = no CUDA device: one
 line says so and nothing runs (so a CI job on a CPU machine can tell "not checked" from "passed").
@@ -27,13 +32,15 @@ line says so and nothing runs (so a CI job on a CPU machine can tell "not checke
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
@@ -41,6 +48,14 @@ RTOL, ATOL = 1e-3, 1e-4
 PAPER_STREAM = ["task.num_tasks=10", "task.batches_per_task=40", "task.batch_size=32"]     # 400 steps of 32
 QUICK_STREAM = ["task.num_tasks=2", "task.batches_per_task=5", "task.batch_size=8"]        # 10 steps of 8
 STABLE_HEBB = ["rule.name=hebb", "rule.eta_scale=0.0000003", "rule.eta_init=1.0"]  # finite lifetimes at width 300
+DEFAULT = str(ROOT / "configs" / "default.yaml")
+CLUSTER = str(ROOT / "configs" / "cluster.yaml")
+# Rule scales at 11-40-40-1, every layer plastic, 100 steps of 8, chosen on a CPU so that the update moves
+# the query loss (|on - off| in the report) while no lifetime diverges.
+RULE_SCALES = {"hebb": ["rule.eta_scale=0.0001", "rule.eta_init=1.0"],
+               "oja": ["rule.eta_scale=0.0001", "rule.eta_init=1.0"],
+               "abcd": ["rule.eta_scale=0.0001", "rule.eta_init=1.0"],
+               "terms": ["rule.terms=[hebb,error_hebb,oja_decay,pseudo_grad]", "rule.term_scale=0.001"]}
 
 
 def cuda_problem() -> str | None:
@@ -55,36 +70,37 @@ def cuda_problem() -> str | None:
     return None
 
 
-def correctness_configs(quick: bool) -> list[tuple[str, list[str], int, int]]:
-    """``(name, overrides, genomes P, episodes K)``: configs whose CPU and GPU fitness are compared.
-
-    Each rule's scale is the largest of a 3x grid whose lifetimes stay finite at paper scale (measured on
-    a CPU: query MSE with plasticity / without it 3.59 / 4.0, 3.554 / 3.545, 4.03 / 3.86): the update
-    changes the result, so a wrong update on the GPU shows, and nothing is chaotic enough to amplify
-    rounding."""
-    stream = QUICK_STREAM if quick else PAPER_STREAM
+def correctness_configs(quick: bool) -> list[tuple[str, str | None, list[str], int, int]]:
+    """``(name, config file, overrides, genomes P, episodes K)`` whose CPU and GPU fitness are compared."""
+    stream = QUICK_STREAM if quick else []
+    small = ["network.hidden=[16,16]" if quick else "network.hidden=[40,40]", "network.plastic_layers=[]"]
+    rows = []
+    for rule in ("hebb", "oja", "abcd", "terms"):
+        for gran in ("layer", "neuron", "synapse"):
+            rows.append((f"{rule}/{gran}, every layer plastic", None,
+                         stream + small + [f"rule.name={rule}", f"rule.granularity={gran}", *RULE_SCALES[rule]],
+                         8, 2))
+    rows.append(("configs/default.yaml", DEFAULT, stream, 32, 4))
+    paper = QUICK_STREAM if quick else PAPER_STREAM
     w = 16 if quick else 300
-    return [
-        (f"cluster: 11-{w}-{w}-1, hebb on the output layer", stream + [
-            f"network.hidden=[{w},{w}]", "network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_scale=0.00001",
-            "rule.eta_init=1.0", "genome.evolve_init_weights=true"], 8, 2),
-        (f"9 layers of width {w}, hebb on every layer", stream + [
-            f"network.hidden=[{','.join([str(w)] * 8)}]", "rule.name=hebb", "rule.eta_scale=0.0000003",
-            "rule.eta_init=1.0"], 4, 2),
-        ("11-64-64-1, oja per neuron on every layer", stream + [
-            "network.hidden=[64,64]", "rule.name=oja", "rule.granularity=neuron", "rule.eta_scale=0.000003",
-            "rule.eta_init=1.0"], 16, 2),
+    rows += [
+        (f"cluster.yaml 11-{w}-{w}-1 (P, K smaller)", CLUSTER, paper + [f"network.hidden=[{w},{w}]"], 8, 2),
+        (f"9 layers of width {w}, hebb on every layer", None, paper + [
+            f"network.hidden=[{','.join([str(w)] * 8)}]", *STABLE_HEBB], 4, 2),
     ]
+    return rows
 
 
-def throughput_configs(quick: bool) -> list[tuple[str, list[str], int, int]]:
-    """``(name, overrides, genomes P, episodes K)`` of the paper-scale throughput measurements."""
+def throughput_configs(quick: bool) -> list[tuple[str, str | None, list[str], list[int], int]]:
+    """``(name, config file, overrides, population sizes, episodes K)`` of the throughput table."""
     if quick:
-        return [("11-16-16-1 (quick)", QUICK_STREAM + ["network.hidden=[16,16]", *STABLE_HEBB], 8, 2)]
+        return [("11-16-16-1 (quick)", None, QUICK_STREAM + ["network.hidden=[16,16]", *STABLE_HEBB], [8], 2)]
     return [
-        ("11-300-300-1, all plastic", PAPER_STREAM + ["network.hidden=[300,300]", *STABLE_HEBB], 256, 4),
-        ("9 layers of width 300, all plastic", PAPER_STREAM + ["network.hidden=[300,300,300,300,300,300,300,300]",
-                                                               *STABLE_HEBB], 128, 4),
+        ("default 11-40-40-1, 100x8", DEFAULT, [], [32, 256, 1024], 4),
+        ("11-300-300-1 all plastic, 400x32", None, PAPER_STREAM + ["network.hidden=[300,300]", *STABLE_HEBB],
+         [16, 64, 256], 4),
+        ("9 x 300 all plastic, 400x32", None, PAPER_STREAM + ["network.hidden=[300,300,300,300,300,300,300,300]",
+                                                              *STABLE_HEBB], [16, 64, 128], 4),
     ]
 
 
@@ -94,7 +110,7 @@ def synchronize(device: str) -> None:
 
 
 def median_seconds(fn, device: str, reps: int = 3) -> float:
-    fn()                                  # warm-up: kernels chosen, memory allocated
+    fn()                                  # warm-up: kernels chosen, memory allocated, graphs captured
     synchronize(device)
     times = []
     for _ in range(reps):
@@ -105,37 +121,69 @@ def median_seconds(fn, device: str, reps: int = 3) -> float:
     return statistics.median(times)
 
 
-def population(ev, p: int, seed: int = 0) -> torch.Tensor:
+def config(path: str | None, overrides: list[str], *extra: str):
+    from evoplast.config import load_config
+
+    return load_config(path, [*overrides, *extra])
+
+
+def population(ev, p: int, seed: int = 0, std: float = 0.01) -> torch.Tensor:
     """``[P, D]``: the config's initial genome plus small noise, the same on every device."""
     gen = torch.Generator().manual_seed(seed)
-    return ev.spec.initial_vector() + 0.01 * torch.randn(p, ev.spec.dim, generator=gen)
+    return ev.spec.initial_vector() + std * torch.randn(p, ev.spec.dim, generator=gen)
 
 
-def check_correctness(device: str, quick: bool) -> bool:
-    from evoplast.config import load_config
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
+
+
+def check_correctness(device: str, quick: bool, results: dict) -> bool:
     from evoplast.evaluation import Evaluator
 
-    print(f"1. correctness: fitness on {device} vs cpu, same genomes and episodes; pass = rtol {RTOL:g}, "
-          f"atol {ATOL:g}, same non-finite genomes")
+    print(f"1. correctness: fitness on {device} (eager, and replayed as a CUDA graph) vs cpu, same genomes and "
+          f"episodes; pass = rtol {RTOL:g}, atol {ATOL:g}, same non-finite genomes", flush=True)
     ok = True
-    for name, overrides, p, k in correctness_configs(quick):
-        cfg = load_config(None, overrides + [f"evaluation.episodes={k}"])
-        genomes = population(Evaluator(cfg, "cpu"), p)
-        ref, ref_bad = Evaluator(cfg, "cpu").fitness(genomes, 0)
-        got, got_bad = Evaluator(cfg, device).fitness(genomes, 0)
-        rel = ((got - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
-        good = torch.allclose(got, ref, rtol=RTOL, atol=ATOL) and torch.equal(got_bad, ref_bad)
+    rows = results.setdefault("correctness", [])
+    for name, path, overrides, p, k in correctness_configs(quick):
+        cfg = config(path, overrides, f"evaluation.episodes={k}", "evaluation.fused_kernel=false")
+        cpu = Evaluator(cfg, "cpu")
+        genomes = population(cpu, p)
+        ref, ref_bad = cpu.fitness(genomes, 0)
+        off = cpu.score(genomes, learn=False, episodes=cpu.episodes(cpu_purpose(), 0, k)).fitness
+        eager, eager_bad = Evaluator(config(path, overrides, f"evaluation.episodes={k}",
+                                            "evaluation.cuda_graph=false", "evaluation.fused_kernel=false"),
+                                     device).fitness(genomes, 0)
+        graphed_ev = Evaluator(cfg, device)
+        graphed, graphed_bad = graphed_ev.fitness(genomes, 0)
+        graphed2, _ = graphed_ev.fitness(genomes.flip(0), 1)           # a replay with new inputs
+        eager2, _ = Evaluator(cfg, "cpu").fitness(genomes.flip(0), 1)
+        good = all(torch.allclose(got, ref, rtol=RTOL, atol=ATOL) for got in (eager, graphed)) \
+            and torch.equal(eager_bad, ref_bad) and torch.equal(graphed_bad, ref_bad) \
+            and torch.allclose(graphed2, eager2, rtol=RTOL, atol=ATOL)
         ok &= good
-        line = (f"   {name:<44} P={p:<3} K={k}  fitness {ref.min().item():9.4f}..{ref.max().item():9.4f}  "
-                f"max rel diff {rel:.2e}  non-finite {int(ref_bad.sum())}/{int(got_bad.sum())}  "
+        row = {"name": name, "P": p, "K": k, "fitness_min": ref.min().item(), "fitness_max": ref.max().item(),
+               "learning_moves_loss": (ref - off).abs().mean().item(), "rel_eager": max_rel(eager, ref),
+               "rel_graph": max_rel(graphed, ref), "rel_graph_replay": max_rel(graphed2, eager2),
+               "nonfinite": int(ref_bad.sum()), "ok": bool(good)}
+        line = (f"   {name:<44} P={p:<3} K={k} fitness {row['fitness_min']:8.3f}..{row['fitness_max']:8.3f}  "
+                f"|on-off| {row['learning_moves_loss']:.2e}  max rel diff eager {row['rel_eager']:.2e} "
+                f"graph {row['rel_graph']:.2e}/{row['rel_graph_replay']:.2e}  non-finite {row['nonfinite']}  "
                 f"{'ok' if good else 'MISMATCH'}")
         if device == "cuda":
             torch.set_float32_matmul_precision("high")        # TF32 on, for the report only
             tf32, _ = Evaluator(cfg, device).fitness(genomes, 0)
             torch.set_float32_matmul_precision("highest")
-            line += f"  | with TF32: max rel diff {((tf32 - ref).abs() / ref.abs().clamp_min(1e-12)).max().item():.2e}"
+            row["rel_tf32"] = max_rel(tf32, ref)
+            line += f"  | TF32 {row['rel_tf32']:.2e}"
+        rows.append(row)
         print(line, flush=True)
     return ok
+
+
+def cpu_purpose():
+    from evoplast.seeding import Purpose
+
+    return Purpose.TRAIN
 
 
 def lifetime_cost(model, steps: int, m: int, query_rows: int) -> tuple[float, float]:
@@ -151,22 +199,28 @@ def lifetime_cost(model, steps: int, m: int, query_rows: int) -> tuple[float, fl
 
 def plain_bmm_seconds_per_step(model, b: int, m: int, device: str, steps: int = 40) -> float:
     """Seconds per step of the lifetime's matmuls alone: per layer a forward bmm, per plastic layer
-    an outer-product bmm, over ``b`` lifetimes."""
+    an outer-product bmm, over ``b`` lifetimes; on a GPU the faster of eager and a CUDA graph."""
     sizes = model.sizes
-    ws = [torch.randn(b, sizes[l], sizes[l - 1], device=device) for l in range(1, len(sizes))]
+    ws = [torch.randn(b, sizes[l - 1], sizes[l], device=device).transpose(1, 2) for l in range(1, len(sizes))]
     xs = [torch.randn(b, m, sizes[l - 1], device=device) for l in range(1, len(sizes))]
     posts = [torch.randn(b, m, sizes[l], device=device) for l in range(1, len(sizes))]
     outs = [torch.empty(b, m, sizes[l], device=device) for l in range(1, len(sizes))]
-    grads = [torch.empty_like(w) for w in ws]
+    grads = [torch.empty(b, sizes[l - 1], sizes[l], device=device) for l in range(1, len(sizes))]
 
     def run():
         for _ in range(steps):
             for l in range(len(ws)):
                 torch.bmm(xs[l], ws[l].transpose(1, 2), out=outs[l])
                 if (l + 1) in model.plastic_layers:
-                    torch.bmm(posts[l].transpose(1, 2), xs[l], out=grads[l])
+                    torch.bmm(xs[l].transpose(1, 2), posts[l], out=grads[l])
 
-    return median_seconds(run, device) / steps
+    best = median_seconds(run, device)
+    if device == "cuda":
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+        best = min(best, median_seconds(graph.replay, device))
+    return best / steps
 
 
 def copy_bytes_per_second(numel: int, device: str) -> float:
@@ -177,37 +231,83 @@ def copy_bytes_per_second(numel: int, device: str) -> float:
     return 8.0 * numel / seconds
 
 
-def measure_throughput(device: str, quick: bool) -> None:
-    from evoplast.config import load_config
+def measure_throughput(device: str, quick: bool, results: dict) -> None:
     from evoplast.evaluation import Evaluator, score_params
+    from evoplast.graphs import GraphedScorer
     from evoplast.seeding import Purpose
 
-    print(f"2. throughput on {device}, fp32 (TF32 off): B = P x K lifetimes in one batched lifetime")
-    header = (f"   {'config':<36} {'B':>5} {'lifetimes/s':>11} {'GFLOP/s':>8} {'bmm GFLOP/s':>11} {'frac':>5} "
-              f"{'GB/s':>7} {'copy GB/s':>9} {'frac':>5}")
-    print(header)
-    for name, overrides, p, k in throughput_configs(quick):
-        cfg = load_config(None, overrides + [f"evaluation.episodes={k}"])
+    print(f"2. throughput on {device}, fp32 (TF32 off): B = P x K lifetimes in one batched lifetime", flush=True)
+    print(f"   {'config':<34} {'mode':<6} {'B':>5} {'lifetimes/s':>11} {'GFLOP/s':>8} {'bmm GFLOP/s':>11} "
+          f"{'frac':>5} {'GB/s':>7} {'copy GB/s':>9} {'frac':>5}")
+    rows = results.setdefault("throughput", [])
+    for name, path, overrides, sizes, k in throughput_configs(quick):
+        cfg = config(path, overrides, f"evaluation.episodes={k}", "evaluation.fused_kernel=false")
         ev = Evaluator(cfg, device)
-        params = ev.decode(population(ev, p))                           # {name: [P, ...]} on the device
-        episodes = ev.episodes(Purpose.TRAIN, 0, k)                     # K episodes on the device
         model = ev.spec.model
+        episodes = ev.episodes(Purpose.TRAIN, 0, k)
         steps, m = episodes.num_steps, cfg.task.batch_size
         flops, bytes_ = lifetime_cost(model, steps, m, cfg.task.num_tasks * cfg.task.query_size)
-        b = p * k
-        with torch.no_grad():
-            seconds = median_seconds(lambda: score_params(ev.learner, params, episodes, cap=cfg.evaluation.loss_cap),
-                                     device)
-            bmm_flops_per_step = sum(2 * m * model.sizes[l] * model.sizes[l - 1] * (2 if l in model.plastic_layers
-                                                                                    else 1)
-                                     for l in range(1, model.num_layers + 1))
-            bmm_rate = b * bmm_flops_per_step / plain_bmm_seconds_per_step(model, b, m, device)
-            weights = sum(model.sizes[l] * model.sizes[l - 1] for l in model.plastic_layers)
-            copy_rate = copy_bytes_per_second(b * weights, device)
-        flop_rate, byte_rate = b * flops / seconds, b * bytes_ / seconds
-        print(f"   {name:<36} {b:>5} {num(b / seconds):>11} {num(flop_rate / 1e9):>8} {num(bmm_rate / 1e9):>11} "
-              f"{flop_rate / bmm_rate:>5.2f} {num(byte_rate / 1e9):>7} {num(copy_rate / 1e9):>9} "
-              f"{byte_rate / copy_rate:>5.2f}", flush=True)
+        for p in sizes:
+            b = p * k
+            params = ev.decode(population(ev, p))
+            eager = lambda: score_params(ev.learner, params, episodes, cap=cfg.evaluation.loss_cap)  # noqa: E731
+            modes = [("eager", eager)]
+            if device == "cuda":
+                graphed = GraphedScorer(lambda pr, ep: score_params(ev.learner, pr, ep, cap=cfg.evaluation.loss_cap))
+                modes.append(("graph", lambda: graphed(params, episodes)))
+            with torch.no_grad():
+                timed = [(mode, median_seconds(fn, device)) for mode, fn in modes]
+                if device == "cuda" and model.sizes[1] >= 300:         # TF32: speed only (error in part 1)
+                    torch.set_float32_matmul_precision("high")
+                    timed.append(("tf32", median_seconds(modes[-1][1], device)))
+                    torch.set_float32_matmul_precision("highest")
+                bmm_flops_per_step = sum(2 * m * model.sizes[l] * model.sizes[l - 1] *
+                                         (2 if l in model.plastic_layers else 1)
+                                         for l in range(1, model.num_layers + 1))
+                bmm_rate = b * bmm_flops_per_step / plain_bmm_seconds_per_step(model, b, m, device)
+                weights = sum(model.sizes[l] * model.sizes[l - 1] for l in model.plastic_layers)
+                copy_rate = copy_bytes_per_second(b * weights, device)
+            for mode, seconds in timed:
+                flop_rate, byte_rate = b * flops / seconds, b * bytes_ / seconds
+                row = {"config": name, "mode": mode, "P": p, "K": k, "B": b, "lifetimes_per_s": b / seconds,
+                       "gflops": flop_rate / 1e9, "bmm_gflops": bmm_rate / 1e9, "flop_fraction": flop_rate / bmm_rate,
+                       "gbps": byte_rate / 1e9, "copy_gbps": copy_rate / 1e9, "byte_fraction": byte_rate / copy_rate}
+                rows.append(row)
+                print(f"   {name:<34} {mode:<6} {b:>5} {num(row['lifetimes_per_s']):>11} {num(row['gflops']):>8} "
+                      f"{num(row['bmm_gflops']):>11} {row['flop_fraction']:>5.2f} {num(row['gbps']):>7} "
+                      f"{num(row['copy_gbps']):>9} {row['byte_fraction']:>5.2f}", flush=True)
+            del params
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+
+def measure_generations(device: str, quick: bool, results: dict) -> None:
+    """One generation's evaluation, as an actor runs it, eager vs graphed vs this machine's CPU."""
+    from evoplast.evaluation import Evaluator
+
+    print("3. one generation's evaluation (decode + episodes + lifetimes + fitness), median of 3 after a warm-up",
+          flush=True)
+    rows = results.setdefault("generations", [])
+    cases = [("configs/default.yaml (P=32, K=4)", DEFAULT, [], 32)]
+    if not quick:
+        cases += [("configs/cluster.yaml, all 256 x 8 on one GPU", CLUSTER, [], 256),
+                  ("configs/cluster.yaml, one actor's 64 x 8", CLUSTER, [], 64)]
+    else:
+        cases = [("configs/default.yaml (quick, P=8)", DEFAULT, QUICK_STREAM, 8)]
+    for name, path, overrides, p in cases:
+        timings = {}
+        variants = [("cpu", "cpu", [])]
+        if device == "cuda":
+            variants += [("gpu eager", "cuda", ["evaluation.cuda_graph=false"]), ("gpu graph", "cuda", [])]
+        for label, dev, extra in variants:
+            if label == "cpu" and p > 64:
+                continue                                   # minutes on a CPU: the per-actor row says enough
+            ev = Evaluator(config(path, overrides, *extra), dev)
+            genomes = population(ev, p)
+            gen = iter(range(1000))
+            timings[label] = median_seconds(lambda: ev.fitness(genomes, next(gen)), dev)
+        rows.append({"case": name, **{f"{k} s": v for k, v in timings.items()}})
+        print(f"   {name:<46} " + "  ".join(f"{k} {v * 1e3:9.1f} ms" for k, v in timings.items()), flush=True)
 
 
 def num(x: float) -> str:
@@ -215,32 +315,74 @@ def num(x: float) -> str:
     return f"{x:.1f}" if x >= 10 else f"{x:.3f}"
 
 
-def main() -> int:
+def markdown(results: dict) -> str:
+    """The tables of ``results`` in markdown, for docs/performance.md."""
+    env = results["environment"]
+    out = [f"GPU check: {env['device']}, torch {env['torch']}, CUDA {env['cuda']}, {env['date']}", ""]
+    out += ["| config | P x K | |on−off| | eager rel diff | graph rel diff | TF32 rel diff | ok |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results["correctness"]:
+        out.append(f"| {r['name']} | {r['P']} x {r['K']} | {r['learning_moves_loss']:.2e} | {r['rel_eager']:.1e} | "
+                   f"{r['rel_graph']:.1e} | {r.get('rel_tf32', float('nan')):.1e} | {'yes' if r['ok'] else 'NO'} |")
+    out += ["", "| config | mode | B | lifetimes/s | GFLOP/s | bmm GFLOP/s | frac | GB/s | copy GB/s | frac |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["throughput"]:
+        out.append(f"| {r['config']} | {r['mode']} | {r['B']} | {num(r['lifetimes_per_s'])} | {num(r['gflops'])} | "
+                   f"{num(r['bmm_gflops'])} | {r['flop_fraction']:.2f} | {num(r['gbps'])} | {num(r['copy_gbps'])} | "
+                   f"{r['byte_fraction']:.2f} |")
+    out += ["", "| generation | " + " | ".join(k for k in results["generations"][0] if k != "case") + " |",
+            "|---|" + "---|" * (len(results["generations"][0]) - 1)]
+    for r in results["generations"]:
+        out.append(f"| {r['case']} | " + " | ".join(f"{v * 1e3:.1f} ms" for k, v in r.items() if k != "case") + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
     import argparse
+    import datetime
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                     help="device under test (cpu: compare the CPU with itself, to check this script)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes instead of the paper-scale ones")
-    args = ap.parse_args()
+    ap.add_argument("--out", metavar="DIR", help="write gpu_check.json and gpu_check.md here")
+    ap.add_argument("--only", nargs="+", choices=["correctness", "throughput", "generations"],
+                    default=["correctness", "throughput", "generations"], help="parts to run (default: all)")
+    args = ap.parse_args(argv)
 
     if args.device == "cuda":
         problem = cuda_problem()
         if problem:
             print(f"gpu_check: no CUDA device, nothing checked: {problem}", file=sys.stderr)
             return 2
-        print(f"gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        name = torch.cuda.get_device_name(0)
+        print(f"gpu_check: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
               f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
         precision = torch.get_float32_matmul_precision()
         print(f"   float32 matmul precision: {precision!r} "
               f"({'TF32 off, as PyTorch ships' if precision == 'highest' else 'TF32 was ON: turned off for the checks'})")
         torch.set_float32_matmul_precision("highest")
     else:
+        name = "cpu"
         print(f"gpu_check: device cpu (a check of the script: the CPU is compared with itself), "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {"environment": {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+                               "date": datetime.date.today().isoformat()}}
     t0 = time.perf_counter()
-    ok = check_correctness(args.device, args.quick)
-    measure_throughput(args.device, args.quick)
+    ok = True
+    if "correctness" in args.only:
+        ok = check_correctness(args.device, args.quick, results)
+    if "throughput" in args.only:
+        measure_throughput(args.device, args.quick, results)
+    if "generations" in args.only:
+        measure_generations(args.device, args.quick, results)
+    results["ok"] = ok
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
+        if {"correctness", "throughput", "generations"} <= set(args.only):
+            (out / "gpu_check.md").write_text(markdown(results))
     print(f"gpu_check: {'OK' if ok else 'FAILED: the GPU disagrees with the CPU'} "
           f"({time.perf_counter() - t0:.0f} s)")
     return 0 if ok else 1
