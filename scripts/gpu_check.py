@@ -256,29 +256,59 @@ def measure_throughput(device: str, quick: bool, results: dict) -> None:
                 graphed = GraphedScorer(lambda pr, ep: score_params(ev.learner, pr, ep, cap=cfg.evaluation.loss_cap))
                 modes.append(("graph", lambda: graphed(params, episodes)))
             with torch.no_grad():
-                timed = [(mode, median_seconds(fn, device)) for mode, fn in modes]
-                if device == "cuda" and model.sizes[1] >= 300:         # TF32: speed only (error in part 1)
-                    torch.set_float32_matmul_precision("high")
-                    timed.append(("tf32", median_seconds(modes[-1][1], device)))
-                    torch.set_float32_matmul_precision("highest")
+                timed = [(mode, median_seconds(fn, device), 0.0) for mode, fn in modes]
+                if (device == "cuda" and model.sizes[1] >= 300) or quick:
+                    timed += lower_precision(ev, params, episodes, cfg.evaluation.loss_cap, device)
                 bmm_flops_per_step = sum(2 * m * model.sizes[l] * model.sizes[l - 1] *
                                          (2 if l in model.plastic_layers else 1)
                                          for l in range(1, model.num_layers + 1))
                 bmm_rate = b * bmm_flops_per_step / plain_bmm_seconds_per_step(model, b, m, device)
                 weights = sum(model.sizes[l] * model.sizes[l - 1] for l in model.plastic_layers)
                 copy_rate = copy_bytes_per_second(b * weights, device)
-            for mode, seconds in timed:
+            for mode, seconds, error in timed:
                 flop_rate, byte_rate = b * flops / seconds, b * bytes_ / seconds
                 row = {"config": name, "mode": mode, "P": p, "K": k, "B": b, "lifetimes_per_s": b / seconds,
+                       "loss_rel_error": error,
                        "gflops": flop_rate / 1e9, "bmm_gflops": bmm_rate / 1e9, "flop_fraction": flop_rate / bmm_rate,
                        "gbps": byte_rate / 1e9, "copy_gbps": copy_rate / 1e9, "byte_fraction": byte_rate / copy_rate}
                 rows.append(row)
                 print(f"   {name:<34} {mode:<6} {b:>5} {num(row['lifetimes_per_s']):>11} {num(row['gflops']):>8} "
                       f"{num(row['bmm_gflops']):>11} {row['flop_fraction']:>5.2f} {num(row['gbps']):>7} "
-                      f"{num(row['copy_gbps']):>9} {row['byte_fraction']:>5.2f}", flush=True)
+                      f"{num(row['copy_gbps']):>9} {row['byte_fraction']:>5.2f}"
+                      + (f"  loss rel error vs fp32 {error:.1e}" if mode in ("tf32", "bf16") else ""), flush=True)
             del params
             if device == "cuda":
                 torch.cuda.empty_cache()
+
+
+def lower_precision(ev, params, episodes, cap: float, device: str = "cuda") -> list[tuple[str, float, float]]:
+    """``(mode, seconds, max relative error of the query loss vs fp32)`` of the graphed lifetime with TF32
+    matmuls, and with everything in bf16 (weights, activities, data: autocast does not apply, the
+    in-place updates need one dtype), each captured afresh (a graph keeps the precision it was captured with)."""
+    from dataclasses import replace
+
+    from evoplast.evaluation import score_params
+    from evoplast.graphs import GraphedScorer
+
+    def bf16(t):
+        return t.to(torch.bfloat16) if t.is_floating_point() else t
+
+    fp32 = score_params(ev.learner, params, episodes, cap=cap).loss
+    out = []
+    for mode in ("tf32", "bf16"):
+        torch.set_float32_matmul_precision("high" if mode == "tf32" else "highest")
+        pr, ep = params, episodes
+        if mode == "bf16":
+            pr = {n: bf16(v) for n, v in params.items()}
+            ep = replace(episodes, **{n: bf16(getattr(episodes, n)) for n in ("stream_x", "stream_y", "query_x",
+                                                                                "query_y")})
+        scorer = GraphedScorer(lambda a, b: score_params(ev.learner, a, b, cap=cap)) if device == "cuda" else \
+            (lambda a, b: score_params(ev.learner, a, b, cap=cap))
+        seconds = median_seconds(lambda: scorer(pr, ep), device)
+        error = max_rel(scorer(pr, ep).loss.float(), fp32)
+        out.append((mode, seconds, error))
+    torch.set_float32_matmul_precision("highest")
+    return out
 
 
 def measure_generations(device: str, quick: bool, results: dict) -> None:
@@ -324,12 +354,12 @@ def markdown(results: dict) -> str:
     for r in results["correctness"]:
         out.append(f"| {r['name']} | {r['P']} x {r['K']} | {r['learning_moves_loss']:.2e} | {r['rel_eager']:.1e} | "
                    f"{r['rel_graph']:.1e} | {r.get('rel_tf32', float('nan')):.1e} | {'yes' if r['ok'] else 'NO'} |")
-    out += ["", "| config | mode | B | lifetimes/s | GFLOP/s | bmm GFLOP/s | frac | GB/s | copy GB/s | frac |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "| config | mode | B | lifetimes/s | GFLOP/s | bmm GFLOP/s | frac | GB/s | copy GB/s | frac | "
+            "loss error vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["throughput"]:
         out.append(f"| {r['config']} | {r['mode']} | {r['B']} | {num(r['lifetimes_per_s'])} | {num(r['gflops'])} | "
                    f"{num(r['bmm_gflops'])} | {r['flop_fraction']:.2f} | {num(r['gbps'])} | {num(r['copy_gbps'])} | "
-                   f"{r['byte_fraction']:.2f} |")
+                   f"{r['byte_fraction']:.2f} | {r['loss_rel_error']:.1e} |")
     out += ["", "| generation | " + " | ".join(k for k in results["generations"][0] if k != "case") + " |",
             "|---|" + "---|" * (len(results["generations"][0]) - 1)]
     for r in results["generations"]:
