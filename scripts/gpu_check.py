@@ -349,7 +349,7 @@ def markdown(results: dict) -> str:
     """The tables of ``results`` in markdown, for docs/performance.md."""
     env = results["environment"]
     out = [f"GPU check: {env['device']}, torch {env['torch']}, CUDA {env['cuda']}, {env['date']}", ""]
-    out += ["| config | P x K | |on−off| | eager rel diff | graph rel diff | TF32 rel diff | ok |",
+    out += ["| config | P x K | loss moved by learning | eager rel diff | graph rel diff | TF32 rel diff | ok |",
             "|---|---|---|---|---|---|---|"]
     for r in results["correctness"]:
         out.append(f"| {r['name']} | {r['P']} x {r['K']} | {r['learning_moves_loss']:.2e} | {r['rel_eager']:.1e} | "
