@@ -63,7 +63,7 @@ def eager_step(spec, params, state, x, y):
 
 def fused_step(spec, params, state, x, y):
     with torch.no_grad():
-        return fused.step_(spec, params, state.weights, state.biases, x, y)
+        return fused.bind(spec)(params, state.weights, state.biases, x, y)
 
 
 def states(spec, params):
@@ -226,20 +226,20 @@ def test_rejects_what_it_does_not_cover():
     spec, params, x, y = make_case((5, 7, 2), (1, 2), "oja", B=3)
     state = PlasticLearner(spec).init_state(params)
     with pytest.raises(ValueError, match="column-major"):
-        fused.step_(spec, params, (state.weights[0].contiguous(), state.weights[1]), state.biases, x, y)
+        fused.bind(spec)(params, (state.weights[0].contiguous(), state.weights[1]), state.biases, x, y)
     synapse = dict(params, **{"layer1.eta": torch.full((3, 7, 5), 0.01)})
     with pytest.raises(ValueError, match="eta"):
-        fused.step_(spec, synapse, state.weights, state.biases, x, y)
+        fused.bind(spec)(synapse, state.weights, state.biases, x, y)
     with pytest.raises(ValueError, match="shape"):
-        fused.step_(spec, params, state.weights, state.biases, x, y[:, :, :1])
+        fused.bind(spec)(params, state.weights, state.biases, x, y[:, :, :1])
     with pytest.raises(ValueError, match="float32"):
-        fused.step_(spec, params, state.weights, state.biases, x.double(), y)
+        fused.bind(spec)(params, state.weights, state.biases, x.double(), y)
     assert not fused.supports(ModelSpec((5, 7, 2), (1, 2), "abcd"))
     assert not fused.supports(ModelSpec((5, 7, 2), (1, 2), "terms", terms=("hebb",)))
     assert not fused.supports(ModelSpec((5, 7, 2), (1, 2), "oja", kind="classification", features="conv"))
     assert fused.supports(ModelSpec((5, 7, 2), (2,), "hebb", kind="classification"))
     with pytest.raises(ValueError, match="supports"):
-        fused.step_(ModelSpec((5, 7, 2), (1, 2), "abcd"), params, state.weights, state.biases, x, y)
+        fused.bind(ModelSpec((5, 7, 2), (1, 2), "abcd"))(params, state.weights, state.biases, x, y)
 
 
 def test_bad_label_raises_before_any_update():
@@ -249,7 +249,7 @@ def test_bad_label_raises_before_any_update():
     y = y.clone()
     y[3, 0] = 3
     with pytest.raises(ValueError, match="label"):
-        fused.step_(spec, params, state.weights, state.biases, x, y)
+        fused.bind(spec)(params, state.weights, state.biases, x, y)
     assert all(torch.equal(a, b) for a, b in zip(before, state.weights))
 
 
@@ -259,7 +259,7 @@ def test_unavailable_kernel_warns_once_and_never_raises(monkeypatch):
     def no_ninja(*args, **kwargs):
         raise RuntimeError("Ninja is required to load C++ extensions")
 
-    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_ninja)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_ninja)
     monkeypatch.setattr(fused, "_status", None)    # restored after the test, like _module
     monkeypatch.setattr(fused, "_module", None)
     with pytest.warns(RuntimeWarning, match="unavailable.*Ninja is required"):
@@ -270,7 +270,7 @@ def test_unavailable_kernel_warns_once_and_never_raises(monkeypatch):
     spec, params, x, y = make_case((5, 7, 2), (1, 2), "oja", B=2)
     state = PlasticLearner(spec).init_state(params)
     with pytest.raises(RuntimeError, match="unavailable"):
-        fused.step_(spec, params, state.weights, state.biases, x, y)
+        fused.bind(spec)(params, state.weights, state.biases, x, y)
     learner = PlasticLearner(spec, fused=True)         # asked for, unavailable: the PyTorch ops run
     assert learner.fused is False
     with torch.no_grad():
