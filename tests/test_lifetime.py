@@ -5,6 +5,7 @@ import torch
 
 from evoplast.config import load_config
 from evoplast.evaluation import Evaluator, score_params
+from evoplast.lifetime import expand_params, run_lifetime
 from evoplast.seeding import Purpose
 
 
@@ -102,10 +103,17 @@ def test_untrained_genome_and_online_sgd_give_sane_numbers():
     assert sgd_iid.loss.item() < sgd.loss.item()      # continual (blocked) SGD forgets
 
 
-def test_curve_of_a_non_learner_is_flat(tiny_cfg):
-    ev = Evaluator(tiny_cfg)
-    s = ev.score(ev.spec.initial_vector().reshape(1, -1), learn=False, curve=True)
-    assert s.curve.shape == (1, 3)
+def test_curve_of_a_non_learner_is_flat_and_a_learners_is_not(tiny_cfg):
+    """Per task, the query loss of a network whose weights never change is the same at every curve point."""
+    ev = Evaluator(tiny_cfg.replace(**{"rule.eta_init": 1.0}))
+    params = expand_params(ev.decode(ev.spec.initial_vector().reshape(1, -1)), 2)
+    episodes = ev.episodes(Purpose.TRAIN, 0, 2)
+    for learn in (False, True):
+        out = run_lifetime(ev.learner, params, episodes, 1, learn=learn, curve=True)   # curve [B, C, n]
+        assert out.curve.shape == (2, 3, 3)
+        flat = torch.equal(out.curve, out.curve[:, :1].expand_as(out.curve))
+        assert flat is (not learn)
+        torch.testing.assert_close(out.curve[:, -1], out.query_loss)      # the last point is the final query
 
 
 def test_lifetime_is_differentiable_in_the_genome(tiny_cfg):
