@@ -133,10 +133,6 @@ class GenomeSpec:
         """Inverse of :meth:`decode` for the evolved segments: ``{name: [..., *shape]}`` -> ``[..., D]``."""
         return self.join({s.name: s.to_genome(values[s.name]) for s in self.evolved})
 
-    def fixed_values(self) -> dict[str, Tensor]:
-        """Model values of the segments that are not evolved, ``{name: [*shape]}``."""
-        return {s.name: s.to_value(s.init) for s in self.segments if not s.evolved}
-
 
 def build_genome_spec(cfg: Config, n_in: int, n_out: int, kind: str = "regression") -> GenomeSpec:
     """Segments of the FLP model of ``cfg`` for a task with ``n_in`` inputs and ``n_out`` outputs."""
