@@ -24,6 +24,7 @@ computes exactly what evoplast's lifetime computes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from .learners import NetState, PlasticLearner
 from .network import ModelSpec
+from .safe_pt2 import UnsafePt2, check_pt2
 
 FORMAT = "evoplast.rule"
 VERSION = 1
@@ -121,30 +123,55 @@ def export_rule(model: ModelSpec, segments: dict[str, Tensor], path: str | Path,
     """Write the rule of one genome (``segments``: model values by name) to ``path`` (a ``.pt2`` file).
 
     Written to a temporary file first and renamed, so an interrupted export never leaves half a file.
+    Nothing in it is pickled: the program is saved without its sample inputs (torch would pickle them),
+    every tensor is a buffer written as raw bytes, and the file must pass :func:`~evoplast.safe_pt2.check_pt2`
+    before it replaces ``path``.
     """
     module = RuleStep(model, segments).eval()
     learners = torch.export.Dim("learners", min=1, max=1 << 20)
     rows = torch.export.Dim("rows", min=1, max=1 << 20)
     dynamic = ({0: learners}, {0: learners, 1: rows}, {0: learners, 1: rows})
     program = torch.export.export(module, module.example_inputs(), dynamic_shapes=dynamic)
+    program.example_inputs = None          # torch.export.save would pickle them
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
-    torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
-    os.replace(tmp, path)
+    try:
+        torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
+        try:
+            check_pt2(tmp)
+        except UnsafePt2 as exc:   # a torch that writes more than evoplast checks for: never ship it
+            raise RuleExportError(f"the exported file fails evoplast's own safety check ({exc})") from None
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def load_rule(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``(step module, manifest)`` of an export file, with one-line errors for bad files."""
+    """``(step module, manifest)`` of an export file, with one-line errors for bad files.
+
+    The file is read once; its bytes pass :func:`~evoplast.safe_pt2.check_pt2` (nothing pickled, no
+    code-bearing strings) before ``torch.export.load`` sees them, so a crafted file cannot run code.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise RuleExportError(f"{str(path)!r} is a directory, not a .pt2 file")
     if not path.is_file():
         raise RuleExportError(f"export file {str(path)!r} does not exist")
-    if not zipfile.is_zipfile(path):
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RuleExportError(f"cannot read {str(path)!r} ({exc.strerror})") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise RuleExportError(f"{str(path)!r} is corrupt or truncated (not a .pt2 archive)")
+    try:
+        check_pt2(io.BytesIO(data))
+    except UnsafePt2 as exc:
+        raise RuleExportError(f"{str(path)!r} refused, not loaded: {exc}") from None
     extra = {MANIFEST: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
+        program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as exc:  # torch raises many kinds for damaged archives
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuleExportError(f"{str(path)!r} is corrupt or truncated ({first[:100]})") from None

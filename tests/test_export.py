@@ -102,7 +102,9 @@ def _manifest_file(tmp_path, manifest):
             return x + 1
 
     path = tmp_path / "other.pt2"
-    torch.export.save(torch.export.export(Tiny(), (torch.ones(2),)), path,
+    program = torch.export.export(Tiny(), (torch.ones(2),))
+    program.example_inputs = None                      # as evoplast writes: nothing pickled
+    torch.export.save(program, path,
                       extra_files={"evoplast.json": json.dumps(manifest)} if manifest is not None else None)
     return path
 
@@ -123,6 +125,10 @@ def test_bad_export_files_give_one_line(tmp_path):
     newer = tmp_path / "newer"
     newer.mkdir()
     cases[_manifest_file(newer, {"format": "evoplast.rule", "version": 99})] = "incompatible evoplast (rule format version 99"
+    plain = tmp_path / "plain.pt2"                     # torch.export.save as is pickles the sample inputs
+    torch.export.save(torch.export.export(torch.nn.ReLU(), (torch.ones(2),)), plain)
+    cases[plain] = "refused, not loaded: pickled sample inputs"
+    cases[tmp_path] = "is a directory"
     for path, fragment in cases.items():
         with pytest.raises(RuleExportError) as info:
             load_rule(path)
