@@ -127,17 +127,22 @@ def export_rule(model: ModelSpec, segments: dict[str, Tensor], path: str | Path,
     every tensor is a buffer written as raw bytes, and the file must pass :func:`~evoplast.safe_pt2.check_pt2`
     before it replaces ``path``.
     """
+    path = Path(path)
+    check_writable(path)
     module = RuleStep(model, segments).eval()
     learners = torch.export.Dim("learners", min=1, max=1 << 20)
     rows = torch.export.Dim("rows", min=1, max=1 << 20)
     dynamic = ({0: learners}, {0: learners, 1: rows}, {0: learners, 1: rows})
     program = torch.export.export(module, module.example_inputs(), dynamic_shapes=dynamic)
     program.example_inputs = None          # torch.export.save would pickle them
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
     try:
-        torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
+        try:
+            torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
+        except (OSError, RuntimeError) as exc:   # torch's zip writer raises RuntimeError
+            first = (getattr(exc, "strerror", None) or str(exc).strip().splitlines() or [type(exc).__name__])
+            raise RuleExportError(f"cannot write {str(path)!r} ({first if isinstance(first, str) else first[0]})") from None
         try:
             check_pt2(tmp)
         except UnsafePt2 as exc:   # a torch that writes more than evoplast checks for: never ship it
@@ -146,6 +151,27 @@ def export_rule(model: ModelSpec, segments: dict[str, Tensor], path: str | Path,
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise :class:`RuleExportError` (one line) unless a file can be created at ``path``: probes the
+    nearest existing folder with a temporary file (removed at once), so it holds for root and for
+    read-only file systems alike, and leaves nothing behind."""
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise RuleExportError(f"{str(target)!r} is a directory, not a file name")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise RuleExportError(f"cannot write {str(target)!r}: {str(folder)!r} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise RuleExportError(f"cannot write {str(target)!r}: {exc.strerror or exc} in {str(folder)!r}") from None
 
 
 def load_rule(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
