@@ -100,15 +100,69 @@ class RuleStep(nn.Module):
         return self.initial_state.expand(n, -1).clone(), x, y
 
 
+STEP = (
+    "forward: h0 = x; a_l = h_{l-1} W_l^T + b_l; h_l = relu(a_l) for l < L; y_hat = a_L (returned, from the "
+    "weights before this step's update). "
+    "teaching signal s: regression 'error' y - y_hat, 'target' y; classification 'target' onehot(y), "
+    "'error' onehot(y) - softmax(y_hat). "
+    "plastic layer l: f_l = g_l(s B_l^T + c_l) with g_l = layers[l-1].feedback_activation ('linear' for the "
+    "output layer); post p_l = beta_l f_l + (1 - beta_l) h_l (h_L = y_hat), or p_L = s for a classification "
+    "output; pre = h_{l-1}. "
+    "rule (sums over the m rows of the mini-batch): hebb dW = eta * p^T pre; oja dW = eta * (p^T pre - "
+    "diag(sum_rows p^2) W); abcd dW = eta * (A * p^T pre + B * colsum(p)^T 1 + C * 1 colsum(pre) + D * m); "
+    "terms dW = sum_r theta_r * F_r with F: hebb p^T pre, error_hebb (p - h_l)^T pre, oja_decay "
+    "-diag(sum_rows p^2) W, oja_subspace -(p^T p) W, pseudo_grad (raw feedback s B_l^T, times relu'(a_l) for "
+    "hidden layers)^T pre, decay -W. "
+    "batch_reduction 'mean': dW / m. Every plastic layer updates from the pre-update weights; biases never "
+    "change. Coefficients (eta, beta, A..D, theta) are stored as model values: their transforms from the "
+    "genome (exp, softplus, sigmoid, scale) are already applied.")
+
+
+def _granularity(model: ModelSpec, module: RuleStep) -> str | None:
+    """'layer', 'neuron' or 'synapse' from the shape of the first plastic layer's coefficient."""
+    if not model.plastic_layers:
+        return None
+    l = model.plastic_layers[0]
+    name = "theta" if model.rule == "terms" else "eta"
+    shape = tuple(module.get_buffer(f"layer{l}.{name}").shape[-2:])
+    out, inp = model.sizes[l], model.sizes[l - 1]
+    return "layer" if shape == (1, 1) else "neuron" if shape == (out, 1) else "synapse" if shape == (out, inp) \
+        else None
+
+
 def manifest_of(module: RuleStep, **extra: Any) -> dict[str, Any]:
+    """Everything needed to rebuild the step from the manifest and the file's tensors alone (see :data:`STEP`).
+
+    ``feedback_activation`` is per plastic layer (``{"layer3": "linear", ...}``): the output layer's
+    feedback is always linear. ``batch_reduction`` is the rule's (``'sum'`` unless the model says
+    ``'mean'``). ``layers`` lists, for every layer, its tensors, activation and plastic role.
+    """
     from . import __version__
+    from .rules import coefficient_names
 
     m = module.model
+    L = m.num_layers
+    layers = []
+    for l in range(1, L + 1):
+        row: dict[str, Any] = {"layer": l, "weight": f"layer{l}.weight", "bias": f"layer{l}.bias",
+                               "shape": [m.sizes[l], m.sizes[l - 1]], "activation": "relu" if l < L else "none",
+                               "plastic": l in m.plastic_layers}
+        if l in m.plastic_layers:
+            row.update({
+                "feedback": f"layer{l}.feedback", "feedback_bias": f"layer{l}.feedback_bias",
+                "feedback_activation": "linear" if l == L else m.feedback_activation, "beta": f"layer{l}.beta",
+                "post": "teaching signal" if l == L and m.kind == "classification" else "beta*f + (1-beta)*h",
+                "coefficients": {c: f"layer{l}.{c}" for c in coefficient_names(m.rule)}})
+        layers.append(row)
     return {
         "format": FORMAT, "version": VERSION, "evoplast_version": __version__,
         "torch_version": torch.__version__,
         "sizes": list(m.sizes), "plastic_layers": list(m.plastic_layers), "rule": m.rule, "terms": list(m.terms),
-        "teaching_signal": m.teaching_signal, "feedback_activation": m.feedback_activation, "kind": m.kind,
+        "granularity": _granularity(m, module), "batch_reduction": getattr(m, "batch_reduction", "sum"),
+        "teaching_signal": m.teaching_signal, "kind": m.kind,
+        "feedback_activation": {f"layer{r['layer']}": r["feedback_activation"] for r in layers if r["plastic"]},
+        "hidden_feedback_activation": m.feedback_activation,
+        "layers": layers, "step": STEP, "coefficients": "model values (genome transforms already applied)",
         "features": m.features, "image_size": m.image_size, "conv_channels": list(m.conv_channels),
         "state_layout": module.layout(), "state_size": int(module.initial_state.numel()),
         "inputs": "state [N, S], x [N, m, n_in], y [N, m, n_out] (regression) or integer labels [N, m] "

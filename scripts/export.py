@@ -54,11 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     genome, source_run = genome_of_run(tracker, args.run_id, args.which)
     cfg = from_dict(yaml.safe_load(genome["config_yaml"]))
     task = make_task(cfg.task)
-    model = build_genome_spec(cfg, task.n_in, task.n_out, task.kind).model
+    spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
+    model = spec.model
+    applied = {s.name: {"transform": s.transform, "scale": s.scale} for s in spec.segments
+               if s.transform != "identity" or s.scale != 1.0}
 
     # 2. the file: a pure step function (state, x, y) -> (y_hat, new state), genome tensors as buffers
     out = export_rule(model, genome["segments"], args.out, source_run=source_run, which=args.which,
-                      evolution_run=args.run_id)
+                      evolution_run=args.run_id, granularity=cfg.rule.granularity, transforms_applied=applied)
 
     # 3. reload it the way a user will, and check it against evoplast's own step
     step, manifest = load_rule(out)
