@@ -51,12 +51,17 @@ class UnsafePt2(ValueError):
 
 def check_pt2(f) -> None:
     """Raise :class:`UnsafePt2` unless ``f`` (a path or a binary file object) is a plain, pickle-free
-    ``.pt2`` of one exported program. Reads the archive's index and its JSON entries only."""
+    ``.pt2`` of one exported program. Reads the archive's index and its JSON entries only; a file object
+    is left at the position it had (``torch.export.load`` reads from there)."""
+    start = f.tell() if hasattr(f, "tell") else None
     try:
         with zipfile.ZipFile(f) as z:
             _check_archive(z)
     except zipfile.BadZipFile as exc:
         raise UnsafePt2(f"not a .pt2 (zip) archive ({exc})") from None
+    finally:
+        if start is not None:
+            f.seek(start)
 
 
 def _check_archive(z: zipfile.ZipFile) -> None:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_params({"source_run": source_run, "which": args.which, "rule": manifest["rule"]})
             mlflow.log_artifact(str(out))
             info = mlflow.models.Model.log(
-                name="rule", flavor=_same_file_flavor(out), pytorch_model=reference.eval(),
+                artifact_path=None, name="rule", flavor=_same_file_flavor(out), pytorch_model=reference.eval(),
                 serialization_format="pt2",
                 input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
                 signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],

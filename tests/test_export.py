@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,9 +29,13 @@ REPLAY = textwrap.dedent("""
         raise SystemExit("evoplast was importable")
     except ImportError:
         pass
+    import io
     import torch
+    from safe_pt2 import check_pt2            # the README's way: evoplast/safe_pt2.py copied next to the script
     data = torch.load(sys.argv[2], weights_only=True)
-    step = torch.export.load(sys.argv[1]).module()
+    received = io.BytesIO(open(sys.argv[1], "rb").read())
+    check_pt2(received)
+    step = torch.export.load(received).module()
     state = step.get_buffer("initial_state").unsqueeze(0).clone()       # reset: the initial weights
     steps = []
     for x, y in zip(data["x"], data["y"]):                             # the stream, one mini-batch at a time
@@ -67,6 +72,7 @@ def test_exported_file_replays_the_lifetime_without_evoplast(tmp_path, rule):
         own_query = state_predict(final, eps.query_x.reshape(1, -1, eps.n_in))[0]
     torch.save({"x": eps.stream_x[0], "y": eps.stream_y[0], "query": eps.query_x[0].reshape(-1, eps.n_in)},
                tmp_path / "stream.pt")
+    shutil.copy(os.path.join(REPO, "evoplast", "safe_pt2.py"), tmp_path / "safe_pt2.py")
     proc = subprocess.run([sys.executable, "-c", REPLAY, str(path), str(tmp_path / "stream.pt"),
                            str(tmp_path / "out.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
