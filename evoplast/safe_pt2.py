@@ -37,6 +37,7 @@ _SYMPY_NAMES = {"Symbol", "Integer", "Float", "Rational", "Add", "Mul", "Pow", "
                 "TruncToInt", "IntTrueDiv", "FloatTrueDiv", "ToFloat", "Identity",
                 "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "True", "False"}
 _GUARD_INPUT = re.compile(rf"L\['{_IDENT}'\](\.(size|stride)\(\))?")
+_GUARD_WORDS = re.compile(r"\b(and|or|not|True|False)\b")
 _GUARD_REST = re.compile(r"[\s0-9()\[\]*+\-/%<>=!,]*\Z")
 _TREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 _FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
@@ -144,7 +145,7 @@ def _check_program(model) -> None:
     if not isinstance(guards, list):
         raise UnsafePt2("guards_code is not a list")
     for guard in guards:
-        if not isinstance(guard, str) or not _GUARD_REST.match(_GUARD_INPUT.sub("", guard)):
+        if not isinstance(guard, str) or not _GUARD_REST.match(_GUARD_WORDS.sub(" ", _GUARD_INPUT.sub(" ", guard))):
             raise UnsafePt2(f"guard {str(guard)[:80]!r} is not a size comparison (it becomes Python code)")
     _walk(model["graph_module"])
 

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--oml-steps {args.oml_steps}: give a number of meta-steps >= 0 (0 skips OML)")
     if args.run_id is not None and not args.run_id.strip():
         raise UsageError("--run-id is empty")
+    if args.which != "best" and not args.run_id:
+        raise UsageError(f"--which {args.which} needs --run-id (without it the config's seed genome is evaluated)")
     out_dir = Path(args.out or f"evaluation/{args.run_id or 'config'}")
     _check_out_dir(out_dir)                  # before any work
 

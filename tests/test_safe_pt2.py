@@ -9,6 +9,7 @@ run the payload (so the file really is an attack, and the test can fail).
 import ast
 import io
 import json
+import os
 import pickle
 import zipfile
 
@@ -18,6 +19,7 @@ import torch
 from evoplast.export import RuleExportError, export_rule, load_rule
 from evoplast.safe_pt2 import UnsafePt2, check_pt2
 
+from .conftest import REPO
 from .test_export import _genome
 
 
@@ -249,3 +251,22 @@ def test_checker_needs_only_the_standard_library():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "json", "re", "zipfile"}, imported
+
+
+def test_conv_classification_terms_file_passes(tmp_path):
+    """The widest file evoplast writes (frozen conv stack, 'terms' with pseudo-gradients, per synapse, guards
+    with 'or') passes the checker and loads."""
+    from evoplast.config import load_config
+    from evoplast.genome import build_genome_spec
+    from evoplast.tasks import make_task
+
+    cfg = load_config(os.path.join(REPO, "configs", "glyphs.yaml"), [
+        "network.features=conv", "network.conv_channels=[4,4]", "rule.granularity=synapse", "rule.name=terms",
+        "rule.terms=[hebb,pseudo_grad,oja_subspace]", "network.plastic_layers=[1,2]"])
+    task = make_task(cfg.task)
+    spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
+    path = export_rule(spec.model, spec.decode(spec.initial_vector()), tmp_path / "conv.pt2")
+    check_pt2(path)
+    step, manifest = load_rule(path)
+    assert manifest["granularity"] == "synapse" and manifest["feedback_activation"] == {"layer1": "relu",
+                                                                                          "layer2": "linear"}

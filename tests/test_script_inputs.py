@@ -51,6 +51,7 @@ def _cases(tmp, afile):
         ("evaluate", ["--out", str(afile)], 2, "is a file; give a directory"),
         ("evaluate", ["--out", f"{afile}/plots"], 1, "is not a directory"),
         ("evaluate", ["--run-id", "x", "--config", "c.yaml"], 2, "--config goes without --run-id"),
+        ("evaluate", ["--which", "finetuned"], 2, "--which finetuned needs --run-id"),
     ]
 
 
