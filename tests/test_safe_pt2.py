@@ -270,3 +270,35 @@ def test_conv_classification_terms_file_passes(tmp_path):
     step, manifest = load_rule(path)
     assert manifest["granularity"] == "synapse" and manifest["feedback_activation"] == {"layer1": "relu",
                                                                                           "layer2": "linear"}
+
+
+def test_mlflow_model_is_the_checked_file(tmp_path, store, good):
+    """mlflow.pytorch's pt2 format pickles the sample inputs (3,745 bytes here); the model scripts/export.py
+    logs holds evoplast's own file instead, byte for byte, and MLflow loads it to the same step."""
+    import importlib.util
+
+    import mlflow
+    import mlflow.pytorch
+
+    from evoplast.export import RuleStep
+
+    spec = importlib.util.spec_from_file_location("export_script", os.path.join(REPO, "scripts", "export.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg, ev, g = _genome()
+    reference = RuleStep(ev.spec.model, ev.spec.decode(g)).eval()
+    step, manifest = load_rule(good)
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run():
+        info = mlflow.models.Model.log(
+            artifact_path=None, name="rule", flavor=script._same_file_flavor(good), pytorch_model=reference,
+            serialization_format="pt2", input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
+            signature=script._signature(manifest), pip_requirements=["torch"])
+    local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl"))
+    logged = os.path.join(local, "data", "model.pt2")
+    assert open(logged, "rb").read() == good.read_bytes()
+    model = mlflow.pytorch.load_model(info.model_uri)
+    state = step.get_buffer("initial_state").expand(2, -1).clone()
+    x, y = torch.randn(2, 3, 4), torch.randn(2, 3, 1)
+    for a, b in zip(model(state, x, y), step(state, x, y)):
+        torch.testing.assert_close(a, b)
