@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     from evoplast.tracking import Tracker, environment_params, resolve_tracking_uri
 
     # 1. the genome and its config
-    tracker = Tracker(resolve_tracking_uri())
     if args.run_id:
         check_finetune_overrides(args.overrides)
+        tracker = Tracker(resolve_tracking_uri())
         run = tracker.get_run(args.run_id)
         saved, _ = genome_of_run(tracker, args.run_id, args.which)
         from evoplast.config import merge_overrides
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = config_from_args(args, str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml"))
         spec, genome = None, None
+        tracker = Tracker(resolve_tracking_uri())     # after the config is known good: a bad one leaves no store
     ev = Evaluator(cfg, spec=spec)
     genome = ev.spec.initial_vector() if genome is None else genome
     classification = ev.task.kind == "classification"

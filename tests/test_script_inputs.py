@@ -52,6 +52,11 @@ def _cases(tmp, afile):
         ("evaluate", ["--out", f"{afile}/plots"], 1, "is not a directory"),
         ("evaluate", ["--run-id", "x", "--config", "c.yaml"], 2, "--config goes without --run-id"),
         ("evaluate", ["--which", "finetuned"], 2, "--which finetuned needs --run-id"),
+        ("export", ["--run-id", "x", "--out", "r.pt2", "--which", "nope"], 2, "invalid choice: 'nope'"),
+        ("evaluate", ["--config", "missing.yaml", "--oml-steps", "0"], 2, "config file 'missing.yaml' does not exist"),
+        ("evaluate", ["bad.key=1", "--oml-steps", "0"], 2, "unknown key 'bad'"),
+        ("evaluate", ["--oml-steps", "0", "evaluation.heldout_episodes=0"], 2, "must be >= 2"),
+        ("evaluate", ["--run-id", "x", "network.hidden=[3]"], 2, "network.hidden cannot change"),
     ]
 
 
