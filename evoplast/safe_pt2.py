@@ -60,6 +60,10 @@ def check_pt2(f) -> None:
             _check_archive(z)
     except zipfile.BadZipFile as exc:
         raise UnsafePt2(f"not a .pt2 (zip) archive ({exc})") from None
+    except (NotImplementedError, RuntimeError, OSError, EOFError) as exc:   # encrypted, unknown compression
+        raise UnsafePt2(f"unreadable archive ({type(exc).__name__}: {str(exc)[:80]})") from None
+    except RecursionError:
+        raise UnsafePt2("models/model.json is nested too deeply") from None
     finally:
         if start is not None:
             f.seek(start)
@@ -94,7 +98,7 @@ def _check_archive(z: zipfile.ZipFile) -> None:
     if z.read(entries["archive_format"]).strip() != b"pt2":
         raise UnsafePt2("archive_format is not 'pt2'")
     sample = entries.get("data/sample_inputs/model.pt")
-    if sample is not None and sample.file_size:
+    if sample is not None and (sample.file_size or sample.compress_size):
         raise UnsafePt2(f"pickled sample inputs (data/sample_inputs/model.pt, {sample.file_size} bytes): "
                         "torch unpickles them with weights_only=False if the safe load fails")
     for folder, kind in (("data/weights/", "weight"), ("data/constants/", "constant")):

@@ -170,7 +170,9 @@ def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     model = mlflow.pytorch.load_model("models:/my-rule/2")
-    step, _ = load_rule(tmp_path / "tuned2.pt2")
+    step, manifest = load_rule(tmp_path / "tuned2.pt2")
+    assert manifest["transforms_applied"]["layer3.beta"] == {"transform": "sigmoid", "scale": 1.0}
+    assert manifest["granularity"] == "layer" and manifest["feedback_activation"]["layer3"] == "linear"
     state = step.get_buffer("initial_state").expand(2, -1).clone()
     x, y = torch.randn(2, 3, 4), torch.randn(2, 3, 1)
     for a, b in zip(model(state, x, y), step(state, x, y)):
