@@ -195,8 +195,8 @@ def export_rule(model: ModelSpec, segments: dict[str, Tensor], path: str | Path,
         try:
             torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
         except (OSError, RuntimeError) as exc:   # torch's zip writer raises RuntimeError
-            first = (getattr(exc, "strerror", None) or str(exc).strip().splitlines() or [type(exc).__name__])
-            raise RuleExportError(f"cannot write {str(path)!r} ({first if isinstance(first, str) else first[0]})") from None
+            why = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuleExportError(f"cannot write {str(path)!r} ({why[:100]})") from None
         try:
             check_pt2(tmp)
         except UnsafePt2 as exc:   # a torch that writes more than evoplast checks for: never ship it
