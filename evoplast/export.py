@@ -24,6 +24,7 @@ computes exactly what evoplast's lifetime computes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from .learners import NetState, PlasticLearner
 from .network import ModelSpec
+from .safe_pt2 import UnsafePt2, check_pt2
 
 FORMAT = "evoplast.rule"
 VERSION = 1
@@ -98,15 +100,69 @@ class RuleStep(nn.Module):
         return self.initial_state.expand(n, -1).clone(), x, y
 
 
+STEP = (
+    "forward: h0 = x; a_l = h_{l-1} W_l^T + b_l; h_l = relu(a_l) for l < L; y_hat = a_L (returned, from the "
+    "weights before this step's update). "
+    "teaching signal s: regression 'error' y - y_hat, 'target' y; classification 'target' onehot(y), "
+    "'error' onehot(y) - softmax(y_hat). "
+    "plastic layer l: f_l = g_l(s B_l^T + c_l) with g_l = layers[l-1].feedback_activation ('linear' for the "
+    "output layer); post p_l = beta_l f_l + (1 - beta_l) h_l (h_L = y_hat), or p_L = s for a classification "
+    "output; pre = h_{l-1}. "
+    "rule (sums over the m rows of the mini-batch): hebb dW = eta * p^T pre; oja dW = eta * (p^T pre - "
+    "diag(sum_rows p^2) W); abcd dW = eta * (A * p^T pre + B * colsum(p)^T 1 + C * 1 colsum(pre) + D * m); "
+    "terms dW = sum_r theta_r * F_r with F: hebb p^T pre, error_hebb (p - h_l)^T pre, oja_decay "
+    "-diag(sum_rows p^2) W, oja_subspace -(p^T p) W, pseudo_grad (raw feedback s B_l^T, times relu'(a_l) for "
+    "hidden layers)^T pre, decay -W. "
+    "batch_reduction 'mean': dW / m. Every plastic layer updates from the pre-update weights; biases never "
+    "change. Coefficients (eta, beta, A..D, theta) are stored as model values: their transforms from the "
+    "genome (exp, softplus, sigmoid, scale) are already applied.")
+
+
+def _granularity(model: ModelSpec, module: RuleStep) -> str | None:
+    """'layer', 'neuron' or 'synapse' from the shape of the first plastic layer's coefficient."""
+    if not model.plastic_layers:
+        return None
+    l = model.plastic_layers[0]
+    name = "theta" if model.rule == "terms" else "eta"
+    shape = tuple(module.get_buffer(f"layer{l}.{name}").shape[-2:])
+    out, inp = model.sizes[l], model.sizes[l - 1]
+    return "layer" if shape == (1, 1) else "neuron" if shape == (out, 1) else "synapse" if shape == (out, inp) \
+        else None
+
+
 def manifest_of(module: RuleStep, **extra: Any) -> dict[str, Any]:
+    """Everything needed to rebuild the step from the manifest and the file's tensors alone (see :data:`STEP`).
+
+    ``feedback_activation`` is per plastic layer (``{"layer3": "linear", ...}``): the output layer's
+    feedback is always linear. ``batch_reduction`` is the rule's (``'sum'`` unless the model says
+    ``'mean'``). ``layers`` lists, for every layer, its tensors, activation and plastic role.
+    """
     from . import __version__
+    from .rules import coefficient_names
 
     m = module.model
+    L = m.num_layers
+    layers = []
+    for l in range(1, L + 1):
+        row: dict[str, Any] = {"layer": l, "weight": f"layer{l}.weight", "bias": f"layer{l}.bias",
+                               "shape": [m.sizes[l], m.sizes[l - 1]], "activation": "relu" if l < L else "none",
+                               "plastic": l in m.plastic_layers}
+        if l in m.plastic_layers:
+            row.update({
+                "feedback": f"layer{l}.feedback", "feedback_bias": f"layer{l}.feedback_bias",
+                "feedback_activation": "linear" if l == L else m.feedback_activation, "beta": f"layer{l}.beta",
+                "post": "teaching signal" if l == L and m.kind == "classification" else "beta*f + (1-beta)*h",
+                "coefficients": {c: f"layer{l}.{c}" for c in coefficient_names(m.rule)}})
+        layers.append(row)
     return {
         "format": FORMAT, "version": VERSION, "evoplast_version": __version__,
         "torch_version": torch.__version__,
         "sizes": list(m.sizes), "plastic_layers": list(m.plastic_layers), "rule": m.rule, "terms": list(m.terms),
-        "teaching_signal": m.teaching_signal, "feedback_activation": m.feedback_activation, "kind": m.kind,
+        "granularity": _granularity(m, module), "batch_reduction": getattr(m, "batch_reduction", "sum"),
+        "teaching_signal": m.teaching_signal, "kind": m.kind,
+        "feedback_activation": {f"layer{r['layer']}": r["feedback_activation"] for r in layers if r["plastic"]},
+        "hidden_feedback_activation": m.feedback_activation,
+        "layers": layers, "step": STEP, "coefficients": "model values (genome transforms already applied)",
         "features": m.features, "image_size": m.image_size, "conv_channels": list(m.conv_channels),
         "state_layout": module.layout(), "state_size": int(module.initial_state.numel()),
         "inputs": "state [N, S], x [N, m, n_in], y [N, m, n_out] (regression) or integer labels [N, m] "
@@ -121,30 +177,81 @@ def export_rule(model: ModelSpec, segments: dict[str, Tensor], path: str | Path,
     """Write the rule of one genome (``segments``: model values by name) to ``path`` (a ``.pt2`` file).
 
     Written to a temporary file first and renamed, so an interrupted export never leaves half a file.
+    Nothing in it is pickled: the program is saved without its sample inputs (torch would pickle them),
+    every tensor is a buffer written as raw bytes, and the file must pass :func:`~evoplast.safe_pt2.check_pt2`
+    before it replaces ``path``.
     """
+    path = Path(path)
+    check_writable(path)
     module = RuleStep(model, segments).eval()
     learners = torch.export.Dim("learners", min=1, max=1 << 20)
     rows = torch.export.Dim("rows", min=1, max=1 << 20)
     dynamic = ({0: learners}, {0: learners, 1: rows}, {0: learners, 1: rows})
     program = torch.export.export(module, module.example_inputs(), dynamic_shapes=dynamic)
-    path = Path(path)
+    program.example_inputs = None          # torch.export.save would pickle them
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
-    torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
-    os.replace(tmp, path)
+    try:
+        try:
+            torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
+        except (OSError, RuntimeError) as exc:   # torch's zip writer raises RuntimeError
+            why = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuleExportError(f"cannot write {str(path)!r} ({why[:100]})") from None
+        try:
+            check_pt2(tmp)
+        except UnsafePt2 as exc:   # a torch that writes more than evoplast checks for: never ship it
+            raise RuleExportError(f"the exported file fails evoplast's own safety check ({exc})") from None
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
+def check_writable(path: str | Path) -> None:
+    """Raise :class:`RuleExportError` (one line) unless a file can be created at ``path``: probes the
+    nearest existing folder with a temporary file (removed at once), so it holds for root and for
+    read-only file systems alike, and leaves nothing behind."""
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise RuleExportError(f"{str(target)!r} is a directory, not a file name")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise RuleExportError(f"cannot write {str(target)!r}: {str(folder)!r} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise RuleExportError(f"cannot write {str(target)!r}: {exc.strerror or exc} in {str(folder)!r}") from None
+
+
 def load_rule(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``(step module, manifest)`` of an export file, with one-line errors for bad files."""
+    """``(step module, manifest)`` of an export file, with one-line errors for bad files.
+
+    The file is read once; its bytes pass :func:`~evoplast.safe_pt2.check_pt2` (nothing pickled, no
+    code-bearing strings) before ``torch.export.load`` sees them, so a crafted file cannot run code.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise RuleExportError(f"{str(path)!r} is a directory, not a .pt2 file")
     if not path.is_file():
         raise RuleExportError(f"export file {str(path)!r} does not exist")
-    if not zipfile.is_zipfile(path):
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RuleExportError(f"cannot read {str(path)!r} ({exc.strerror})") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise RuleExportError(f"{str(path)!r} is corrupt or truncated (not a .pt2 archive)")
+    try:
+        check_pt2(io.BytesIO(data))
+    except UnsafePt2 as exc:
+        raise RuleExportError(f"{str(path)!r} refused, not loaded: {exc}") from None
     extra = {MANIFEST: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
+        program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as exc:  # torch raises many kinds for damaged archives
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuleExportError(f"{str(path)!r} is corrupt or truncated ({first[:100]})") from None

@@ -22,16 +22,24 @@ from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa:
 N_SWEEP = (5, 10, 20, 50)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = parser("Evaluate a rule and the baselines on held-out episodes; analyses and plots.", "evaluate.py")
     p.add_argument("--run-id", help="evolution run to evaluate (its best genome, or its latest fine-tune)")
     p.add_argument("--which", choices=["best", "finetuned"], default="best")
     p.add_argument("--oml-steps", type=int, default=150, metavar="N",
                    help="meta-steps of the OML baseline's meta-learned initial weights (0 = skip it)")
     p.add_argument("--out", default=None, help="directory for the plots and the table (default evaluation/<run>)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.run_id and args.config:
         raise UsageError("--config goes without --run-id (the run's config is used)")
+    if args.oml_steps < 0:
+        raise UsageError(f"--oml-steps {args.oml_steps}: give a number of meta-steps >= 0 (0 skips OML)")
+    if args.run_id is not None and not args.run_id.strip():
+        raise UsageError("--run-id is empty")
+    if args.which != "best" and not args.run_id:
+        raise UsageError(f"--which {args.which} needs --run-id (without it the config's seed genome is evaluated)")
+    out_dir = Path(args.out or f"evaluation/{args.run_id or 'config'}")
+    _check_out_dir(out_dir)                  # before any work
 
     import torch
     import yaml
@@ -46,9 +54,9 @@ def main() -> int:
     from evoplast.tracking import Tracker, environment_params, resolve_tracking_uri
 
     # 1. the genome and its config
-    tracker = Tracker(resolve_tracking_uri())
     if args.run_id:
         check_finetune_overrides(args.overrides)
+        tracker = Tracker(resolve_tracking_uri())
         run = tracker.get_run(args.run_id)
         saved, _ = genome_of_run(tracker, args.run_id, args.which)
         from evoplast.config import merge_overrides
@@ -60,10 +68,10 @@ def main() -> int:
     else:
         cfg = config_from_args(args, str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml"))
         spec, genome = None, None
+        tracker = Tracker(resolve_tracking_uri())     # after the config is known good: a bad one leaves no store
     ev = Evaluator(cfg, spec=spec)
     genome = ev.spec.initial_vector() if genome is None else genome
     classification = ev.task.kind == "classification"
-    out_dir = Path(args.out or f"evaluation/{args.run_id or 'config'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"evoplast: evaluating {'run ' + args.run_id + ' (' + args.which + ')' if args.run_id else 'the seed genome'} "
           f"on {cfg.evaluation.heldout_episodes} held-out episodes of {cfg.task.name}")
@@ -171,6 +179,16 @@ def main() -> int:
           + (f" (nested under {args.run_id})" if args.run_id else ""))
     print(f"Look at it: {tracker.ui_command()}")
     return 0
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """One line unless ``out_dir`` is, or can become, a writable directory: exit 2 for a file given as
+    --out, exit 1 (:class:`~evoplast.export.RuleExportError`) for a place that cannot be written."""
+    from evoplast.export import check_writable
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {str(out_dir)!r} is a file; give a directory for the plots and the table")
+    check_writable(out_dir / "evaluation.json")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 
     python scripts/export.py --run-id RUN [--which best|finetuned] --out rule.pt2 [--name NAME]
 
-Reads top to bottom: find the genome in the run -> write the .pt2 (torch.export) -> reload it and check
-it against evoplast's own step -> log it to MLflow (pytorch flavour) in a run nested under RUN and
-register a new version of the model.
+Reads top to bottom: check that --out can be written -> find the genome in the run -> write the .pt2
+(torch.export, nothing pickled) -> reload it through the safety check and compare it with evoplast's own
+step -> log the same file to MLflow (pytorch flavour) in a run nested under RUN and register a new version.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evoplast.cli import UsageError, run_main  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from evoplast.cli import _Parser
+    from evoplast.export import check_writable
 
     p = _Parser(prog="export.py", description="Export a learned rule as a torch.export (.pt2) file.")
     p.add_argument("--run-id", required=True, help="evolution run (or a fine-tune run) to export from")
@@ -28,9 +29,14 @@ def main() -> int:
     p.add_argument("--out", required=True, help="output file (.pt2)")
     p.add_argument("--name", default=None, help="Model Registry name (default: export.registered_model)")
     p.add_argument("--no-mlflow-model", action="store_true", help="write the file only")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if not args.out.endswith(".pt2"):
         raise UsageError(f"--out {args.out!r} should end in .pt2 (a torch.export archive)")
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out!r} is a directory; give a file name ending in .pt2")
+    if args.name is not None and not args.name.strip():
+        raise UsageError("--name is empty; give a Model Registry name or leave it out")
+    check_writable(args.out)             # before any work: an unwritable --out is one line, not a traceback
 
     import torch
     import yaml
@@ -48,11 +54,14 @@ def main() -> int:
     genome, source_run = genome_of_run(tracker, args.run_id, args.which)
     cfg = from_dict(yaml.safe_load(genome["config_yaml"]))
     task = make_task(cfg.task)
-    model = build_genome_spec(cfg, task.n_in, task.n_out, task.kind).model
+    spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
+    model = spec.model
+    applied = {s.name: {"transform": s.transform, "scale": s.scale} for s in spec.segments
+               if s.transform != "identity" or s.scale != 1.0}
 
     # 2. the file: a pure step function (state, x, y) -> (y_hat, new state), genome tensors as buffers
     out = export_rule(model, genome["segments"], args.out, source_run=source_run, which=args.which,
-                      evolution_run=args.run_id)
+                      evolution_run=args.run_id, granularity=cfg.rule.granularity, transforms_applied=applied)
 
     # 3. reload it the way a user will, and check it against evoplast's own step
     step, manifest = load_rule(out)
@@ -74,15 +83,47 @@ def main() -> int:
                               tags={"mlflow.parentRunId": args.run_id}) as export_run:
             mlflow.log_params({"source_run": source_run, "which": args.which, "rule": manifest["rule"]})
             mlflow.log_artifact(str(out))
-            info = mlflow.pytorch.log_model(
-                reference.eval(), name="rule", serialization_format="pt2",
+            info = mlflow.models.Model.log(
+                artifact_path=None, name="rule", flavor=_same_file_flavor(out), pytorch_model=reference.eval(),
+                serialization_format="pt2",
                 input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
                 signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=name)
         print(f"MLflow: model {info.model_uri} in run {export_run.info.run_id}, registered as "
               f"'{name}' version {info.registered_model_version}")
-    print("Load it anywhere with PyTorch:  step = torch.export.load('%s').module()" % args.out)
+    print(f"Load it anywhere with PyTorch (check a received file first, see docs/safe_rule_files.md):  "
+          f"step = torch.export.load('{args.out}').module()")
     return 0
+
+
+def _same_file_flavor(rule_file: Path):
+    """``mlflow.pytorch`` whose saved ``data/model.pt2`` is then replaced by ``rule_file``, the checked file.
+
+    ``mlflow.pytorch.save_model(serialization_format="pt2")`` exports the module again and saves the
+    program with its sample inputs, which torch pickles; the registered model must be the same
+    pickle-free file as the one written to --out (same program, same buffers).
+    """
+    import shutil
+    from types import SimpleNamespace
+
+    import mlflow.pytorch
+    from mlflow.models.model import MLMODEL_FILE_NAME
+    from mlflow.utils.file_utils import get_total_file_size
+
+    from evoplast.safe_pt2 import check_pt2
+
+    def save_model(path, mlflow_model=None, **kwargs):
+        mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        target = Path(path) / "data" / "model.pt2"
+        if not target.is_file():
+            raise RuntimeError(f"mlflow.pytorch did not write {target}")
+        shutil.copyfile(rule_file, target)
+        check_pt2(target)
+        if mlflow_model is not None:
+            mlflow_model.model_size_bytes = get_total_file_size(path)
+            mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))
+
+    return SimpleNamespace(__name__="mlflow.pytorch", save_model=save_model)
 
 
 def _signature(manifest):

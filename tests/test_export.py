@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,9 +29,13 @@ REPLAY = textwrap.dedent("""
         raise SystemExit("evoplast was importable")
     except ImportError:
         pass
+    import io
     import torch
+    from safe_pt2 import check_pt2            # the README's way: evoplast/safe_pt2.py copied next to the script
     data = torch.load(sys.argv[2], weights_only=True)
-    step = torch.export.load(sys.argv[1]).module()
+    received = io.BytesIO(open(sys.argv[1], "rb").read())
+    check_pt2(received)
+    step = torch.export.load(received).module()
     state = step.get_buffer("initial_state").unsqueeze(0).clone()       # reset: the initial weights
     steps = []
     for x, y in zip(data["x"], data["y"]):                             # the stream, one mini-batch at a time
@@ -67,6 +72,7 @@ def test_exported_file_replays_the_lifetime_without_evoplast(tmp_path, rule):
         own_query = state_predict(final, eps.query_x.reshape(1, -1, eps.n_in))[0]
     torch.save({"x": eps.stream_x[0], "y": eps.stream_y[0], "query": eps.query_x[0].reshape(-1, eps.n_in)},
                tmp_path / "stream.pt")
+    shutil.copy(os.path.join(REPO, "evoplast", "safe_pt2.py"), tmp_path / "safe_pt2.py")
     proc = subprocess.run([sys.executable, "-c", REPLAY, str(path), str(tmp_path / "stream.pt"),
                            str(tmp_path / "out.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
@@ -102,7 +108,9 @@ def _manifest_file(tmp_path, manifest):
             return x + 1
 
     path = tmp_path / "other.pt2"
-    torch.export.save(torch.export.export(Tiny(), (torch.ones(2),)), path,
+    program = torch.export.export(Tiny(), (torch.ones(2),))
+    program.example_inputs = None                      # as evoplast writes: nothing pickled
+    torch.export.save(program, path,
                       extra_files={"evoplast.json": json.dumps(manifest)} if manifest is not None else None)
     return path
 
@@ -123,6 +131,10 @@ def test_bad_export_files_give_one_line(tmp_path):
     newer = tmp_path / "newer"
     newer.mkdir()
     cases[_manifest_file(newer, {"format": "evoplast.rule", "version": 99})] = "incompatible evoplast (rule format version 99"
+    plain = tmp_path / "plain.pt2"                     # torch.export.save as is pickles the sample inputs
+    torch.export.save(torch.export.export(torch.nn.ReLU(), (torch.ones(2),)), plain)
+    cases[plain] = "refused, not loaded: pickled sample inputs"
+    cases[tmp_path] = "is a directory"
     for path, fragment in cases.items():
         with pytest.raises(RuleExportError) as info:
             load_rule(path)
@@ -158,7 +170,9 @@ def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     model = mlflow.pytorch.load_model("models:/my-rule/2")
-    step, _ = load_rule(tmp_path / "tuned2.pt2")
+    step, manifest = load_rule(tmp_path / "tuned2.pt2")
+    assert manifest["transforms_applied"]["layer3.beta"] == {"transform": "sigmoid", "scale": 1.0}
+    assert manifest["granularity"] == "layer" and manifest["feedback_activation"]["layer3"] == "linear"
     state = step.get_buffer("initial_state").expand(2, -1).clone()
     x, y = torch.randn(2, 3, 4), torch.randn(2, 3, 1)
     for a, b in zip(model(state, x, y), step(state, x, y)):

@@ -1,0 +1,79 @@
+"""Bad command lines of scripts/export.py and scripts/evaluate.py: one line, the right exit code, no work.
+
+The scripts run in-process through ``main(argv)`` under :func:`evoplast.cli.run_main` (which turns known
+errors into one line on stderr and an exit code), in a private MLflow store: a check that happens
+"before any work" must leave no ``mlflow.db`` behind.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+from evoplast.cli import run_main
+
+from .conftest import REPO
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(capsys, name, argv):
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: _script(name).main(argv))
+    err = capsys.readouterr().err.strip()
+    return info.value.code, err
+
+
+@pytest.fixture
+def afile(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("not a folder")
+    return path
+
+
+def _cases(tmp, afile):
+    (tmp / "adir.pt2").mkdir()
+    return [
+        ("export", ["--out", "r.pt2"], 2, "the following arguments are required: --run-id"),
+        ("export", ["--run-id", "x", "--out", "r.txt"], 2, "should end in .pt2"),
+        ("export", ["--run-id", "x", "--out", str(tmp / "adir.pt2")], 2, "is a directory"),
+        ("export", ["--run-id", "x", "--out", "r.pt2", "--name", " "], 2, "--name is empty"),
+        ("export", ["--run-id", "x", "--out", f"{afile}/r.pt2"], 1, "is not a directory"),
+        ("export", ["--run-id", "x", "--out", "/sys/evoplast-rule.pt2"], 1, "cannot write '/sys/evoplast-rule.pt2'"),
+        ("evaluate", ["--oml-steps", "-1"], 2, "--oml-steps -1: give a number of meta-steps >= 0"),
+        ("evaluate", ["--oml-steps", "x"], 2, "invalid int value"),
+        ("evaluate", ["--run-id", "", "--oml-steps", "0"], 2, "--run-id is empty"),
+        ("evaluate", ["--out", str(afile)], 2, "is a file; give a directory"),
+        ("evaluate", ["--out", f"{afile}/plots"], 1, "is not a directory"),
+        ("evaluate", ["--run-id", "x", "--config", "c.yaml"], 2, "--config goes without --run-id"),
+        ("evaluate", ["--which", "finetuned"], 2, "--which finetuned needs --run-id"),
+        ("export", ["--run-id", "x", "--out", "r.pt2", "--which", "nope"], 2, "invalid choice: 'nope'"),
+        ("evaluate", ["--config", "missing.yaml", "--oml-steps", "0"], 2, "config file 'missing.yaml' does not exist"),
+        ("evaluate", ["bad.key=1", "--oml-steps", "0"], 2, "unknown key 'bad'"),
+        ("evaluate", ["--oml-steps", "0", "evaluation.heldout_episodes=0"], 2, "must be >= 2"),
+        ("evaluate", ["--run-id", "x", "network.hidden=[3]"], 2, "network.hidden cannot change"),
+    ]
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path, store, capsys, afile):
+    for name, argv, code, fragment in _cases(tmp_path, afile):
+        got, err = _run(capsys, name, argv)
+        assert (got, "\n" in err) == (code, False) and fragment in err and err.startswith("evoplast: error:"), \
+            (name, argv, got, err)
+        assert not (tmp_path / "mlflow.db").exists(), (name, argv, "touched the MLflow store")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.pt2", "afile"], (name, argv)
+
+
+def test_unknown_run_is_one_line(tmp_path, store, capsys):
+    for name, argv in (("export", ["--run-id", "feedbeef", "--out", "r.pt2"]),
+                       ("evaluate", ["--run-id", "feedbeef", "--oml-steps", "0"])):
+        code, err = _run(capsys, name, argv)   # (MLflow's own INFO lines about creating its tables come first)
+        last = err.splitlines()[-1]
+        assert code == 1 and last.startswith("evoplast: error: no MLflow run with id 'feedbeef'"), (name, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "r.pt2").exists() and not (tmp_path / "evaluation").exists()
