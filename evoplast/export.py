@@ -39,7 +39,8 @@ from .network import ModelSpec
 from .safe_pt2 import UnsafePt2, check_pt2
 
 FORMAT = "evoplast.rule"
-VERSION = 1
+VERSION = 2                  # 2: per-layer feedback activation, layers, granularity, batch reduction, step
+READABLE_VERSIONS = (1, 2)   # the step is in the program; version 1's manifest only described it less well
 MANIFEST = "evoplast.json"
 
 
@@ -261,7 +262,8 @@ def load_rule(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         manifest = {}
     if manifest.get("format") != FORMAT:
         raise RuleExportError(f"{str(path)!r} is a torch.export file but not an evoplast rule (no {MANIFEST})")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise RuleExportError(f"{str(path)!r} was written by an incompatible evoplast (rule format version "
-                              f"{manifest.get('version')}; this evoplast reads version {VERSION}); re-export it")
+                              f"{manifest.get('version')}; this evoplast reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}); re-export it")
     return program.module(), manifest
