@@ -32,9 +32,9 @@ def main() -> int:
         if args.config:
             raise SystemExit(print("evoplast: error: --resume takes the config from the checkpoint; "
                                    "drop --config", file=sys.stderr) or 2)
-        checkpoint, path = resolve_resume(args.resume)
+        checkpoint, source = resolve_resume(args.resume)
         cfg = resume_config(checkpoint, args.overrides)
-        print(f"evoplast: resuming from {path}")
+        print(f"evoplast: resuming from {source}")
     else:
         cfg = config_from_args(args, str(DEFAULT_CONFIG))
 
