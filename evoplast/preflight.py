@@ -33,7 +33,8 @@ class MemoryEstimate:
     searcher: int         # bytes: the searcher's population and noise (and full CMA-ES's covariance)
     driver: int           # bytes: the searcher, plus evaluation if in-process
     evaluator: int        # bytes: one evaluating process (decoded genomes of its slice, lifetimes in flight)
-    detail: str           # how the biggest part comes about, for the error message
+    detail: str           # how the evaluator's part comes about, for the error message
+    detail_searcher: str  # how the searcher's part comes about
 
 
 def _layer_sizes(cfg: Config) -> tuple[int, ...]:
@@ -76,12 +77,10 @@ def memory_estimate(cfg: Config) -> MemoryEstimate:
     chunk = min(cfg.evaluation.chunk_size or slice_, slice_)
     evaluator = (slice_ * model + 2 * chunk * cfg.evaluation.episodes * weights) * FLOAT
     driver = searcher + (evaluator if actors == 0 else 0)
-    if evaluator >= searcher:
-        detail = (f"{chunk:,} genomes x {cfg.evaluation.episodes} episodes = {chunk * cfg.evaluation.episodes:,} "
-                  f"lifetimes of {weights:,} weights each")
-    else:
-        detail = f"population {p:,} x genome of {genome:,} numbers"
-    return MemoryEstimate(genome, model, weights, searcher, driver, evaluator, detail)
+    detail = (f"{chunk:,} genomes x {cfg.evaluation.episodes} episodes = {chunk * cfg.evaluation.episodes:,} "
+              f"lifetimes of {weights:,} weights each")
+    detail_searcher = f"population {p:,} x genome of {genome:,} numbers"
+    return MemoryEstimate(genome, model, weights, searcher, driver, evaluator, detail, detail_searcher)
 
 
 def available_memory() -> int:
@@ -112,12 +111,17 @@ def check_memory(cfg: Config, available: int | None = None, gpu_memory: int | No
     """
     est = memory_estimate(cfg)
     available = available_memory() if available is None else available
-    fix = ("lower search.popsize, evaluation.episodes or network.hidden, or set evaluation.chunk_size"
-           if est.evaluator >= est.searcher
-           else "lower search.popsize or the genome (genome.evolve_*, rule.granularity)")
-    for who, need in (("this process", est.driver), ("each Ray actor", est.evaluator if cfg.ray.num_actors else 0)):
+    fix_eval = "lower search.popsize, evaluation.episodes or network.hidden, or set evaluation.chunk_size"
+    fix_search = "lower search.popsize or the genome (genome.evolve_init_weights, rule.granularity)"
+    in_driver = est.evaluator if cfg.ray.num_actors == 0 else 0
+    searcher_first = est.searcher >= in_driver
+    checks = [("this process", est.driver, est.detail_searcher if searcher_first else est.detail,
+               fix_search if searcher_first else fix_eval)]
+    if cfg.ray.num_actors:
+        checks.append(("each Ray actor", est.evaluator, est.detail, fix_eval))
+    for who, need, detail, fix in checks:
         if need > available:
-            raise ConfigError(f"the run needs at least {_gib(need)} in {who} ({est.detail}), more than the "
+            raise ConfigError(f"the run needs at least {_gib(need)} in {who} ({detail}), more than the "
                               f"{_gib(available)} of memory available here; {fix}")
     if cfg.ray.num_actors == 0 and cfg.device in ("auto", "cuda"):
         if gpu_memory is None:
@@ -127,7 +131,7 @@ def check_memory(cfg: Config, available: int | None = None, gpu_memory: int | No
                 gpu_memory = torch.cuda.get_device_properties(0).total_memory
         if gpu_memory is not None and est.evaluator > gpu_memory:
             raise ConfigError(f"the run needs at least {_gib(est.evaluator)} of GPU memory ({est.detail}), more "
-                              f"than the GPU's {_gib(gpu_memory)}; {fix}")
+                              f"than the GPU's {_gib(gpu_memory)}; {fix_eval}")
     return est
 
 

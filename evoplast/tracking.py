@@ -34,7 +34,11 @@ class TrackingUnavailable(RuntimeError):
 
 def split_credentials(uri: str) -> tuple[str, Optional[str], Optional[str]]:
     """``"http://u:p@host:5000" -> ("http://host:5000", "u", "p")``; URIs without a user part are unchanged."""
-    parts = urllib.parse.urlsplit(uri)
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port                                   # noqa: B018 (a bad port raises here)
+    except ValueError as exc:
+        raise TrackingUnavailable(f"tracking URI {redact_text(uri)!r} is not a valid URI ({exc})") from None
     if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
         return uri, None, None
     userinfo, host = parts.netloc.rsplit("@", 1)
@@ -45,7 +49,10 @@ def split_credentials(uri: str) -> tuple[str, Optional[str], Optional[str]]:
 
 def redact_uri(uri: str) -> str:
     """The URI as it may be shown, logged or stored: a password becomes ``***``."""
-    clean, user, password = split_credentials(uri)
+    try:
+        clean, user, password = split_credentials(uri)
+    except TrackingUnavailable:
+        return redact_text(uri)
     if password is None:
         return uri
     parts = urllib.parse.urlsplit(clean)
@@ -83,8 +90,8 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`TrackingUnavailable` if ``uri`` cannot be used (server down, bad sqlite path)."""
     shown = redact_uri(uri)
+    clean, user, password = split_credentials(uri)
     if uri.startswith(("http://", "https://")):
-        clean, user, password = split_credentials(uri)
         request = urllib.request.Request(clean.rstrip("/") + "/health")
         if user is not None:
             import base64
