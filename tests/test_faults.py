@@ -186,18 +186,25 @@ def _signal_on(proc, prefix, sig=signal.SIGTERM):
 
 
 @pytest.mark.slow
-def test_sigterm_during_set_up_starts_nothing_and_leaves_a_resumed_run_as_it_was(tmp_path):
+def test_sigterm_during_set_up_starts_nothing_and_leaves_a_resumed_run_as_it_was(store, tmp_path):
+    # a new run: the signal arrives while Ray starts, before any MLflow run exists
     code, out, err, seconds = _signal_on(_popen(TINY + ["ray.num_actors=1", "search.generations=5"], tmp_path),
                                          "evoplast: setting up")
     assert code == 130 and "Traceback" not in err, err[-3000:]
     assert "interrupted by SIGTERM during set-up; no MLflow run was started" in out, out
     assert seconds < 60
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(store)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
-    # a KILLED run whose resume is stopped during set-up stays KILLED, its checkpoint unchanged
-    part = _evolve(TINY + ["search.generations=400", "checkpoint.every=1000", "tracking.gain_every=1000"] , tmp_path)
-    run_id = part.stdout.split("evoplast: run ")[1].split()[0] if part.returncode == 0 else None
-    assert run_id and client.get_run(run_id).info.status == "FINISHED"
+    # a resume of a KILLED run stopped during its set-up: the run stays KILLED, its checkpoint unchanged
+    part = _killed_run(store)
+    before = part.checkpoint.read_bytes()
+    code, out, err, seconds = _signal_on(_popen(["--resume", part.run_id, "ray.num_actors=1"], tmp_path),
+                                         "evoplast: setting up")
+    assert code == 130 and "Traceback" not in err, err[-3000:]
+    assert f"interrupted by SIGTERM during set-up; run {part.run_id} is left as it was" in out, out
+    assert client.get_run(part.run_id).info.status == "KILLED"
+    assert part.checkpoint.read_bytes() == before
+    print(f"exit {seconds:.1f} s after SIGTERM")
 
 
 @pytest.mark.slow
