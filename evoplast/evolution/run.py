@@ -134,6 +134,12 @@ class _StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Take the signals back: ``ray.init`` puts its own SIGTERM handler (which aborts) in the driver."""
+        if self._old:
+            for sig in self._old:
+                signal.signal(sig, self._handle)
+
     def _handle(self, signum, frame):
         first = self.signal is None
         self.signal = signum if first else self.signal
@@ -198,6 +204,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         tracker.get_run(resume["mlflow_run_id"])
     evaluator = Evaluator(cfg, _local_device(cfg) if cfg.ray.num_actors == 0 else "cpu")
     evaluate, pool = _make_evaluate(cfg, tracker, evaluator)
+    stop.reinstall()
     status: Optional[str] = None           # the run's status at the end; None: leave the run as it was
     trainer: Optional[EvolutionTrainer] = None
     heldout: list[dict[str, float]] = []
