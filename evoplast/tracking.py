@@ -7,6 +7,7 @@ Everything goes through ``MlflowClient`` with an explicit run id (no global acti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -145,6 +146,41 @@ def _metric_name(name: str) -> str:
     return re.sub(r"[^\w\-. :/]", "", name)
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive ``flock`` on a folder (nothing is created): MLflow's table creation and migration are not
+    safe against a second process doing the same at the same moment."""
+    import fcntl
+
+    fd = os.open(str(folder) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _guarded(fn, shown_uri: str, what: str):
+    """``fn()``; a failure of the store itself becomes one line of :class:`TrackingUnavailable`, errors about
+    the request (no such run ...) pass unchanged."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn()
+    except MlflowException as exc:
+        if exc.error_code in _REQUEST_ERRORS:
+            raise
+        failure = exc
+    except (OSError, ConnectionError) as exc:
+        failure = exc
+    except Exception as exc:   # requests' and SQLAlchemy's errors, imported lazily by MLflow
+        if type(exc).__module__.split(".")[0] not in ("requests", "urllib3", "sqlalchemy", "sqlite3", "alembic"):
+            raise
+        failure = exc
+    raise TrackingUnavailable(f"the MLflow tracking store {shown_uri} failed ({what}: {_first_line(failure)})") from None
+
+
 class _GuardedClient:
     """An ``MlflowClient`` whose failures of the store itself (server gone, timeouts, database errors) raise
     :class:`TrackingUnavailable` with one line; errors about the request (no such run ...) pass unchanged."""
@@ -159,23 +195,7 @@ class _GuardedClient:
             return attr
 
         def call(*args, **kwargs):
-            from mlflow.exceptions import MlflowException
-
-            try:
-                return attr(*args, **kwargs)
-            except MlflowException as exc:
-                if exc.error_code in _REQUEST_ERRORS:
-                    raise
-                raise TrackingUnavailable(f"the MLflow tracking store {self._shown} failed ({name}: "
-                                          f"{_first_line(exc)})") from None
-            except (OSError, ConnectionError) as exc:
-                raise TrackingUnavailable(f"the MLflow tracking store {self._shown} failed ({name}: "
-                                          f"{_first_line(exc)})") from None
-            except Exception as exc:   # requests' and SQLAlchemy's errors, imported lazily by MLflow
-                if type(exc).__module__.split(".")[0] not in ("requests", "urllib3", "sqlalchemy", "sqlite3"):
-                    raise
-                raise TrackingUnavailable(f"the MLflow tracking store {self._shown} failed ({name}: "
-                                          f"{_first_line(exc)})") from None
+            return _guarded(lambda: attr(*args, **kwargs), self._shown, name)
 
         return call
 
@@ -206,28 +226,19 @@ class Tracker:
                 os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
         self.uri = clean
         self.shown_uri = redact_uri(uri)
-        self.client = _GuardedClient(MlflowClient(tracking_uri=clean), self.shown_uri)
-        if clean.startswith("sqlite:///"):
-            self._create_store_locked(Path(clean[len("sqlite:///"):]))
+        if clean.startswith("sqlite:///"):       # MlflowClient creates (or migrates) the store right away
+            with _folder_lock(Path(clean[len("sqlite:///"):]).parent):
+                client = _guarded(lambda: MlflowClient(tracking_uri=clean), self.shown_uri, "create store")
+                _GuardedClient(client, self.shown_uri).search_experiments(max_results=1)
+        else:
+            client = MlflowClient(tracking_uri=clean)
+        self.client = _GuardedClient(client, self.shown_uri)
         self.run_id: Optional[str] = None
         self.lost = False                 # the store stopped answering during this run
         self.experiment_id: Optional[str] = None
         self._pending: list = []          # metrics not yet written (one write per ~2 s, not per step)
         self._last_flush = time.monotonic()
         self.flush_seconds = 2.0
-
-    def _create_store_locked(self, db: Path) -> None:
-        """Create (or migrate) the sqlite store while holding an exclusive lock on its folder: MLflow's table
-        creation is not safe against a second process doing the same at the same moment."""
-        import fcntl
-
-        fd = os.open(db.parent if str(db.parent) else ".", os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self.client.search_experiments(max_results=1)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def start_run(self, experiment: str, run_name: str = "", *, parent_run_id: str | None = None,
                   tags: dict[str, str] | None = None) -> str:
