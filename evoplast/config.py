@@ -57,7 +57,7 @@ class TaskConfig:
 class NetworkConfig:
     """The plastic feed-forward network (DESIGN §2)."""
 
-    hidden: tuple[int, ...] = _f((40, 40), "hidden layer widths, input to output", min=1)
+    hidden: tuple[int, ...] = _f((40, 40), "hidden layer widths, input to output", min=1, max=100_000)
     plastic_layers: tuple[int, ...] = _f((), "1-based indices of plastic layers; empty = all layers", min=1)
     teaching_signal: Literal["error", "target"] = _f(
         "error", "regression teaching signal s: y - y_hat (error) or y (target)")
@@ -134,7 +134,7 @@ class SearchConfig:
 
     algorithm: Literal["cmaes", "pgpe", "snes", "xnes", "cem"] = _f("cmaes", "EvoTorch searcher")
     generations: int = _f(200, "generations to run", min=1)
-    popsize: int = _f(32, "population size", min=2)
+    popsize: int = _f(32, "population size", min=2, max=1_000_000)
     stdev_init: float = _f(0.1, "initial standard deviation of the search distribution",
                            min=0.0, min_exclusive=True)
     separable: bool = _f(True, "CMA-ES: adapt only the diagonal of the covariance")
@@ -243,7 +243,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {str(path)!r} does not exist (configs live under configs/, "
                               f"e.g. --config configs/default.yaml)")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            size = path.stat().st_size
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config file {str(path)!r} is {size:,} bytes; a config is a small YAML file "
+                                  f"(at most {MAX_CONFIG_BYTES:,} bytes)")
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                                  f"offset {exc.start}); give a YAML file") from None
+            loaded = _safe_yaml(text, f"config file {str(path)!r}")
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+        except RecursionError:
+            raise ConfigError(f"config file {str(path)!r} is nested too deeply to be a config") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -271,9 +285,11 @@ def merge_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} has an empty key; write it as section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+            value = _safe_yaml(raw, f"override {key}") if raw.strip() != "" else ""
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"override {key} is nested too deeply to be a config value") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -336,6 +352,39 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), default))
     return rows
+
+
+MAX_CONFIG_BYTES = 1 << 20       # a config file larger than this is not a config
+MAX_YAML_NODES = 100_000         # nodes after expanding aliases (a YAML "billion laughs" has ~10^9)
+
+
+def _safe_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` that first refuses a document whose aliases expand to more than
+    ``MAX_YAML_NODES`` nodes (counted on the composed graph, each shared node once per use, memoised:
+    linear in the text), so nothing downstream ever walks an exponentially large tree."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        return None
+    sizes: dict[int, int] = {}
+
+    def expanded(n: Any) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = MAX_YAML_NODES + 1          # a cycle (a node inside itself) counts as too large
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(expanded(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(expanded(k) + expanded(v) for k, v in n.value)
+        else:
+            total = 1
+        sizes[key] = min(total, MAX_YAML_NODES + 1)
+        return sizes[key]
+
+    if expanded(node) > MAX_YAML_NODES:
+        raise ConfigError(f"{what} expands to more than {MAX_YAML_NODES:,} values through YAML aliases "
+                          f"(&anchor / *alias); write the values out instead")
+    return yaml.safe_load(text)
 
 
 def _deepcopy(data: Any) -> Any:
@@ -403,7 +452,9 @@ def _type_name(hint: Any) -> str:
 
 def _check_value(key: str, value: Any, hint: Any, meta: Any) -> Any:
     def bad(what: str) -> ConfigError:
-        return ConfigError(f"{key}={value!r} is invalid: {what}")
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown):,} characters)"
+        return ConfigError(f"{key}={shown} is invalid: {what}")
 
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
@@ -470,6 +521,9 @@ def _check_section(cfg: Any, prefix: str) -> None:
             lo, hi = getattr(cfg, name)
             if not lo < hi:
                 raise ConfigError(f"{prefix}{name}=[{lo:g}, {hi:g}] is invalid: expected [low, high] with low < high")
+    if isinstance(cfg, TrackingConfig) and not cfg.experiment.strip():
+        raise ConfigError(f"{prefix}experiment={cfg.experiment!r} is invalid: expected an MLflow experiment name "
+                          f"(e.g. {prefix}experiment=evoplast)")
     if isinstance(cfg, RuleConfig):
         from .rules import TERMS  # local import: rules imports nothing from here
 

@@ -7,47 +7,115 @@ Everything goes through ``MlflowClient`` with an explicit run id (no global acti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+HIDDEN = "***"                       # what a password in a URI is shown (and stored) as
+# Bounds on every MLflow HTTP call, unless the user set them: MLflow's own defaults (120 s, 7 retries with
+# exponential backoff) make a lost server look like a hang of about 8 minutes.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+# MLflow error codes that describe the request, not the store: they pass through unchanged
+_REQUEST_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "BAD_REQUEST",
+                   "INVALID_STATE", "ENDPOINT_NOT_FOUND"}
 
 
 class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be used; the message says what to do."""
 
 
+def split_credentials(uri: str) -> tuple[str, Optional[str], Optional[str]]:
+    """``"http://u:p@host:5000" -> ("http://host:5000", "u", "p")``; URIs without a user part are unchanged."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port                                   # noqa: B018 (a bad port raises here)
+    except ValueError as exc:
+        raise TrackingUnavailable(f"tracking URI {redact_text(uri)!r} is not a valid URI ({exc})") from None
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    clean = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return clean, urllib.parse.unquote(user), (urllib.parse.unquote(password) if _ else None)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI as it may be shown, logged or stored: a password becomes ``***``."""
+    try:
+        clean, user, password = split_credentials(uri)
+    except TrackingUnavailable:
+        return redact_text(uri)
+    if password is None:
+        return uri
+    parts = urllib.parse.urlsplit(clean)
+    netloc = f"{urllib.parse.quote(user or '', safe='')}:{HIDDEN}@{parts.netloc}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``***``."""
+    return re.sub(r"(\w+://[^/\s:@]*:)[^/\s@]*@", rf"\1{HIDDEN}@", text)
+
+
 def resolve_tracking_uri(configured: str = "") -> str:
-    return configured.strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or DEFAULT_URI
+    """The config's URI, else ``$MLFLOW_TRACKING_URI``, else the default. A configured URI whose password was
+    hidden (a resumed run's stored config) takes the environment's URI when that is the same one."""
+    configured = configured.strip()
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if configured and f":{HIDDEN}@" in configured and env and redact_uri(env) == configured:
+        return env
+    return configured or env or DEFAULT_URI
+
+
+def bound_http_requests() -> dict[str, str]:
+    """Set MLflow's HTTP timeout and retries for this process unless the user did; returns the values used."""
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in HTTP_LIMITS}
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`TrackingUnavailable` if ``uri`` cannot be used (server down, bad sqlite path)."""
+    shown = redact_uri(uri)
+    clean, user, password = split_credentials(uri)
     if uri.startswith(("http://", "https://")):
+        request = urllib.request.Request(clean.rstrip("/") + "/health")
+        if user is not None:
+            import base64
+
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise OSError(f"HTTP {resp.status}")
-        except (OSError, urllib.error.URLError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingUnavailable(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            reason = redact_text(str(getattr(exc, "reason", exc)))
+            raise TrackingUnavailable(f"cannot reach the MLflow tracking server at {shown} ({reason}); start it "
                                       f"(`mlflow server --host 127.0.0.1 --port 5000`) or unset "
                                       f"MLFLOW_TRACKING_URI / tracking.tracking_uri to use {DEFAULT_URI}") from None
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.parent.is_dir():
-            raise TrackingUnavailable(f"the MLflow store {uri} is in a directory that does not exist "
+            raise TrackingUnavailable(f"the MLflow store {shown} is in a directory that does not exist "
                                       f"({str(db.parent)!r}); create it or choose another tracking.tracking_uri")
     elif uri.startswith("file:") or uri.startswith("/") or uri.startswith("."):
         if not os.environ.get("MLFLOW_ENABLE_FILE_STORE"):
-            raise TrackingUnavailable(f"tracking URI {uri!r} is a plain file store, which MLflow 3 refuses; "
+            raise TrackingUnavailable(f"tracking URI {shown!r} is a plain file store, which MLflow 3 refuses; "
                                       f"use {DEFAULT_URI} or a server URI")
 
 
@@ -78,16 +146,95 @@ def _metric_name(name: str) -> str:
     return re.sub(r"[^\w\-. :/]", "", name)
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive ``flock`` on a folder (nothing is created): MLflow's table creation and migration are not
+    safe against a second process doing the same at the same moment."""
+    import fcntl
+
+    fd = os.open(str(folder) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _guarded(fn, shown_uri: str, what: str):
+    """``fn()``; a failure of the store itself becomes one line of :class:`TrackingUnavailable`, errors about
+    the request (no such run ...) pass unchanged."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn()
+    except MlflowException as exc:
+        if exc.error_code in _REQUEST_ERRORS:
+            raise
+        failure = exc
+    except (OSError, ConnectionError) as exc:
+        failure = exc
+    except Exception as exc:   # requests' and SQLAlchemy's errors, imported lazily by MLflow
+        if type(exc).__module__.split(".")[0] not in ("requests", "urllib3", "sqlalchemy", "sqlite3", "alembic"):
+            raise
+        failure = exc
+    raise TrackingUnavailable(f"the MLflow tracking store {shown_uri} failed ({what}: {_first_line(failure)})") from None
+
+
+class _GuardedClient:
+    """An ``MlflowClient`` whose failures of the store itself (server gone, timeouts, database errors) raise
+    :class:`TrackingUnavailable` with one line; errors about the request (no such run ...) pass unchanged."""
+
+    def __init__(self, client, shown_uri: str):
+        self._client = client
+        self._shown = shown_uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return _guarded(lambda: attr(*args, **kwargs), self._shown, name)
+
+        return call
+
+
 class Tracker:
-    """One MLflow run, addressed by id."""
+    """One MLflow run, addressed by id.
+
+    Every call to the store is bounded (:data:`HTTP_LIMITS`) and fails with :class:`TrackingUnavailable`.
+    A ``user:password`` part of a server URI is passed to MLflow as ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` (unless set) and never shown: :attr:`uri` is the URI without it.
+    A fresh sqlite store is created under a lock on its folder, so runs started at once all start.
+    """
 
     def __init__(self, uri: str):
         from mlflow.tracking import MlflowClient
 
+        bound_http_requests()
         check_tracking_uri(uri)
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        clean, user, password = split_credentials(uri)
+        if user is not None:
+            if password == HIDDEN:             # a stored config: the password was never written down
+                password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+                if password is None:
+                    raise TrackingUnavailable(f"the password for {redact_uri(uri)} is not stored with the run; set "
+                                              f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_URI with it)")
+            os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+            if password is not None:
+                os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+        self.uri = clean
+        self.shown_uri = redact_uri(uri)
+        if clean.startswith("sqlite:///"):       # MlflowClient creates (or migrates) the store right away
+            with _folder_lock(Path(clean[len("sqlite:///"):]).parent):
+                client = _guarded(lambda: MlflowClient(tracking_uri=clean), self.shown_uri, "create store")
+                _GuardedClient(client, self.shown_uri).search_experiments(max_results=1)
+        else:
+            client = MlflowClient(tracking_uri=clean)
+        self.client = _GuardedClient(client, self.shown_uri)
         self.run_id: Optional[str] = None
+        self.lost = False                 # the store stopped answering during this run
         self.experiment_id: Optional[str] = None
         self._pending: list = []          # metrics not yet written (one write per ~2 s, not per step)
         self._last_flush = time.monotonic()
@@ -96,8 +243,18 @@ class Tracker:
     def start_run(self, experiment: str, run_name: str = "", *, parent_run_id: str | None = None,
                   tags: dict[str, str] | None = None) -> str:
         """Create a new run (nested under ``parent_run_id`` if given) and address it from now on."""
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        if exp is not None:
+            self.experiment_id = exp.experiment_id
+        else:
+            try:
+                self.experiment_id = self.client.create_experiment(experiment)
+            except MlflowException as exc:   # another run created it a moment ago
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -123,13 +280,14 @@ class Tracker:
         try:
             return self.client.get_run(run_id)
         except MlflowException:
-            raise TrackingUnavailable(f"no MLflow run with id {run_id!r} in {self.uri}; list runs with "
-                                      f"`mlflow ui --backend-store-uri {self.uri}`") from None
+            raise TrackingUnavailable(f"no MLflow run with id {run_id!r} in {self.shown_uri}; list runs with "
+                                      f"`mlflow ui --backend-store-uri {self.shown_uri}`") from None
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Log params (100 per call); a password in any URI among the values is written as ``***``."""
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, redact_text(str(v))[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
@@ -143,11 +301,22 @@ class Tracker:
             self.flush()
 
     def flush(self) -> None:
-        """Write the queued metrics (MLflow takes up to 1000 per batch)."""
-        pending, self._pending = self._pending, []
-        for i in range(0, len(pending), 1000):
-            self.client.log_batch(self.run_id, metrics=pending[i:i + 1000])
+        """Write the queued metrics (MLflow takes up to 1000 per batch); what fails to be written stays queued."""
+        while self._pending:
+            batch = self._pending[:1000]
+            self.client.log_batch(self.run_id, metrics=batch)
+            del self._pending[:len(batch)]
         self._last_flush = time.monotonic()
+
+    def pending_metrics(self) -> list[list]:
+        """The metrics not yet written, as plain ``[key, value, timestamp, step]`` lists (for a checkpoint)."""
+        return [[m.key, float(m.value), int(m.timestamp), int(m.step)] for m in self._pending]
+
+    def restore_pending_metrics(self, rows: list) -> None:
+        """Queue metrics saved by :meth:`pending_metrics` (a run resumed after losing its server)."""
+        from mlflow.entities import Metric
+
+        self._pending.extend(Metric(str(k), float(v), int(t), int(s)) for k, v, t, s in rows)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
@@ -159,9 +328,10 @@ class Tracker:
     def download_artifact(self, artifact_path: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(self.run_id, artifact_path, str(dst)))
 
-    def end(self, status: str = "FINISHED") -> None:
+    def end(self, status: str = "FINISHED", *, flush: bool = True) -> None:
         try:
-            self.flush()
+            if flush:
+                self.flush()
         finally:
             self.client.set_terminated(self.run_id, status)
 

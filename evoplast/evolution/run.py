@@ -9,6 +9,7 @@ as KILLED; ``--resume`` continues the same run and reaches the same result as an
 from __future__ import annotations
 
 import json
+import re
 import signal
 import tempfile
 import threading
@@ -22,7 +23,8 @@ from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml
 from ..evaluation import Evaluator
 from ..plots import fitness_curve, mse_vs_tasks_seen
-from ..tracking import Tracker, environment_params, resolve_tracking_uri
+from ..preflight import preflight
+from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 from .trainer import EvolutionTrainer
 
 # Keys that may change when a run is resumed; anything else would make it a different experiment.
@@ -42,29 +44,53 @@ class EvolutionResult:
     heldout: list[dict[str, float]] = field(default_factory=list)
 
 
-def resolve_resume(target: str, cfg_checkpoint_dir: str = "checkpoints") -> tuple[dict[str, Any], Path]:
-    """A checkpoint from a path, or from a run id (local ``checkpoints/<id>/latest.pt``, else MLflow)."""
+def resolve_resume(target: str, cfg_checkpoint_dir: str = "checkpoints",
+                   out: Callable[[str], None] = print) -> tuple[dict[str, Any], str]:
+    """A checkpoint from a path, or from a run id (local ``checkpoints/<id>/latest.pt``, else MLflow).
+
+    A local file that is corrupt falls back to the copy in the run's MLflow artifacts (``checkpoint/latest.pt``;
+    the run id is the file's folder name) and says so through ``out``. Returns ``(checkpoint, where it came
+    from)``; nothing is left behind (the MLflow copy is read from a temporary folder that is removed).
+    """
     path = Path(target)
-    if path.is_file():
-        return load_checkpoint(path), path
-    local = Path(cfg_checkpoint_dir) / target / "latest.pt"
+    local = path if path.is_file() else Path(cfg_checkpoint_dir) / target / "latest.pt"
+    run_id = target if not path.is_file() else path.parent.name
     if local.is_file():
-        return load_checkpoint(local), local
-    if "/" in target or target.endswith(".pt"):
+        try:
+            return load_checkpoint(local), str(local)
+        except CheckpointError as exc:
+            if not _RUN_ID.fullmatch(run_id):
+                raise
+            out(f"evoplast: {exc}; using the copy in MLflow run {run_id}'s artifacts (checkpoint/latest.pt)")
+    elif "/" in target or target.endswith(".pt"):
         raise CheckpointError(f"checkpoint {target!r} does not exist")
     tracker = Tracker(resolve_tracking_uri())
-    tracker.get_run(target)
-    tmp = Path(tempfile.mkdtemp(prefix="evoplast-resume-"))
-    try:
-        file = tracker.client.download_artifacts(target, "checkpoint/latest.pt", str(tmp))
-    except Exception:
-        raise CheckpointError(f"run {target!r} has no checkpoint (neither {str(local)!r} nor an MLflow artifact "
-                              f"checkpoint/latest.pt)") from None
-    return load_checkpoint(file), Path(file)
+    tracker.get_run(run_id)
+    with tempfile.TemporaryDirectory(prefix="evoplast-resume-") as tmp:
+        try:
+            file = tracker.client.download_artifacts(run_id, "checkpoint/latest.pt", tmp)
+        except TrackingUnavailable:
+            raise
+        except Exception:
+            raise CheckpointError(f"run {run_id!r} has no checkpoint (neither {str(local)!r} nor an MLflow artifact "
+                                  f"checkpoint/latest.pt)") from None
+        try:
+            data = load_checkpoint(file)
+        except CheckpointError as exc:
+            raise CheckpointError(f"the MLflow copy of the checkpoint of run {run_id} cannot be used either "
+                                  f"({str(exc).split('(', 1)[-1].rstrip(')')})") from None
+    return data, f"checkpoint/latest.pt of MLflow run {run_id}"
+
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Config:
-    """The checkpoint's config with the overrides that a resume allows (e.g. more generations)."""
+    """The checkpoint's config with the overrides that a resume allows (e.g. more generations).
+
+    Raises :class:`CheckpointError` when the checkpoint's own config does not load (a missing or changed
+    config), :class:`ConfigError` when an override is not allowed or not valid.
+    """
     import yaml
 
     for item in overrides:
@@ -72,14 +98,34 @@ def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, 
         if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS):
             raise ConfigError(f"{key} cannot change when resuming (only {', '.join(RESUMABLE_KEYS)} can); "
                               f"start a new run instead")
-    return from_dict(merge_overrides(yaml.safe_load(checkpoint["config_yaml"]), overrides))
+    missing = [k for k in ("config_yaml", "mlflow_run_id", "trainer") if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"the checkpoint has no {', '.join(missing)}: it cannot be resumed (start a new run)")
+    try:
+        data = yaml.safe_load(checkpoint["config_yaml"])
+        from_dict(data)
+    except (ConfigError, yaml.YAMLError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint's config does not load with this evoplast "
+                              f"({str(exc).splitlines()[0][:200]}): it cannot be resumed (start a new run)") from None
+    return from_dict(merge_overrides(data, overrides))
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM at a moment where the run stops at once (set-up, final report, a second SIGINT)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM -> finish the generation, checkpoint, stop. A second SIGINT interrupts at once."""
+    """SIGINT/SIGTERM for the whole run. While ``immediate`` (set-up, the final report) a signal raises
+    :class:`Interrupted` at once; in the generation loop it lets the generation finish (checkpoint, stop),
+    and a second SIGINT interrupts at once."""
 
     def __init__(self):
         self.signal: Optional[int] = None
+        self.immediate = True
         self._old: dict[int, Any] = {}
 
     def __enter__(self):
@@ -88,10 +134,17 @@ class _StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Take the signals back: ``ray.init`` puts its own SIGTERM handler (which aborts) in the driver."""
+        if self._old:
+            for sig in self._old:
+                signal.signal(sig, self._handle)
+
     def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
+        first = self.signal is None
+        self.signal = signum if first else self.signal
+        if self.immediate or (not first and signum == signal.SIGINT):
+            raise Interrupted(signum)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -117,106 +170,192 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
         print_every: print one line every N generations.
         stop_after: stop (as if interrupted: checkpoint, KILLED) after this many generations in
             total; for tests and for splitting a run into pieces.
+
+    Faults: a signal anywhere (set-up, loop, report) ends as KILLED with a checkpoint of the finished
+    generations and the resume command; a tracking store that stops answering ends with a local checkpoint,
+    the exact resume command and :class:`TrackingUnavailable` (exit 1); a checkpoint that does not fit is
+    refused before its run is touched.
     """
+    # ---- checks before anything starts (memory, checkpoint folder): nothing is created if they fail ----
+    preflight(cfg)
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    if redact_uri(cfg.tracking.tracking_uri) != cfg.tracking.tracking_uri:   # a password is never logged or stored
+        cfg = cfg.replace(**{"tracking.tracking_uri": redact_uri(cfg.tracking.tracking_uri)})
+    with _StopFlag() as stop:
+        try:
+            return _run(cfg, uri, resume, out, print_every, stop_after, stop)
+        except Interrupted as exc:
+            if not getattr(exc, "reported", False):
+                where = (f"run {resume['mlflow_run_id']} is left as it was" if resume is not None and
+                         "mlflow_run_id" in resume else "no MLflow run was started")
+                out(f"evoplast: interrupted by {signal.Signals(exc.signum).name} during set-up; {where}")
+            raise
+
+
+def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[[str], None], print_every: int,
+         stop_after: Optional[int], stop: _StopFlag) -> EvolutionResult:
     # ---- checks before any compute: tracking store, Ray and its actors; only then an MLflow run ----
-    tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
+    tracker = Tracker(uri)
+    out(f"evoplast: setting up ({'resuming run ' + str(resume.get('mlflow_run_id')) if resume is not None else 'a new run'}, "
+        f"tracking in {tracker.shown_uri}, {cfg.ray.num_actors} Ray actors)")
     if resume is not None:
+        if "mlflow_run_id" not in resume or "trainer" not in resume:
+            raise CheckpointError("the checkpoint has no mlflow_run_id or trainer: it cannot be resumed")
         tracker.get_run(resume["mlflow_run_id"])
     evaluator = Evaluator(cfg, _local_device(cfg) if cfg.ray.num_actors == 0 else "cpu")
     evaluate, pool = _make_evaluate(cfg, tracker, evaluator)
-    status = "FAILED"
+    stop.reinstall()
+    status: Optional[str] = None           # the run's status at the end; None: leave the run as it was
+    trainer: Optional[EvolutionTrainer] = None
+    heldout: list[dict[str, float]] = []
+    ckpt_path: Optional[Path] = None
+    in_step = False                        # a generation is half done: its state is not checkpointed
+
+    def checkpoint(log: bool = True) -> Path:
+        """Write the trainer's state; with ``log``, first the queued metrics, then the MLflow copy.
+        Metrics that could not be written are kept in the checkpoint and written when it is resumed."""
+        lost = None
+        if log:
+            try:
+                tracker.flush()
+            except TrackingUnavailable as exc:
+                lost = exc
+        save_checkpoint(ckpt_path, {"config_yaml": to_yaml(cfg), "mlflow_run_id": tracker.run_id,
+                                    "trainer": trainer.state_dict(), "heldout": heldout,
+                                    "pending_metrics": tracker.pending_metrics()})
+        if lost is not None:
+            raise lost
+        if log:
+            tracker.log_artifact(ckpt_path, "checkpoint")
+        return ckpt_path
+
     try:
-        if resume is not None:
+        center0 = evaluator.spec.initial_vector()
+        trainer = EvolutionTrainer(cfg, evaluate, center0)
+        if resume is not None:          # the state must fit before the run is touched
+            try:
+                trainer.load_state_dict(resume["trainer"])
+                heldout = [dict(h) for h in resume.get("heldout", [])]
+            except Exception as exc:
+                raise CheckpointError(f"the checkpoint of run {resume['mlflow_run_id']} does not fit its config "
+                                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                                      f"the run is left as it was") from None
             tracker.resume_run(resume["mlflow_run_id"])
+            status = "FAILED"
+            tracker.restore_pending_metrics(resume.get("pending_metrics", []))
         else:
             tracker.start_run(cfg.tracking.experiment, cfg.tracking.run_name)
+            status = "FAILED"
             tracker.log_params({**flatten(cfg), **environment_params()})
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "config.yaml").write_text(to_yaml(cfg))
                 tracker.log_artifact(Path(tmp) / "config.yaml")
+        ckpt_path = Path(cfg.checkpoint.dir) / tracker.run_id / "latest.pt"
         if pool is not None:   # where each slice is evaluated; replacements update their actor's tag
             tracker.set_tags({f"evoplast.actor.{i}": _actor_tag(info) for i, info in enumerate(pool.actor_info)})
-        center0 = evaluator.spec.initial_vector()
         out(f"evoplast: run {tracker.run_id} | genome of {evaluator.spec.dim} numbers "
             f"({', '.join(s.name for s in evaluator.spec.evolved)[:90]}...) | {cfg.search.algorithm} "
             f"popsize {cfg.search.popsize} | {cfg.evaluation.episodes} episodes/genome | "
             f"{'in-process on ' + str(evaluator.device) if pool is None and not cfg.search.distributed else str(cfg.ray.num_actors) + ' Ray actors'}")
-        trainer = EvolutionTrainer(cfg, evaluate, center0)
-        heldout: list[dict[str, float]] = []
         if resume is not None:
-            trainer.load_state_dict(resume["trainer"])
-            heldout = [dict(h) for h in resume.get("heldout", [])]
             out(f"evoplast: resumed at generation {trainer.generation}")
-        ckpt_path = Path(cfg.checkpoint.dir) / tracker.run_id / "latest.pt"
-
-        def checkpoint(log_artifact: bool = True) -> Path:
-            tracker.flush()
-            save_checkpoint(ckpt_path, {"config_yaml": to_yaml(cfg), "mlflow_run_id": tracker.run_id,
-                                        "trainer": trainer.state_dict(), "heldout": heldout})
-            if log_artifact:
-                tracker.log_artifact(ckpt_path, "checkpoint")
-            return ckpt_path
 
         total = cfg.search.generations
         last = min(total, stop_after) if stop_after is not None else total
-        with _StopFlag() as stop:
-            while trainer.generation < last and stop.signal is None:
-                try:
-                    stats = trainer.step()
-                except Exception as exc:
-                    from .ray_pool import ActorsLost
+        stop.immediate = False          # from here a signal lets the generation in flight finish
+        while trainer.generation < last and stop.signal is None:
+            try:
+                in_step = True
+                stats = trainer.step()
+                in_step = False
+            except Exception as exc:
+                from .ray_pool import ActorsLost
 
-                    if not isinstance(exc, ActorsLost):
-                        raise
-                    # a half-done generation is never checkpointed; the last whole one is resumable
-                    where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
-                             f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
-                             else "no checkpoint was written yet; start the run again")
-                    raise ActorsLost(f"{exc}; {where}") from None
-                g = trainer.generation
-                tracker.log_metrics({f"fitness.{k}": stats[k] for k in ("best", "mean", "median", "worst")
-                                     if stats[k] == stats[k]} |
-                                    {k: stats[k] for k in ("stepsize", "evals_per_s", "lifetimes_per_s",
-                                                           "nonfinite")} | {"generation_seconds": stats["seconds"]},
-                                    step=g)
-                if print_every and (g % print_every == 0 or g == last):
-                    out(_format_stats(stats, total))
-                if g % cfg.tracking.gain_every == 0 or g == total:
-                    h = evaluator.learning_measures(trainer.center())
-                    heldout.append({"generation": g, **h})
-                    tracker.log_metrics({f"heldout.{k}": v for k, v in h.items()}, step=g)
-                    metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
-                    out(f"          held-out {metric} {h['loss']:.3f} | plasticity off {h['loss_plasticity_off']:.3f} "
-                        f"(learning gain {h['learning_gain']:+.3f}) | episode-specific gain {h['episode_gain']:+.3f}")
-                if g % cfg.checkpoint.every == 0 and g < total:
-                    checkpoint()
-            if trainer.generation < total:  # interrupted (signal or stop_after)
-                path = checkpoint()
-                why = signal.Signals(stop.signal).name if stop.signal is not None else "stop_after"
-                tracker.set_tags({"evoplast.stopped_by": why})
-                out(f"evoplast: stopped at generation {trainer.generation} ({why}); checkpoint {path}; "
-                    f"continue with --resume {tracker.run_id}")
-                status = "KILLED"
-                return EvolutionResult(tracker.run_id, status, trainer.generation, trainer.center(), {},
-                                       trainer.history, path, tracker.ui_command(), heldout)
-        # ---- the end: report, artifacts ----
+                if not isinstance(exc, ActorsLost):
+                    raise
+                # a half-done generation is never checkpointed; the last whole one is resumable
+                where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
+                         f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
+                         else "no checkpoint was written yet; start the run again")
+                raise ActorsLost(f"{exc}; {where}") from None
+            g = trainer.generation
+            tracker.log_metrics({f"fitness.{k}": stats[k] for k in ("best", "mean", "median", "worst")
+                                 if stats[k] == stats[k]} |
+                                {k: stats[k] for k in ("stepsize", "evals_per_s", "lifetimes_per_s",
+                                                       "nonfinite")} | {"generation_seconds": stats["seconds"]},
+                                step=g)
+            if print_every and (g % print_every == 0 or g == last):
+                out(_format_stats(stats, total))
+            if g % cfg.tracking.gain_every == 0 or g == total:
+                h = evaluator.learning_measures(trainer.center())
+                heldout.append({"generation": g, **h})
+                tracker.log_metrics({f"heldout.{k}": v for k, v in h.items()}, step=g)
+                metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
+                out(f"          held-out {metric} {h['loss']:.3f} | plasticity off {h['loss_plasticity_off']:.3f} "
+                    f"(learning gain {h['learning_gain']:+.3f}) | episode-specific gain {h['episode_gain']:+.3f}")
+            if g % cfg.checkpoint.every == 0 and g < total:
+                checkpoint()
+        stop.immediate = True           # the report stops at once: the finished generations are saved first
+        if trainer.generation < total or stop.signal is not None:   # interrupted (signal or stop_after)
+            raise Interrupted(stop.signal) if stop.signal is not None else _StopAfter()
+        # ---- the end: the state of the last generation is safe, then the report and artifacts ----
+        path = checkpoint()
         center = trainer.center()
         report = evaluator.report(center)
-        path = checkpoint(log_artifact=True)
         _log_final_artifacts(tracker, cfg, evaluator, trainer, center, report, heldout)
         tracker.log_metrics({f"final.{k}": v for k, v in report.items() if isinstance(v, float)},
                             step=trainer.generation)
         status = "FINISHED"
         return EvolutionResult(tracker.run_id, status, trainer.generation, center, report, trainer.history,
                                path, tracker.ui_command(), heldout)
-    except KeyboardInterrupt:
+    except (Interrupted, _StopAfter) as exc:
+        stop.immediate = False          # the clean-up itself is not cut short by a further SIGTERM
+        why = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "stop_after"
+        if status is None:              # no run was started or touched: run_evolution says so
+            raise
         status = "KILLED"
+        if in_step:                     # a second Ctrl-C inside a generation: its state is half-updated
+            path = ckpt_path
+            out(f"evoplast: interrupted by {why} inside generation {trainer.generation + 1}; "
+                + (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
+                   f"continue with --resume {tracker.run_id}" if ckpt_path.is_file() else "no checkpoint was written"))
+        else:
+            try:
+                path = checkpoint()
+                tracker.set_tags({"evoplast.stopped_by": why})
+            except TrackingUnavailable as lost:       # saved here all the same; the status may not be set
+                path = ckpt_path
+                tracker.lost = True
+                out(f"evoplast: {lost}")
+            out(f"evoplast: stopped at generation {trainer.generation} ({why}); checkpoint {path}; "
+                f"continue with --resume {tracker.run_id}")
+        return EvolutionResult(tracker.run_id, status, trainer.generation, trainer.center(), {},
+                               trainer.history, path, tracker.ui_command(), heldout)
+    except TrackingUnavailable as exc:
+        if status is None or trainer is None or ckpt_path is None or in_step:
+            raise
+        # the store stopped answering: keep the work here, say how to continue, end non-zero
+        status = "KILLED"
+        path = checkpoint(log=False)
+        tracker.lost = True
+        raise TrackingUnavailable(f"{exc}; the run's state at generation {trainer.generation} is saved in {path}; "
+                                  f"when the store answers again, continue with "
+                                  f"`python scripts/evolve.py --resume {path}`") from None
+    except KeyboardInterrupt:
+        status = "KILLED" if status is not None else None
         raise
     finally:
         if pool is not None:
             pool.shutdown()
-        if tracker.run_id is not None:
-            tracker.end(status)
+        if tracker.run_id is not None and status is not None:
+            try:
+                tracker.end(status, flush=not tracker.lost)
+            except TrackingUnavailable as exc:
+                out(f"evoplast: the run's status could not be set to {status} ({exc})")
+
+
+class _StopAfter(Exception):
+    """``stop_after`` generations are done: stop as if interrupted."""
 
 
 def _local_device(cfg: Config) -> str:
