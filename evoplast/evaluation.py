@@ -245,12 +245,14 @@ class Evaluator:
 
     @torch.no_grad()
     def transfer(self, genome: Tensor, factor: int = 4) -> dict[str, float]:
-        """The same genome on a ``factor`` x longer stream (``transfer_long``) and on ``factor`` x larger batches
-        (``transfer_wide``): capped held-out loss, fraction of non-finite episodes (``*_nonfinite``) and the
-        same-parameter SGD baseline on the same streams (``*_sgd_plastic_weights``, rate tuned there)."""
+        """The same genome on a ``factor`` x longer stream (``transfer_long``), on ``factor`` x larger batches
+        (``transfer_wide``) and on both (``transfer_both``; from the default's 10 x 8, the paper's 40 x 32):
+        capped held-out loss, fraction of non-finite episodes (``*_nonfinite``) and the same-parameter SGD
+        baseline on the same streams (``*_sgd_plastic_weights``, its rate tuned there)."""
         out: dict[str, float] = {}
         for name, ev in (("transfer_long", self.transfer_evaluator(longer=factor)),
-                         ("transfer_wide", self.transfer_evaluator(wider=factor))):
+                         ("transfer_wide", self.transfer_evaluator(wider=factor)),
+                         ("transfer_both", self.transfer_evaluator(longer=factor, wider=factor))):
             on = ev.score(genome.reshape(1, -1))
             sgd, lr = ev.tuned_sgd(genome, plastic_only=True)
             out |= {name: float(on.loss[0]), f"{name}_nonfinite": float(on.nonfinite_episodes[0].float().mean()),

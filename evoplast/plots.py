@@ -134,7 +134,7 @@ def seeds_summary(agg: dict, path: str | Path, title: str = "") -> Path:
     ys = list(range(len(rows)))[::-1]
     ax.barh(ys, [r["interval"]["mean"] for r in rows], xerr=[_half(r["interval"]) for r in rows],
             color=["C3" if i == 0 else "C0" for i in range(len(rows))], capsize=3)
-    ax.set_yticks(ys, [r["label"][:48] for r in rows], fontsize=7)
+    ax.set_yticks(ys, [r["label"][:62] for r in rows], fontsize=7)
     ax.set_xlabel(f"held-out {metric}, mean ± 95% CI over {agg['seeds']} seeds")
     ax.grid(alpha=0.3, axis="x")
     diffs = [r for r in rows if "diff_episodes" in r]
@@ -144,7 +144,7 @@ def seeds_summary(agg: dict, path: str | Path, title: str = "") -> Path:
     bx.errorbar([r["diff_seeds"]["mean"] for r in diffs], [y - 0.2 for y in ys2],
                 xerr=[_half(r["diff_seeds"]) for r in diffs], fmt="s", ms=3, capsize=3, label="paired per seed")
     bx.axvline(0, color="k", lw=0.7)
-    bx.set_yticks(ys2, [r["label"][:48] for r in diffs], fontsize=7)
+    bx.set_yticks(ys2, [r["label"][:62] for r in diffs], fontsize=7)
     bx.set_xlabel(f"evolved rule − learner ({metric}), 95% CI")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -42,7 +42,8 @@ CLASSIFICATION = (
 )
 MEASURES = (("learning_gain", "learning gain (plasticity off − on)"),
             ("episode_gain", "episode-specific gain (other episode's tasks − own)"))
-TRANSFER = (("transfer_long", "4× longer stream"), ("transfer_wide", "4× larger batches"))
+TRANSFER = (("transfer_long", "4× longer stream"), ("transfer_wide", "4× larger batches"),
+            ("transfer_both", "4× longer stream of 4× larger batches"))
 
 
 def _interval_dict(iv) -> dict[str, float]:

@@ -149,7 +149,8 @@ def main() -> int:
                 ("best input-only predictor (no learning)", "input_only"))
     if oml is not None:
         rows.append((f"OML: meta-learned init, SGD of the head ({int(report['oml_meta_steps'])} meta-steps)", key("oml")))
-    for k, what in (("transfer_long", "4x longer stream"), ("transfer_wide", "4x larger batches")):
+    for k, what in (("transfer_long", "4x longer stream"), ("transfer_wide", "4x larger batches"),
+                    ("transfer_both", "4x longer, 4x larger batches")):
         if k in report:
             rows += [(f"transfer, {what}: evolved rule", k), (f"transfer, {what}: SGD of the plastic weights",
                                                               f"{k}_sgd_plastic_weights")]

@@ -77,7 +77,8 @@ def main() -> int:
         print(f"  {'best input-only predictor (fitted on training episodes)':<64s} {'':>7s} {r['input_only_accuracy']:9.3f}")
     else:
         print(f"  {'best input-only predictor (fitted on training episodes)':<64s} {r['input_only']:7.3f}")
-        for key, what in (("transfer_long", "4x longer stream"), ("transfer_wide", "4x larger batches")):
+        for key, what in (("transfer_long", "4x longer stream"), ("transfer_wide", "4x larger batches"),
+                          ("transfer_both", "4x longer, 4x larger batches")):
             if key in r:
                 print(f"  {'transfer, ' + what + ': evolved rule':<64s} {r[key]:7.3f}   "
                       f"(non-finite {r[key + '_nonfinite']:.0%} of episodes)")
