@@ -74,7 +74,7 @@ def one_seed(cfg, seed: int, parent_id: str, oml_budget: str, threads: int = 0, 
 
 def main() -> int:
     p = parser("Run one config over several seeds; means and paired differences with 95% CIs.", "seeds.py")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S", help="seeds (at least 2)")
+    p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="S", help="seeds (at least 2)")
     p.add_argument("--parallel", choices=["auto", "inprocess", "ray"], default="auto",
                    help="auto: Ray tasks when the machine has a core for every seed's actors, else one after another")
     p.add_argument("--oml-budget", default="none", metavar="none|lifetimes|N",
@@ -82,6 +82,12 @@ def main() -> int:
     p.add_argument("--out", default=None, help="markdown file for the table (default seeds/<parent run>/seeds.md)")
     p.add_argument("--title", default="", help="heading of the markdown table")
     args = p.parse_args()
+    # `--seeds 0 1 2 key=value ...`: the overrides after the seeds are overrides, not seeds
+    args.overrides = [a for a in args.seeds if "=" in a] + args.overrides
+    try:
+        args.seeds = [int(a) for a in args.seeds if "=" not in a]
+    except ValueError:
+        raise UsageError(f"--seeds takes integers, got {' '.join(args.seeds)!r}") from None
     if len(set(args.seeds)) < 2:
         raise UsageError("--seeds needs at least 2 different seeds for an interval")
     if any(s < 0 for s in args.seeds):

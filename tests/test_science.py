@@ -203,8 +203,8 @@ def test_seeds_script_nests_three_runs_and_logs_the_aggregate(store, tmp_path, m
 
     from evoplast.stats import mean_ci, paired_ci
 
-    assert _seeds_main(monkeypatch, ["--seeds", "0", "1", "2", "--parallel", "inprocess", "--out", "res.md",
-                                     "--oml-budget", "3", *TINY_SEEDS]) == 0
+    assert _seeds_main(monkeypatch, ["--parallel", "inprocess", "--out", "res.md", "--oml-budget", "3",
+                                     "--seeds", "0", "1", "2", *TINY_SEEDS]) == 0
     out = capsys.readouterr().out
     parent_id = out.split("MLflow parent run ")[1].split()[0]
     client = MlflowClient(store)
@@ -242,3 +242,5 @@ def test_seeds_script_refuses_one_seed(store, monkeypatch):
 
     with pytest.raises(UsageError, match="at least 2 different seeds"):
         _seeds_main(monkeypatch, ["--seeds", "3", "3", *TINY_SEEDS])
+    with pytest.raises(UsageError, match="--seeds takes integers"):
+        _seeds_main(monkeypatch, ["--seeds", "0", "one", *TINY_SEEDS])
