@@ -247,7 +247,8 @@ class Evaluator:
     def transfer(self, genome: Tensor, factor: int = 4) -> dict[str, float]:
         """The same genome on a ``factor`` x longer stream (``transfer_long``), on ``factor`` x larger batches
         (``transfer_wide``) and on both (``transfer_both``; from the default's 10 x 8, the paper's 40 x 32):
-        capped held-out loss, fraction of non-finite episodes (``*_nonfinite``) and the same-parameter SGD
+        capped held-out loss, fraction of non-finite episodes (``*_nonfinite``), of episodes that diverged (non-finite
+        or a loss at ``evaluation.loss_cap``, ``*_diverged``) and the same-parameter SGD
         baseline on the same streams (``*_sgd_plastic_weights``, its rate tuned there)."""
         out: dict[str, float] = {}
         for name, ev in (("transfer_long", self.transfer_evaluator(longer=factor)),
@@ -255,7 +256,9 @@ class Evaluator:
                          ("transfer_both", self.transfer_evaluator(longer=factor, wider=factor))):
             on = ev.score(genome.reshape(1, -1))
             sgd, lr = ev.tuned_sgd(genome, plastic_only=True)
+            diverged = on.nonfinite_episodes[0] | (on.per_episode[0] >= self.cfg.evaluation.loss_cap)
             out |= {name: float(on.loss[0]), f"{name}_nonfinite": float(on.nonfinite_episodes[0].float().mean()),
+                    f"{name}_diverged": float(diverged.float().mean()),
                     f"{name}_sgd_plastic_weights": float(sgd.loss[0]), f"{name}_sgd_plastic_weights_lr": lr}
         return out
 

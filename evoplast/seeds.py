@@ -86,6 +86,7 @@ def aggregate(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
                          "rule": _interval_dict(mean_ci([r[key] for r in reports])),
                          "nonfinite": _interval_dict(mean_ci([r[f"{key}_nonfinite"] for r in reports])),
                          "nonfinite_per_seed": [r[f"{key}_nonfinite"] for r in reports],
+                         "diverged_per_seed": [r.get(f"{key}_diverged", math.nan) for r in reports],
                          "sgd_plastic_weights": _interval_dict(mean_ci([r[f"{key}_sgd_plastic_weights"]
                                                                         for r in reports]))})
     return {"kind": "classification" if classification else "regression", "seeds": len(reports),
@@ -124,12 +125,11 @@ def markdown_table(agg: dict[str, Any], title: str = "") -> str:
     for m in agg["measures"]:
         lines.append(f"| {m['label']} | {_fmt(m['interval'], signed=True)} | | |")
     if agg["transfer"]:
-        lines += ["", "| transfer (same genome) | evolved rule | non-finite episodes | SGD of the plastic weights |",
-                  "|---|---|---|---|"]
+        lines += ["", "| transfer (same genome) | evolved rule | episodes non-finite / at the loss cap, per seed | "
+                      "SGD of the plastic weights |", "|---|---|---|---|"]
         for t in agg["transfer"]:
-            nf = t["nonfinite"]
-            seeds = ", ".join(f"{v:.0%}" for v in t["nonfinite_per_seed"])
-            lines.append(f"| {t['label']} | {_fmt(t['rule'])} | {nf['mean']:.0%} (per seed: {seeds}) | "
+            seeds = ", ".join(f"{a:.0%} / {b:.0%}" for a, b in zip(t["nonfinite_per_seed"], t["diverged_per_seed"]))
+            lines.append(f"| {t['label']} | {_fmt(t['rule'])} | {seeds} | "
                          f"{_fmt(t['sgd_plastic_weights'])} |")
     return "\n".join(line for line in lines if line is not None).strip() + "\n"
 
