@@ -170,24 +170,34 @@ class Evaluator:
 
     @torch.no_grad()
     def tuned_sgd(self, genome: Tensor, *, feedback: str = "backprop", order: str | None = None,
-                  curve: bool = False, plastic_only: bool = False) -> tuple[Scores, float]:
+                  curve: bool = False, plastic_only: bool = False, refine: bool = False) -> tuple[Scores, float]:
         """Online SGD (or feedback alignment) from the initial weights of ``genome [D]``, on held-out episodes,
         with the learning rate from ``evaluation.sgd_lrs`` that is best on separate validation episodes.
-        ``plastic_only``: on the plastic layers' weights alone (see :meth:`sgd_learner`).
+        ``plastic_only``: on the plastic layers' weights alone (see :meth:`sgd_learner`). ``refine``: then also
+        try the best rate times 2^(-1), 2^(-1/2), 2^(1/2), 2^1 and keep the best of all on validation.
 
-        Returns ``(held-out scores, chosen learning rate)``. All rates run as one batch.
+        Returns ``(held-out scores, chosen learning rate)``. All rates of a grid run as one batch.
         """
         learner = self.sgd_learner(feedback, plastic_only)
-        lrs = torch.tensor(self.cfg.evaluation.sgd_lrs, device=self.device)
-        genomes = genome.reshape(1, -1).expand(len(lrs), -1)
         validation = self.task.episodes(self.cfg.seed, Purpose.VALIDATION, 0, self.cfg.evaluation.heldout_episodes,
                                         self.device, order=order)
-        val = score_params(learner, self.decode(genomes) | {"sgd.lr": lrs}, validation,
-                           cap=self.cfg.evaluation.loss_cap)
-        best = int(val.loss.argmin())
+
+        def validate(rates: list[float]) -> Tensor:
+            lrs = torch.tensor(rates, device=self.device)
+            genomes = genome.reshape(1, -1).expand(len(rates), -1)
+            return score_params(learner, self.decode(genomes) | {"sgd.lr": lrs}, validation,
+                                cap=self.cfg.evaluation.loss_cap).loss
+
+        rates = list(self.cfg.evaluation.sgd_lrs)
+        losses = validate(rates)
+        if refine:
+            coarse = rates[int(losses.argmin())]
+            fine = [coarse * 2 ** e for e in (-1.0, -0.5, 0.5, 1.0)]
+            rates, losses = rates + fine, torch.cat([losses, validate(fine)])
+        best = rates[int(losses.argmin())]
         held = self.score(genome.reshape(1, -1), learner=learner, order=order, curve=curve,
-                          extra={"sgd.lr": lrs[best:best + 1]})
-        return held, self.cfg.evaluation.sgd_lrs[best]
+                          extra={"sgd.lr": torch.tensor([best], device=self.device)})
+        return held, best
 
     @torch.no_grad()
     def prototype(self, genome: Tensor, episodes: Episodes | None = None) -> Tensor:
@@ -255,7 +265,7 @@ class Evaluator:
                          ("transfer_wide", self.transfer_evaluator(wider=factor)),
                          ("transfer_both", self.transfer_evaluator(longer=factor, wider=factor))):
             on = ev.score(genome.reshape(1, -1))
-            sgd, lr = ev.tuned_sgd(genome, plastic_only=True)
+            sgd, lr = ev.tuned_sgd(genome, plastic_only=True, refine=True)
             diverged = on.nonfinite_episodes[0] | (on.per_episode[0] >= self.cfg.evaluation.loss_cap)
             out |= {name: float(on.loss[0]), f"{name}_nonfinite": float(on.nonfinite_episodes[0].float().mean()),
                     f"{name}_diverged": float(diverged.float().mean()),
@@ -269,7 +279,8 @@ class Evaluator:
         Keys: ``loss`` (plastic), ``loss_plasticity_off``, ``learning_gain`` (off - on), ``episode_gain``,
         ``input_only`` (the best input-only predictor, fitted on training episodes: what a genome gets
         without learning); baselines with their tuned learning rates (``*_lr``): ``sgd_plastic_weights``
-        (SGD on exactly the weights the rule changes, from the same initial weights), ``sgd_same_init``
+        (SGD on exactly the weights the rule changes, from the same initial weights; its rate refined on a
+        finer grid around the best of ``evaluation.sgd_lrs``), ``sgd_same_init``
         (every weight and bias), ``fa_same_init``, ``sgd_iid_same_init`` (SGD on the shuffled stream),
         ``sgd_seed_init`` (SGD from the seed's initial weights); classification: ``*_accuracy`` beside each,
         and ``prototype_accuracy`` (nearest class mean on the output layer's input at the initial weights);
@@ -281,7 +292,7 @@ class Evaluator:
         seed_genome = self.spec.initial_vector()
         on = self.score(g, curve=True, episode_gain=True, order=order)
         off = self.score(g, learn=False, order=order)
-        same, same_lr = self.tuned_sgd(genome, order=order, curve=True, plastic_only=True)
+        same, same_lr = self.tuned_sgd(genome, order=order, curve=True, plastic_only=True, refine=True)
         sgd, sgd_lr = self.tuned_sgd(genome, order=order, curve=True)
         fa, fa_lr = self.tuned_sgd(genome, feedback="alignment", order=order)
         iid, iid_lr = self.tuned_sgd(genome, order="iid")

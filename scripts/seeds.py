@@ -3,6 +3,7 @@
 
     python scripts/seeds.py [--config X] --seeds 0 1 2 [--parallel auto|inprocess|ray] [--oml-budget none|lifetimes|N]
                             [--out results.md] [key=value ...]
+    python scripts/seeds.py --runs RUN RUN RUN          # judge finished runs again (e.g. after the baselines changed)
 
 Reads top to bottom: config -> a parent MLflow run -> one evolution per seed, each an MLflow run nested under
 the parent (one after another in this process, or as parallel Ray tasks when the machine has a core for each
@@ -81,6 +82,9 @@ def main() -> int:
                    help="also meta-train OML per seed: as many lifetimes as the evolution lived, or N meta-steps")
     p.add_argument("--out", default=None, help="markdown file for the table (default seeds/<parent run>/seeds.md)")
     p.add_argument("--title", default="", help="heading of the markdown table")
+    p.add_argument("--runs", nargs="+", default=None, metavar="RUN",
+                   help="judge the genomes of these finished evolution runs (one per seed, their own configs) "
+                        "instead of evolving: the aggregate again, e.g. after the baselines changed")
     args = p.parse_args()
     # `--seeds 0 1 2 key=value ...`: the overrides after the seeds are overrides, not seeds
     args.overrides = [a for a in args.seeds if "=" in a] + args.overrides
@@ -94,8 +98,16 @@ def main() -> int:
         raise UsageError("--seeds must be >= 0")
     if args.oml_budget not in ("none", "lifetimes") and not args.oml_budget.isdigit():
         raise UsageError(f"--oml-budget {args.oml_budget!r}: expected none, lifetimes or a number of meta-steps")
-    cfg = config_from_args(args, str(DEFAULT_CONFIG))
-    seeds = list(dict.fromkeys(args.seeds))
+    if args.runs:
+        if args.config or args.overrides:
+            raise UsageError("--runs takes each run's own config; drop --config and the overrides")
+        cfg, judged = _judge_runs(args.runs, args.oml_budget)
+        seeds = [j["seed"] for j in judged]
+        if len(set(seeds)) < 2:
+            raise UsageError("--runs needs runs of at least 2 different seeds")
+    else:
+        cfg, judged = config_from_args(args, str(DEFAULT_CONFIG)), None
+        seeds = list(dict.fromkeys(args.seeds))
 
     from evoplast.config import flatten
     from evoplast.plots import seeds_summary
@@ -123,7 +135,9 @@ def main() -> int:
               f"{seeds[0]}, shared by every seed")
 
         # 2. one evolution per seed
-        if parallel == "inprocess":
+        if judged is not None:
+            results = judged
+        elif parallel == "inprocess":
             results = [one_seed(cfg, s, tracker.run_id, args.oml_budget) for s in seeds]
         else:
             results = _ray_seeds(cfg, seeds, tracker.run_id, args.oml_budget, actors)
@@ -142,8 +156,8 @@ def main() -> int:
         for f in (out, out.with_suffix(".json"), png):
             tracker.log_artifact(f)
         print("\n" + table)
-        print(f"Table {out}, plot {png}; MLflow parent run {tracker.run_id} with the runs "
-              f"{', '.join(r['run_id'] for r in results)} nested under it")
+        print(f"Table {out}, plot {png}; MLflow parent run {tracker.run_id}; the seeds' runs "
+              f"{', '.join(r['run_id'] for r in results)}" + ("" if judged is not None else " are nested under it"))
         print(f"Look at it: {tracker.ui_command()}")
         status = "FINISHED"
         return 0
@@ -152,6 +166,29 @@ def main() -> int:
         raise
     finally:
         tracker.end(status)
+
+
+def _judge_runs(run_ids, oml_budget):
+    """``(config of the first run, [{seed, run_id, report}])``: each run's genome judged on the held-out episodes
+    of the first run's seed."""
+    import yaml
+
+    from evoplast.config import from_dict
+    from evoplast.runs import genome_of_run
+    from evoplast.tracking import Tracker, resolve_tracking_uri
+
+    tracker = Tracker(resolve_tracking_uri())
+    loaded = []
+    for run_id in run_ids:
+        saved, _ = genome_of_run(tracker, run_id, "best")
+        loaded.append((run_id, from_dict(yaml.safe_load(saved["config_yaml"])), saved["genome"].float()))
+    shared = loaded[0][1]
+    results = []
+    for run_id, cfg_run, genome in loaded:
+        print(f"evoplast: judging run {run_id} (seed {cfg_run.seed}) on the held-out episodes of seed {shared.seed}")
+        report = judge(cfg_run.replace(seed=shared.seed), cfg_run, genome, oml_budget)
+        results.append({"seed": cfg_run.seed, "run_id": run_id, "report": report})
+    return shared, results
 
 
 def _ray_seeds(cfg, seeds, parent_id, oml_budget, actors):
