@@ -173,7 +173,11 @@ def test_report_has_the_new_baselines_and_transfer_rows(tiny_cfg):
     assert set(r["per_episode"]) >= {"loss", "sgd_plastic_weights", "sgd_same_init", "input_only"}
     assert all(len(v) == tiny_cfg.evaluation.heldout_episodes for v in r["per_episode"].values())
     assert r["loss"] == pytest.approx(sum(r["per_episode"]["loss"]) / len(r["per_episode"]["loss"]), rel=1e-6)
-    assert 0.0 <= r["transfer_both_nonfinite"] <= 1.0
+    assert 0.0 <= r["transfer_both_nonfinite"] <= r["transfer_both_diverged"] <= 1.0
+    grid = tiny_cfg.evaluation.sgd_lrs                  # the same-parameter rate: the grid, refined around its best
+    assert any(math.isclose(r["sgd_plastic_weights_lr"], lr * 2 ** e, rel_tol=1e-9)
+               for lr in grid for e in (-1, -0.5, 0, 0.5, 1))
+    assert r["sgd_same_init_lr"] in grid
 
 
 def _seeds_main(monkeypatch, argv):
@@ -206,7 +210,7 @@ def test_seeds_script_nests_three_runs_and_logs_the_aggregate(store, tmp_path, m
     assert _seeds_main(monkeypatch, ["--parallel", "inprocess", "--out", "res.md", "--oml-budget", "3",
                                      "--seeds", "0", "1", "2", *TINY_SEEDS]) == 0
     out = capsys.readouterr().out
-    parent_id = out.split("MLflow parent run ")[1].split()[0]
+    parent_id = out.split("MLflow parent run ")[1].split(";")[0]
     client = MlflowClient(store)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
@@ -235,6 +239,14 @@ def test_seeds_script_nests_three_runs_and_logs_the_aggregate(store, tmp_path, m
     table = (tmp_path / "res.md").read_text()
     assert "| online SGD of the plastic weights only, same initial weights |" in table
     assert f"{loss.mean:.3f} ± {loss.half_width:.3f}" in table and table in out
+    # judging the same runs again (--runs) reproduces the aggregate
+    capsys.readouterr()
+    runs = [r["run_id"] for r in saved["reports"]]
+    assert _seeds_main(monkeypatch, ["--runs", *runs, "--out", "again.md"]) == 0
+    again_id = capsys.readouterr().out.split("MLflow parent run ")[1].split(";")[0]
+    again = client.get_run(again_id).data.metrics
+    for key in ("mean.loss", "ci.loss", "diff.sgd_plastic_weights", "mean.transfer_both"):
+        assert again[key] == pytest.approx(m[key], rel=1e-6, abs=1e-7), key
 
 
 def test_seeds_script_refuses_one_seed(store, monkeypatch):
