@@ -35,6 +35,11 @@ def main() -> int:
     args = p.parse_args()
     if args.run_id and args.config:
         raise UsageError("--config goes without --run-id (the run's config is used)")
+    budget = str(args.oml_steps) if args.oml_steps is not None else args.oml_budget
+    if budget not in ("lifetimes", "wallclock") and not budget.isdigit():
+        raise UsageError(f"--oml-budget {budget!r}: expected lifetimes, wallclock or a number of meta-steps >= 0")
+    if budget == "wallclock" and not args.run_id:
+        raise UsageError("--oml-budget wallclock needs --run-id of a finished evolution run (its duration)")
 
     import torch
     import yaml
@@ -74,24 +79,18 @@ def main() -> int:
     # 2. the protocol: the rule, its own init with plasticity off, and the baselines on the same streams
     report = ev.report(genome)
     oml = None
-    budget = str(args.oml_steps) if args.oml_steps is not None else args.oml_budget
     seconds = None
     if budget == "lifetimes":
         steps = equal_lifetimes_steps(cfg)
         what = (f"{steps} meta-steps x {cfg.finetune.episodes} episodes: the lifetimes of the evolution's "
                 f"{cfg.search.generations} generations x {cfg.search.popsize} genomes x {cfg.evaluation.episodes} episodes")
     elif budget == "wallclock":
-        if not args.run_id or run.info.end_time is None:
-            raise UsageError("--oml-budget wallclock needs --run-id of a finished evolution run (its duration)")
+        if run.info.end_time is None:
+            raise UsageError(f"--oml-budget wallclock: run {args.run_id} has not finished (no duration)")
         seconds = (run.info.end_time - run.info.start_time) / 1000.0
         steps, what = 10 ** 9, f"{seconds:.0f} s of meta-steps, the evolution run's wall-clock time"
     else:
-        try:
-            steps = int(budget)
-        except ValueError:
-            raise UsageError(f"--oml-budget {budget!r}: expected lifetimes, wallclock or a number of meta-steps") from None
-        if steps < 0:
-            raise UsageError(f"--oml-budget {steps}: expected a number of meta-steps >= 0")
+        steps = int(budget)
         what = f"{steps} meta-steps (set on the command line)"
     if steps:
         print(f"  meta-learning the OML baseline's initial weights: {what}...")

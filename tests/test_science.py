@@ -256,3 +256,31 @@ def test_seeds_script_refuses_one_seed(store, monkeypatch):
         _seeds_main(monkeypatch, ["--seeds", "3", "3", *TINY_SEEDS])
     with pytest.raises(UsageError, match="--seeds takes integers"):
         _seeds_main(monkeypatch, ["--seeds", "0", "one", *TINY_SEEDS])
+
+
+@pytest.mark.parametrize("argv, message", [(["--oml-budget", "foo"], "expected lifetimes, wallclock"),
+                                           (["--oml-steps", "-3"], "expected lifetimes, wallclock"),
+                                           (["--oml-budget", "wallclock"], "needs --run-id")])
+def test_evaluate_script_refuses_a_bad_oml_budget_before_any_work(monkeypatch, argv, message):
+    import importlib.util
+    import sys
+
+    from evoplast.cli import UsageError
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", f"{REPO}/scripts/evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *argv])
+    with pytest.raises(UsageError, match=message):
+        module.main()
+
+
+def test_equal_lifetimes_budget(tiny_cfg):
+    from evoplast.analysis import equal_lifetimes_steps
+
+    cfg = tiny_cfg.replace(**{"search.generations": 1000, "search.popsize": 32, "evaluation.episodes": 4,
+                              "finetune.episodes": 8})
+    assert equal_lifetimes_steps(cfg) == 16000 and equal_lifetimes_steps(cfg, 300) == 4800
+    assert equal_lifetimes_steps(cfg.replace(**{"finetune.episodes": 7}), 1) == 19   # rounded up: 128 / 7
