@@ -85,10 +85,24 @@ def oml_spec(spec: GenomeSpec, lr: float) -> GenomeSpec:
     return GenomeSpec(spec.model, tuple(segments))
 
 
+def equal_lifetimes_steps(cfg: Config, generations: int | None = None) -> int:
+    """OML meta-steps that live as many lifetimes as the evolution of ``cfg``: generations x popsize x
+    episodes per genome, divided by the ``finetune.episodes`` lifetimes of one meta-step (rounded up)."""
+    lived = (generations or cfg.search.generations) * cfg.search.popsize * cfg.evaluation.episodes
+    return max(1, math.ceil(lived / cfg.finetune.episodes))
+
+
 def oml_init(cfg: Config, ev: Evaluator, steps: int, lr: float = 0.03,
              start: Tensor | None = None) -> tuple[GenomeSpec, Tensor, GradientLearner]:
     """Meta-learn initial weights and the head's learning rate for online SGD of the output layer
     (OML, Javed & White 2019) by BPTT on meta-training episodes. Returns ``(spec, genome [D], learner)``."""
+    return oml_train(cfg, ev, steps, lr, start)[:3]
+
+
+def oml_train(cfg: Config, ev: Evaluator, steps: int, lr: float = 0.03, start: Tensor | None = None,
+              seconds: float | None = None) -> tuple[GenomeSpec, Tensor, GradientLearner, int]:
+    """:func:`oml_init` with a budget: ``steps`` meta-steps, or (``seconds``) as many as fit in that much
+    wall-clock time, at most ``steps``. Returns ``(spec, genome [D], learner, meta-steps done)``."""
     spec = oml_spec(ev.spec, lr)
     learner = GradientLearner(spec.model, lr, layers=(spec.model.num_layers,))
     genome = spec.initial_vector().reshape(1, -1)
@@ -96,9 +110,14 @@ def oml_init(cfg: Config, ev: Evaluator, steps: int, lr: float = 0.03,
         values = ev.spec.decode(start.reshape(1, -1))
         genome = spec.encode({**spec.decode(genome), **{k: v for k, v in values.items() if k in spec.by_name}})
     trainer = MetaTrainer(cfg, spec, genome, ev.device, learner=learner)
+    import time
+
+    t0 = time.perf_counter()
     for _ in range(steps):
+        if seconds is not None and time.perf_counter() - t0 >= seconds:
+            break
         trainer.step()
-    return spec, trainer.current()[0], learner
+    return spec, trainer.current()[0], learner, trainer.step_count
 
 
 @torch.no_grad()

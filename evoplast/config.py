@@ -85,6 +85,9 @@ class RuleConfig:
         ("hebb", "oja_decay"), "named terms pooled by the 'terms' rule (see evoplast.rules.TERMS)")
     term_scale: float = _f(0.01, "theta = term_scale * g for the 'terms' and 'abcd' coefficients",
                            min=0.0, min_exclusive=True)
+    batch_reduction: Literal["sum", "mean"] = _f(
+        "sum", "how a step's update combines the m rows of its mini-batch: sum (as in the paper's code; the "
+               "step grows with m) or mean (the whole update divided by m, so eta means the same at any batch size)")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,9 @@ class PlasticLearner:
     ``fused`` is set and it covers the model, else by fused PyTorch updates
     (:func:`evoplast.rules.apply_update_`). Under autograd every step is out of place. The paths give the
     same numbers up to float rounding (tested).
+
+    ``spec.batch_reduction == "mean"`` divides the rule's whole update by the step's rows m, in one place
+    (:meth:`per_row_coefficients`, before every path), so eta means the same at any batch size.
     """
 
     def __init__(self, spec: ModelSpec, fused: bool = False):
@@ -89,6 +92,16 @@ class PlasticLearner:
         self.rule = get_rule(spec.rule, spec.terms)
         self.coef_names = coefficient_names(spec.rule)
         self.needs_raw_feedback = spec.rule == "terms" and "pseudo_grad" in spec.terms
+        # the coefficient that multiplies a layer's whole update: eta (hebb, oja, abcd) or theta (terms)
+        self._scale_names = tuple(f"layer{l}.{self.coef_names[0]}" for l in spec.plastic_layers)
+
+    def per_row_coefficients(self, params: dict[str, Tensor], m: int) -> dict[str, Tensor]:
+        """``params`` as the rule sees them at a step of ``m`` rows: unchanged for ``batch_reduction='sum'``;
+        for ``'mean'`` each plastic layer's eta (or theta) divided by m, so its update is the mean over the rows
+        instead of the sum (every term of every rule is linear in that coefficient)."""
+        if self.spec.batch_reduction != "mean":   # no test of m: an exported step keeps m dynamic
+            return params
+        return params | {n: params[n] / m for n in self._scale_names}
 
     def init_state(self, params: dict[str, Tensor]) -> NetState:
         """The initial weights, :func:`~evoplast.network.column_major`; the plastic ones are private copies,
@@ -113,6 +126,7 @@ class PlasticLearner:
         L = spec.num_layers
         if inplace is None:
             inplace = not torch.is_grad_enabled()
+        params = self.per_row_coefficients(params, x.shape[1])
         if inplace and self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and \
                 (self._eta_name is None or params[self._eta_name].shape[-1] == 1):
             return state, self._fused_step(params, state.weights, state.biases, x, y)
@@ -153,12 +167,13 @@ class GradientLearner:
     matrices of the same shapes (Lillicrap et al. 2016), drawn from ``(seed, Purpose.BASELINE)``.
     Gradients are computed by hand, so a step builds no autograd graph. The learning rate is
     ``params["sgd.lr"]`` (``[B]``, one per lifetime, so a grid of rates runs as one batch) when given,
-    else ``lr``.
+    else ``lr``. ``layers``: the layers SGD updates (default all; OML: the head); ``biases=False`` keeps
+    every bias fixed (SGD on exactly the weights a plasticity rule changes).
     """
 
     def __init__(self, spec: ModelSpec, lr: float, feedback: str = "backprop", seed: int = 0,
-                 layers: tuple[int, ...] | None = None):
-        self.spec, self.lr, self.feedback = spec, lr, feedback
+                 layers: tuple[int, ...] | None = None, biases: bool = True):
+        self.spec, self.lr, self.feedback, self.biases = spec, lr, feedback, biases
         self.layers = set(layers or range(1, spec.num_layers + 1))   # the layers SGD updates (OML: the head)
         self.fa_matrices: tuple[Tensor, ...] = ()
         if feedback == "alignment":
@@ -197,5 +212,6 @@ class GradientLearner:
                 delta = torch.bmm(delta, back) * (acts[l - 1] > 0)              # [B, m, in_l] relu'(a)
             if l in self.layers:
                 weights[l - 1] = state.weights[l - 1] - lr_w * grad_w
-                biases[l - 1] = state.biases[l - 1] - lr_b * grad_b
+                if self.biases:
+                    biases[l - 1] = state.biases[l - 1] - lr_b * grad_b
         return NetState(tuple(weights), tuple(biases))

@@ -29,6 +29,7 @@ class ModelSpec:
     features: Literal["none", "conv"] = "none"   # a frozen conv stack turns images into sizes[0] features
     image_size: int = 0
     conv_channels: tuple[int, ...] = ()
+    batch_reduction: Literal["sum", "mean"] = "sum"   # a step's update: sum over its m rows, or their mean
 
     @property
     def num_layers(self) -> int:
@@ -50,7 +51,8 @@ class ModelSpec:
         plastic = tuple(sorted(set(cfg.network.plastic_layers))) or tuple(range(1, len(sizes)))
         return cls(sizes, plastic, cfg.rule.name, tuple(cfg.rule.terms), cfg.network.teaching_signal,
                    cfg.network.feedback_activation, kind, "conv" if conv else "none",
-                   cfg.task.image_size if conv else 0, tuple(cfg.network.conv_channels) if conv else ())
+                   cfg.task.image_size if conv else 0, tuple(cfg.network.conv_channels) if conv else (),
+                   cfg.rule.batch_reduction)
 
 
 def column_major(weight: Tensor, copy: bool = False) -> Tensor:

@@ -123,3 +123,34 @@ def cosine_curves(cosine, layers: Sequence[int], task_ends: Sequence[int], path:
     ax.set_ylabel("cos(rule update, -gradient)")
     ax.set_ylim(-1, 1)
     return _save(fig, path, ax)
+
+
+def seeds_summary(agg: dict, path: str | Path, title: str = "") -> Path:
+    """Results over seeds (:func:`evoplast.seeds.aggregate`): each learner's mean with its 95% CI over seeds,
+    and each baseline's paired difference rule − baseline with its 95% CI (per held-out episode)."""
+    rows = agg["rows"]
+    metric = "accuracy" if agg["kind"] == "classification" else "query MSE"
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.8))
+    ys = list(range(len(rows)))[::-1]
+    ax.barh(ys, [r["interval"]["mean"] for r in rows], xerr=[_half(r["interval"]) for r in rows],
+            color=["C3" if i == 0 else "C0" for i in range(len(rows))], capsize=3)
+    ax.set_yticks(ys, [r["label"][:62] for r in rows], fontsize=7)
+    ax.set_xlabel(f"held-out {metric}, mean ± 95% CI over {agg['seeds']} seeds")
+    ax.grid(alpha=0.3, axis="x")
+    diffs = [r for r in rows if "diff_episodes" in r]
+    ys2 = list(range(len(diffs)))[::-1]
+    bx.errorbar([r["diff_episodes"]["mean"] for r in diffs], ys2, xerr=[_half(r["diff_episodes"]) for r in diffs],
+                fmt="o", capsize=3, label="paired per episode")
+    bx.errorbar([r["diff_seeds"]["mean"] for r in diffs], [y - 0.2 for y in ys2],
+                xerr=[_half(r["diff_seeds"]) for r in diffs], fmt="s", ms=3, capsize=3, label="paired per seed")
+    bx.axvline(0, color="k", lw=0.7)
+    bx.set_yticks(ys2, [r["label"][:62] for r in diffs], fontsize=7)
+    bx.set_xlabel(f"evolved rule − learner ({metric}), 95% CI")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path, bx)
+
+
+def _half(interval: dict) -> float:
+    h = interval["half_width"]
+    return 0.0 if h != h else h

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a learned rule against the baselines on held-out episodes, with the paper's analyses.
 
-    python scripts/evaluate.py --run-id RUN [--which best|finetuned] [--oml-steps 150] [key=value ...]
+    python scripts/evaluate.py --run-id RUN [--which best|finetuned] [--oml-budget lifetimes|wallclock|N] [key=value ...]
     python scripts/evaluate.py --config configs/glyphs.yaml          # the untrained (seed) genome
 
 Reads top to bottom: the genome and its config -> the protocol on held-out episodes (meta-test classes for
@@ -26,13 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("Evaluate a rule and the baselines on held-out episodes; analyses and plots.", "evaluate.py")
     p.add_argument("--run-id", help="evolution run to evaluate (its best genome, or its latest fine-tune)")
     p.add_argument("--which", choices=["best", "finetuned"], default="best")
-    p.add_argument("--oml-steps", type=int, default=150, metavar="N",
-                   help="meta-steps of the OML baseline's meta-learned initial weights (0 = skip it)")
+    p.add_argument("--oml-budget", default="lifetimes", metavar="lifetimes|wallclock|N",
+                   help="meta-compute of the OML baseline's meta-learned initial weights: 'lifetimes' (default: "
+                        "as many lifetimes as the evolution lived, generations x popsize x episodes), 'wallclock' "
+                        "(as many seconds as the evolution run took), or N meta-steps (0 = skip OML)")
+    p.add_argument("--oml-steps", type=int, default=None, metavar="N", help="same as --oml-budget N")
     p.add_argument("--out", default=None, help="directory for the plots and the table (default evaluation/<run>)")
     args = p.parse_args(argv)
     if args.run_id and args.config:
         raise UsageError("--config goes without --run-id (the run's config is used)")
-    if args.oml_steps < 0:
+    if args.oml_steps is not None and args.oml_steps < 0:
         raise UsageError(f"--oml-steps {args.oml_steps}: give a number of meta-steps >= 0 (0 skips OML)")
     if args.run_id is not None and not args.run_id.strip():
         raise UsageError("--run-id is empty")
@@ -40,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--which {args.which} needs --run-id (without it the config's seed genome is evaluated)")
     out_dir = Path(args.out or f"evaluation/{args.run_id or 'config'}")
     _check_out_dir(out_dir)                  # before any work
+    budget = str(args.oml_steps) if args.oml_steps is not None else args.oml_budget
+    if budget not in ("lifetimes", "wallclock") and not budget.isdigit():
+        raise UsageError(f"--oml-budget {budget!r}: expected lifetimes, wallclock or a number of meta-steps >= 0")
+    if budget == "wallclock" and not args.run_id:
+        raise UsageError("--oml-budget wallclock needs --run-id of a finished evolution run (its duration)")
 
     import torch
     import yaml
 
-    from evoplast.analysis import forgetting_matrix, oml_init, score_oml, update_gradient_cosine
+    from evoplast.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
     from evoplast.evaluation import Evaluator
     from evoplast.finetune import check_finetune_overrides, train_spec_of
@@ -79,15 +87,32 @@ def main(argv: list[str] | None = None) -> int:
     # 2. the protocol: the rule, its own init with plasticity off, and the baselines on the same streams
     report = ev.report(genome)
     oml = None
-    if args.oml_steps:
-        print(f"  meta-learning the OML baseline's initial weights ({args.oml_steps} BPTT steps)...")
-        oml = oml_init(cfg, ev, args.oml_steps)
+    seconds = None
+    if budget == "lifetimes":
+        steps = equal_lifetimes_steps(cfg)
+        what = (f"{steps} meta-steps x {cfg.finetune.episodes} episodes: the lifetimes of the evolution's "
+                f"{cfg.search.generations} generations x {cfg.search.popsize} genomes x {cfg.evaluation.episodes} episodes")
+    elif budget == "wallclock":
+        if run.info.end_time is None:
+            raise UsageError(f"--oml-budget wallclock: run {args.run_id} has not finished (no duration)")
+        seconds = (run.info.end_time - run.info.start_time) / 1000.0
+        steps, what = 10 ** 9, f"{seconds:.0f} s of meta-steps, the evolution run's wall-clock time"
+    else:
+        steps = int(budget)
+        what = f"{steps} meta-steps (set on the command line)"
+    if steps:
+        print(f"  meta-learning the OML baseline's initial weights: {what}...")
+        *oml, done = oml_train(cfg, ev, steps, seconds=seconds)
         held = ev.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
         o = score_oml(ev, *oml, held, curve=True)
         report["oml"] = o.loss.item()
+        report["oml_meta_steps"] = float(done)
+        report["oml_lifetimes"] = float(done * cfg.finetune.episodes)
         report["curve_oml"] = o.curve[0].tolist()
+        report["per_episode"]["oml"] = o.per_episode[0].tolist()
         if classification:
             report["oml_accuracy"] = o.accuracy.item()
+            report["per_episode_accuracy"]["oml"] = o.accuracy_per_episode[0].tolist()
 
     # 3. accuracy vs N (classification): one genome, every N its output layer and the data allow
     by_n = {}
@@ -99,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             held = ev_n.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
             row = {"evolved rule": ev_n.score(genome.reshape(1, -1), episodes=held).accuracy.item(),
                    "plasticity off": ev_n.score(genome.reshape(1, -1), episodes=held, learn=False).accuracy.item(),
+                   "SGD of the plastic weights, same init": ev_n.tuned_sgd(genome, plastic_only=True)[0].accuracy.item(),
+                   "prototypes (nearest class mean), same init": ev_n.prototype(genome, held).mean().item(),
                    "SGD, same init": ev_n.tuned_sgd(genome)[0].accuracy.item(),
                    "feedback alignment, same init": ev_n.tuned_sgd(genome, feedback="alignment")[0].accuracy.item(),
                    "SGD, random init": ev_n.tuned_sgd(ev.spec.initial_vector())[0].accuracy.item(),
@@ -120,14 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     key = (lambda k: f"{k}_accuracy" if k else "accuracy") if classification else (lambda k: k or "loss")
     rows = [("evolved rule", key("")), ("same genome, plasticity off", "accuracy_plasticity_off" if classification
                                         else "loss_plasticity_off"),
-            ("online SGD, same init", key("sgd_same_init")), ("feedback alignment, same init", key("fa_same_init")),
+            ("online SGD of the plastic weights only, same init", key("sgd_plastic_weights")),
+            ("online SGD of every weight and bias, same init", key("sgd_same_init")),
+            ("feedback alignment, same init", key("fa_same_init")),
             ("online SGD, random (seed) init", key("sgd_seed_init")),
             ("online SGD on the iid stream, same init", key("sgd_iid_same_init"))]
+    rows.append(("prototypes (nearest class mean), same init", "prototype_accuracy") if classification else
+                ("best input-only predictor (no learning)", "input_only"))
     if oml is not None:
-        rows.append(("OML: meta-learned init, online SGD of the head", key("oml")))
+        rows.append((f"OML: meta-learned init, SGD of the head ({int(report['oml_meta_steps'])} meta-steps)", key("oml")))
+    for k, what in (("transfer_long", "4x longer stream"), ("transfer_wide", "4x larger batches"),
+                    ("transfer_both", "4x longer, 4x larger batches")):
+        if k in report:
+            rows += [(f"transfer, {what}: evolved rule", k), (f"transfer, {what}: SGD of the plastic weights",
+                                                              f"{k}_sgd_plastic_weights")]
     print(f"\nHeld-out {metric} ({cfg.task.order} stream, {cfg.task.num_tasks} {'classes' if classification else 'sinusoids'}):")
     for name, k in rows:
-        print(f"  {name:<50s} {report[k]:7.3f}")
+        nonfinite = f"   (non-finite in {report[k + '_nonfinite']:.0%} of episodes)" if k + "_nonfinite" in report else ""
+        print(f"  {name:<58s} {report[k]:7.3f}{nonfinite}")
     print(f"  {'episode-specific gain of the evolved rule':<50s} {report['episode_gain']:+7.3f}")
     if by_n:
         names = list(next(iter(by_n.values())))
@@ -146,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plots = [forgetting_heatmaps({k: v[fm_key] for k, v in forgetting.items()}, out_dir / "forgetting.png", fm_key),
              cosine_curves(cosine, ev.spec.model.plastic_layers, held.curve_steps, out_dir / "cosine.png")]
-    curves = {"evolved rule": report["curve"], "online SGD, same init": report["curve_sgd_same_init"],
+    curves = {"evolved rule": report["curve"], "online SGD of the plastic weights, same init":
+              report["curve_sgd_plastic_weights"], "online SGD of every weight, same init": report["curve_sgd_same_init"],
               "online SGD, random init": report["curve_sgd_seed_init"]}
     if oml is not None:
         curves["OML"] = report["curve_oml"]

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("evolved rule (search center)", "", ""),
         ("same genome, plasticity off", "_plasticity_off", ""),
-        ("online SGD, same initial weights", "sgd_same_init", r["sgd_same_init_lr"]),
+        ("online SGD on the plastic weights only, same initial weights", "sgd_plastic_weights",
+         r["sgd_plastic_weights_lr"]),
+        ("online SGD on every weight and bias, same initial weights", "sgd_same_init", r["sgd_same_init_lr"]),
         ("feedback alignment, same initial weights", "fa_same_init", r["fa_same_init_lr"]),
         ("online SGD, seed's initial weights", "sgd_seed_init", r["sgd_seed_init_lr"]),
         ("online SGD on the shuffled (iid) stream, same initial weights", "sgd_iid_same_init",
@@ -70,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         acc_key = ("accuracy" + key if key.startswith("_") or not key else key + "_accuracy")
         acc = f" {r[acc_key]:9.3f}" if classification else ""
         print(f"  {name:<64s} {r[loss_key]:7.3f}{acc}" + (f"   (lr {lr:g})" if lr != "" else ""))
+    if classification:
+        print(f"  {'nearest class mean on the initial features (prototypes)':<64s} {'':>7s} {r['prototype_accuracy']:9.3f}")
+        print(f"  {'best input-only predictor (fitted on training episodes)':<64s} {'':>7s} {r['input_only_accuracy']:9.3f}")
+    else:
+        print(f"  {'best input-only predictor (fitted on training episodes)':<64s} {r['input_only']:7.3f}")
+        for key, what in (("transfer_long", "4x longer stream"), ("transfer_wide", "4x larger batches"),
+                          ("transfer_both", "4x longer, 4x larger batches")):
+            if key in r:
+                print(f"  {'transfer, ' + what + ': evolved rule':<64s} {r[key]:7.3f}   "
+                      f"(non-finite {r[key + '_nonfinite']:.0%} of episodes)")
+                print(f"  {'transfer, ' + what + ': SGD on the plastic weights':<64s} "
+                      f"{r[key + '_sgd_plastic_weights']:7.3f}   (lr {r[key + '_sgd_plastic_weights_lr']:g})")
     print(f"  learning gain (plasticity off - on)                              {r['learning_gain']:+7.3f}")
     print(f"  episode-specific gain (other episode's tasks - own tasks)        {r['episode_gain']:+7.3f}")
     print(f"Checkpoint: {result.checkpoint}")

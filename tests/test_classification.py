@@ -240,7 +240,8 @@ def test_evaluate_script_runs_protocol_baselines_and_analyses(tmp_path):
                            "--out", "ev"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for line in ("evolved rule", "same genome, plasticity off", "online SGD, same init", "feedback alignment",
+    for line in ("evolved rule", "same genome, plasticity off", "online SGD of the plastic weights only, same init",
+                 "online SGD of every weight and bias, same init", "prototypes (nearest class mean)", "feedback alignment",
                  "OML: meta-learned init", "Accuracy vs N", "N=4", "N=5", "Mean cosine", "Forgetting (evolved rule)"):
         assert line in out, line
     for f in ("forgetting.png", "cosine.png", "accuracy_vs_n.png", "loss_vs_tasks_seen.png", "evaluation.json"):
@@ -248,4 +249,6 @@ def test_evaluate_script_runs_protocol_baselines_and_analyses(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     child = client.get_run(out.split("MLflow run ")[-1].split()[0])
     assert child.data.tags["mlflow.parentRunId"] == run_id and "accuracy" in child.data.metrics
+    m = child.data.metrics
+    assert m["oml_meta_steps"] == 5 and 0 <= m["prototype_accuracy"] <= 1 and 0 <= m["sgd_plastic_weights_accuracy"] <= 1
     assert len(client.get_metric_history(child.info.run_id, "accuracy_vs_n.evolved rule")) == 2

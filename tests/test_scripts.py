@@ -37,7 +37,10 @@ def test_evolve_script_end_to_end_prints_progress_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert out.count("evals/s") == 4 and "gen   40/40 | best" in out
-    for line in ("evolved rule (search center)", "same genome, plasticity off", "online SGD, same initial weights",
+    for line in ("evolved rule (search center)", "same genome, plasticity off",
+                 "online SGD on the plastic weights only, same initial weights",
+                 "online SGD on every weight and bias, same initial weights", "best input-only predictor",
+                 "transfer, 4x longer stream: evolved rule", "transfer, 4x larger batches: SGD on the plastic weights",
                  "online SGD, seed's initial weights", "episode-specific gain", "mlflow ui --backend-store-uri"):
         assert line in out, line
     run_id = out.split("MLflow run ")[1].split(":")[0]

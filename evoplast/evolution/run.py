@@ -404,7 +404,9 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                     "center": center, "config_yaml": to_yaml(cfg)}, d / "population.pt")
         fitness_curve(trainer.history, d / "fitness_curve.png", heldout)
         mse_vs_tasks_seen({"evolved rule (best genome)": report["curve"],
-                           "online SGD, same initial weights": report["curve_sgd_same_init"],
+                           "online SGD of the plastic weights, same initial weights":
+                               report["curve_sgd_plastic_weights"],
+                           "online SGD of every weight, same initial weights": report["curve_sgd_same_init"],
                            "online SGD, seed's initial weights": report["curve_sgd_seed_init"]},
                           d / "mse_vs_tasks_seen.png",
                           title=f"held-out episodes, {cfg.task.order} stream")

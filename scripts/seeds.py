@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""One config over several seeds, with 95% confidence intervals.
+
+    python scripts/seeds.py [--config X] --seeds 0 1 2 [--parallel auto|inprocess|ray] [--oml-budget none|lifetimes|N]
+                            [--out results.md] [key=value ...]
+    python scripts/seeds.py --runs RUN RUN RUN          # judge finished runs again (e.g. after the baselines changed)
+
+Reads top to bottom: config -> a parent MLflow run -> one evolution per seed, each an MLflow run nested under
+the parent (one after another in this process, or as parallel Ray tasks when the machine has a core for each
+seed's actors) -> every seed's genome judged on the same held-out episodes (those of the first seed: the
+paired differences are paired per episode) -> mean ± 95% CI over seeds of the held-out loss, every baseline
+and the learning measures; per baseline the paired difference rule − baseline -> a markdown table (printed and
+written), a JSON file and a PNG plot, logged to the parent run with the aggregate as metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def judge(cfg, cfg_seed, center, oml_budget: str) -> dict:
+    """The report of one seed's genome on the held-out episodes of ``cfg`` (shared by every seed), with OML at
+    the requested meta-compute when asked."""
+    from evoplast.analysis import equal_lifetimes_steps, oml_train, score_oml
+    from evoplast.evaluation import Evaluator
+    from evoplast.seeding import Purpose
+
+    spec = Evaluator(cfg_seed).spec                         # the seed's fixed segments
+    ev = Evaluator(cfg, spec=spec)                          # episodes (held-out, validation) of the shared seed
+    report = ev.report(center)
+    if oml_budget != "none":
+        steps = equal_lifetimes_steps(cfg_seed) if oml_budget == "lifetimes" else int(oml_budget)
+        *oml, done = oml_train(cfg_seed, Evaluator(cfg_seed), steps)
+        held = ev.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
+        o = score_oml(ev, *oml, held)
+        report["oml"], report["oml_meta_steps"] = o.loss.item(), float(done)
+        report["per_episode"]["oml"] = o.per_episode[0].tolist()
+        if o.accuracy is not None:
+            report["oml_accuracy"] = o.accuracy.item()
+            report["per_episode_accuracy"]["oml"] = o.accuracy_per_episode[0].tolist()
+    return report
+
+
+def one_seed(cfg, seed: int, parent_id: str, oml_budget: str, threads: int = 0, quiet: bool = False) -> dict:
+    """Evolve with ``seed`` (an MLflow run nested under ``parent_id``) and judge it; returns its report."""
+    import torch
+
+    from evoplast.evolution.run import run_evolution
+    from evoplast.tracking import Tracker, resolve_tracking_uri
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg_seed = cfg.replace(**{"seed": seed, "tracking.run_name": cfg.tracking.run_name or f"seed {seed}"})
+    out = (lambda line: None) if quiet else (lambda line: print(f"[seed {seed}] {line}", flush=True))
+    result = run_evolution(cfg_seed, out=out, print_every=max(1, cfg.search.generations // 10))
+    tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
+    tracker.client.set_tag(result.run_id, "mlflow.parentRunId", parent_id)
+    if result.status != "FINISHED":
+        raise KeyboardInterrupt
+    report = judge(cfg, cfg_seed, result.center, oml_budget)
+    tracker.run_id = result.run_id
+    tracker.log_metrics({f"shared.{k}": v for k, v in report.items() if isinstance(v, float)}, step=result.generations)
+    tracker.flush()
+    return {"seed": seed, "run_id": result.run_id, "report": report}
+
+
+def main() -> int:
+    p = parser("Run one config over several seeds; means and paired differences with 95% CIs.", "seeds.py")
+    p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="S", help="seeds (at least 2)")
+    p.add_argument("--parallel", choices=["auto", "inprocess", "ray"], default="auto",
+                   help="auto: Ray tasks when the machine has a core for every seed's actors, else one after another")
+    p.add_argument("--oml-budget", default="none", metavar="none|lifetimes|N",
+                   help="also meta-train OML per seed: as many lifetimes as the evolution lived, or N meta-steps")
+    p.add_argument("--out", default=None, help="markdown file for the table (default seeds/<parent run>/seeds.md)")
+    p.add_argument("--title", default="", help="heading of the markdown table")
+    p.add_argument("--runs", nargs="+", default=None, metavar="RUN",
+                   help="judge the genomes of these finished evolution runs (one per seed, their own configs) "
+                        "instead of evolving: the aggregate again, e.g. after the baselines changed")
+    args = p.parse_args()
+    # `--seeds 0 1 2 key=value ...`: the overrides after the seeds are overrides, not seeds
+    args.overrides = [a for a in args.seeds if "=" in a] + args.overrides
+    try:
+        args.seeds = [int(a) for a in args.seeds if "=" not in a]
+    except ValueError:
+        raise UsageError(f"--seeds takes integers, got {' '.join(args.seeds)!r}") from None
+    if len(set(args.seeds)) < 2:
+        raise UsageError("--seeds needs at least 2 different seeds for an interval")
+    if any(s < 0 for s in args.seeds):
+        raise UsageError("--seeds must be >= 0")
+    if args.oml_budget not in ("none", "lifetimes") and not args.oml_budget.isdigit():
+        raise UsageError(f"--oml-budget {args.oml_budget!r}: expected none, lifetimes or a number of meta-steps")
+    if args.runs:
+        if args.config or args.overrides:
+            raise UsageError("--runs takes each run's own config; drop --config and the overrides")
+        cfg, judged = _judge_runs(args.runs, args.oml_budget)
+        seeds = [j["seed"] for j in judged]
+        if len(set(seeds)) < 2:
+            raise UsageError("--runs needs runs of at least 2 different seeds")
+    else:
+        cfg, judged = config_from_args(args, str(DEFAULT_CONFIG)), None
+        seeds = list(dict.fromkeys(args.seeds))
+
+    from evoplast.config import flatten
+    from evoplast.plots import seeds_summary
+    from evoplast.seeds import aggregate, markdown_table, metrics_of
+    from evoplast.tracking import Tracker, environment_params, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):   # Ray workers may run elsewhere
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    cfg = cfg.replace(**{"tracking.tracking_uri": uri, "checkpoint.dir": str(Path(cfg.checkpoint.dir).resolve()),
+                         "seed": seeds[0]})
+    actors = max(1, cfg.ray.num_actors)
+    parallel = args.parallel
+    if parallel == "auto":
+        parallel = "ray" if (os.cpu_count() or 1) >= len(seeds) * actors else "inprocess"
+
+    # 1. the parent run
+    tracker = Tracker(uri)
+    tracker.start_run(cfg.tracking.experiment, f"seeds {' '.join(map(str, seeds))}")
+    status = "FAILED"
+    try:
+        tracker.log_params({**flatten(cfg), **environment_params(), "seeds": " ".join(map(str, seeds)),
+                            "seeds.parallel": parallel, "seeds.oml_budget": args.oml_budget})
+        print(f"evoplast: parent run {tracker.run_id} | seeds {seeds} | {parallel} | held-out episodes of seed "
+              f"{seeds[0]}, shared by every seed")
+
+        # 2. one evolution per seed
+        if judged is not None:
+            results = judged
+        elif parallel == "inprocess":
+            results = [one_seed(cfg, s, tracker.run_id, args.oml_budget) for s in seeds]
+        else:
+            results = _ray_seeds(cfg, seeds, tracker.run_id, args.oml_budget, actors)
+
+        # 3. the aggregate: table, json, plot, metrics
+        agg = aggregate([r["report"] for r in results])
+        agg["runs"] = {r["seed"]: r["run_id"] for r in results}
+        title = args.title or f"{cfg.task.name}, seeds {', '.join(map(str, seeds))}"
+        table = markdown_table(agg, title)
+        out = Path(args.out) if args.out else Path("seeds") / tracker.run_id / "seeds.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        (out.with_suffix(".json")).write_text(json.dumps({"aggregate": agg, "reports": results}, indent=1))
+        png = seeds_summary(agg, out.with_suffix(".png"), title)
+        tracker.log_metrics(metrics_of(agg), step=0)
+        for f in (out, out.with_suffix(".json"), png):
+            tracker.log_artifact(f)
+        print("\n" + table)
+        print(f"Table {out}, plot {png}; MLflow parent run {tracker.run_id}; the seeds' runs "
+              f"{', '.join(r['run_id'] for r in results)}" + ("" if judged is not None else " are nested under it"))
+        print(f"Look at it: {tracker.ui_command()}")
+        status = "FINISHED"
+        return 0
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+def _judge_runs(run_ids, oml_budget):
+    """``(config of the first run, [{seed, run_id, report}])``: each run's genome judged on the held-out episodes
+    of the first run's seed."""
+    import yaml
+
+    from evoplast.config import from_dict
+    from evoplast.runs import genome_of_run
+    from evoplast.tracking import Tracker, resolve_tracking_uri
+
+    tracker = Tracker(resolve_tracking_uri())
+    loaded = []
+    for run_id in run_ids:
+        saved, _ = genome_of_run(tracker, run_id, "best")
+        loaded.append((run_id, from_dict(yaml.safe_load(saved["config_yaml"])), saved["genome"].float()))
+    shared = loaded[0][1]
+    results = []
+    for run_id, cfg_run, genome in loaded:
+        print(f"evoplast: judging run {run_id} (seed {cfg_run.seed}) on the held-out episodes of seed {shared.seed}")
+        report = judge(cfg_run.replace(seed=shared.seed), cfg_run, genome, oml_budget)
+        results.append({"seed": cfg_run.seed, "run_id": run_id, "report": report})
+    return shared, results
+
+
+def _ray_seeds(cfg, seeds, parent_id, oml_budget, actors):
+    """Every seed as a Ray task with ``actors`` CPUs, evaluating its population in-process (no nested actors)."""
+    import ray
+
+    from evoplast.evolution.ray_pool import init_ray
+
+    init_ray(cfg.ray)
+    task = ray.remote(num_cpus=actors)(one_seed)
+    local = cfg.replace(**{"ray.num_actors": 0})
+    try:
+        return ray.get([task.remote(local, s, parent_id, oml_budget, actors, True) for s in seeds])
+    finally:
+        if not cfg.ray.address:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    run_main(main)
