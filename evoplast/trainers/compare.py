@@ -60,13 +60,13 @@ class RunResult:
     curve: list[tuple[float, float]] = field(default_factory=list)   # (seconds, held-out loss)
 
 
-def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 4,
+def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 4, method: Optional[Method] = None,
                on_step: Optional[Callable[[dict], None]] = None) -> RunResult:
-    """Run method ``name`` of :func:`methods` on ``cfg`` for ``budget`` seconds of steps."""
+    """Run method ``name`` of :func:`methods` (or ``method``, a variant) on ``cfg`` for ``budget`` seconds of steps."""
     from ..evaluation import Evaluator
     from . import make_trainer
 
-    kind, overrides, kwargs = methods()[name]
+    kind, overrides, kwargs = method or methods()[name]
     if overrides:
         cfg = with_overrides(cfg, overrides)
     ev = Evaluator(cfg)

@@ -1,0 +1,63 @@
+"""``python scripts/benchmark.py outer`` on a tiny budget: every method's row, the files, bad arguments."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from evoplast.cli import UsageError
+from evoplast.trainers.compare import methods, step_peak_mb
+
+from .conftest import REPO
+
+TINY = ["task.num_tasks=2", "task.batches_per_task=2", "task.query_size=8", "network.hidden=[8,8]",
+        "evaluation.heldout_episodes=4", "evaluation.episodes=2"]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_script", os.path.join(REPO, "scripts", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_outer_benchmark_prints_every_method_and_writes_table_json_and_plot(tmp_path, capsys):
+    bench = _benchmark()
+    assert bench.main(["outer", "--budget", "0.2", "--seeds", "0", "1", "--regimes", "default", "long",
+                       "--threads", "1", "--out-dir", str(tmp_path), "--set", *TINY]) == 0
+    out = capsys.readouterr().out
+    table = (tmp_path / "outer.md").read_text()
+    for name in methods():
+        assert f"| {name} |" in table and f"| {name} |" in out, name
+    assert "### default: lifetime of 4 steps of 8" in table and "### long: lifetime of 40 steps of 8" in table
+    assert table.count("Best held-out MSE in this regime") == 2
+    runs = json.loads((tmp_path / "outer.json").read_text())
+    assert set(runs) == {"default", "long"}
+    for regime in runs.values():
+        assert set(regime) == set(methods())
+        for seeds in regime.values():
+            assert [r["seed"] for r in seeds] == [0, 1]
+            assert all(r["steps"] >= 1 and r["seconds"] >= 0.2 and r["loss"] > 0 for r in seeds)
+    assert (tmp_path / "outer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_outer_benchmark_rejects_bad_arguments():
+    bench = _benchmark()
+    with pytest.raises(UsageError, match="--budget must be > 0"):
+        bench.main(["outer", "--budget", "0"])
+    with pytest.raises(UsageError, match="--methods matches none"):
+        bench.main(["outer", "--methods", "adam"])
+
+
+def test_step_peak_memory_sees_what_a_step_holds():
+    import torch
+
+    def hold_64mb():
+        x = torch.ones(16 * 2**20)          # 64 MB, touched
+        return float(x.sum())
+
+    assert 55 < step_peak_mb(hold_64mb) < 120
+    assert step_peak_mb(lambda: None) < 8
