@@ -376,7 +376,7 @@ def bench_outer(args) -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"outer benchmark: {len(chosen)} methods x {len(args.seeds)} seeds x regimes {', '.join(args.regimes)}; "
-          f"{args.budget:g} s of steps per run, {args.threads} thread(s); held-out MSE of the recommended genome "
+          f"{args.budget:g} CPU s of steps per run, {args.threads} thread(s); held-out MSE of the recommended genome "
           f"(mean ± 95% t-interval over seeds)", flush=True)
     results: dict[str, dict[str, list]] = {}
     for regime in args.regimes:
@@ -403,7 +403,7 @@ def _outer_table(results, base, args, describe, mean_ci, paired_ci, format_inter
     lines = []
     for regime, by in results.items():
         T = base.task.num_tasks * base.task.batches_per_task * (10 if regime == "long" else 1)
-        lines += [f"### {regime}: lifetime of {T} steps of {base.task.batch_size}, {args.budget:g} s per run, "
+        lines += [f"### {regime}: lifetime of {T} steps of {base.task.batch_size}, {args.budget:g} CPU s per run ({args.threads} thread(s)), "
                   f"seeds {', '.join(map(str, args.seeds))}", "",
                   "| method | steps | lifetimes/s | held-out MSE | episode-specific gain | MSE − BPTT full (paired) "
                   "| peak MB / step | setup |", "|---|---|---|---|---|---|---|---|"]
@@ -438,7 +438,7 @@ def _outer_plot(results, path: Path) -> None:
                 xs, ys = zip(*r.curve)
                 ax_t.plot(xs, ys, color=color, alpha=0.8, label=name if j == 0 else None)
                 ax_m.scatter([r.peak_mb], [r.loss], color=color, label=name if j == 0 else None)
-        ax_t.set(title=f"{regime}: held-out MSE vs wall-clock", xlabel="seconds of steps", ylabel="held-out MSE",
+        ax_t.set(title=f"{regime}: held-out MSE vs time", xlabel="CPU seconds of steps", ylabel="held-out MSE",
                  yscale="log")
         ax_m.set(title=f"{regime}: final held-out MSE vs peak memory of a step", xlabel="peak MB per step",
                  ylabel="held-out MSE", xscale="symlog", yscale="log")
@@ -460,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generations", type=int, default=10)
     p.add_argument("--only", choices=["light", "heavy"], help="evolve: run one of the two configurations")
     p.add_argument("--no-auth", action="store_true", help="RAY_AUTH_MODE=disabled for the throwaway local Ray")
-    p.add_argument("--budget", type=float, default=20.0, help="outer: seconds of steps per run")
+    p.add_argument("--budget", type=float, default=20.0,
+                   help="outer: CPU seconds of steps per run (= wall-clock on an idle core at --threads 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="outer: run seeds")
     p.add_argument("--regimes", nargs="+", choices=["default", "long"], default=["default", "long"],
                    help="outer: the default lifetime (100 steps) and/or a long one (10x the steps)")

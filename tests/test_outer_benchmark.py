@@ -32,7 +32,7 @@ def test_outer_benchmark_prints_every_method_and_writes_table_json_and_plot(tmp_
     table = (tmp_path / "outer.md").read_text()
     for name in methods():
         assert f"| {name} |" in table and f"| {name} |" in out, name
-    assert "### default: lifetime of 4 steps of 8" in table and "### long: lifetime of 40 steps of 8" in table
+    assert "### default: lifetime of 4 steps of 8, 0.2 CPU s per run (1 thread(s))" in table and "### long: lifetime of 40 steps of 8" in table
     assert table.count("Best held-out MSE in this regime") == 2
     runs = json.loads((tmp_path / "outer.json").read_text())
     assert set(runs) == {"default", "long"}

@@ -1,7 +1,8 @@
 """Outer trainers head to head at equal wall-clock: the engine of ``python scripts/benchmark.py outer``.
 
 A run builds one trainer from scratch (the spec's initial genome), steps it until the budget of seconds
-is spent, and measures on the regime's held-out episodes the recommended genome's query loss and its
+is spent — CPU seconds of this process (``time.process_time``), which with one thread equal wall-clock
+on an idle core and, unlike wall-clock, do not depend on what else the shared machine runs — and measures on the regime's held-out episodes the recommended genome's query loss and its
 episode-specific gain. Held-out evaluations along the way (for the curve) pause the clock. The peak
 memory of one more step is read afterwards from the kernel (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``), with glibc told to return freed blocks, so that it follows what a step
@@ -52,7 +53,7 @@ class RunResult:
     method: str
     seed: int
     steps: int
-    seconds: float                       # wall-clock of the steps (the budget, plus the last step's overrun)
+    seconds: float                       # CPU seconds of the steps (the budget, plus the last step's overrun)
     lifetimes: float                     # lifetimes' worth of work done
     loss: float                          # held-out query loss of best() at the end
     episode_gain: float
@@ -60,8 +61,9 @@ class RunResult:
     curve: list[tuple[float, float]] = field(default_factory=list)   # (seconds, held-out loss)
 
 
-def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 4, method: Optional[Method] = None,
-               on_step: Optional[Callable[[dict], None]] = None) -> RunResult:
+def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 2, method: Optional[Method] = None,
+               on_step: Optional[Callable[[dict], None]] = None,
+               clock: Callable[[], float] = time.process_time) -> RunResult:
     """Run method ``name`` of :func:`methods` (or ``method``, a variant) on ``cfg`` for ``budget`` seconds of steps."""
     from ..evaluation import Evaluator
     from . import make_trainer
@@ -76,9 +78,9 @@ def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 4, 
     marks = [budget * (i + 1) / (curve_points + 1) for i in range(curve_points)]
     curve = [(0.0, ev.score(trainer.best().reshape(1, -1)).loss.item())]
     while elapsed < budget:
-        t0 = time.perf_counter()
+        t0 = clock()
         m = trainer.step()
-        elapsed += time.perf_counter() - t0
+        elapsed += clock() - t0
         steps += 1
         lifetimes += m["lifetimes"]
         if on_step is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 from torch import Tensor
@@ -12,8 +13,9 @@ from .es import ESTrainer
 
 
 class HybridTrainer:
-    """ES (``cfg.search``) until ``es_generations`` generations or ``es_seconds`` seconds of ES steps, whichever
-    comes first, then BPTT (``cfg.finetune`` and the keyword arguments) from the ES center.
+    """ES (``cfg.search``) until ``es_generations`` generations or ``es_seconds`` CPU seconds of ES steps
+    (``time.process_time``: wall-clock on an idle core with one thread, whatever else a shared machine
+    runs), whichever comes first, then BPTT (``cfg.finetune`` and the keyword arguments) from the ES center.
 
     The switch is a state (``phase``), so a resumed hybrid switches where the uninterrupted one did. Its
     steps carry the common metrics plus ``phase`` (0 = ES, 1 = BPTT).
@@ -45,8 +47,9 @@ class HybridTrainer:
         if self.bptt is None and self._switch_due():
             self.bptt = BPTTTrainer(self.cfg, self.es.best(), **self.bptt_kwargs)
         if self.bptt is None:
+            t0 = time.process_time()
             m = self.es.step()
-            self.es_elapsed += m["seconds"]
+            self.es_elapsed += time.process_time() - t0
         else:
             m = self.bptt.step()
         return {**m, "phase": float(self.phase)}
