@@ -61,3 +61,21 @@ def test_step_peak_memory_sees_what_a_step_holds():
 
     assert 55 < step_peak_mb(hold_64mb) < 120
     assert step_peak_mb(lambda: None) < 8
+
+
+def test_evolve_fine_tunes_the_center_at_the_end_by_default_and_says_which_method_made_the_rule(store, monkeypatch, capsys):
+    """configs/default.yaml: finetune.after_evolution (the hybrid won the benchmark), a nested MLflow run."""
+    from mlflow import MlflowClient
+
+    spec = importlib.util.spec_from_file_location("evolve_script", os.path.join(REPO, "scripts", "evolve.py"))
+    evolve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evolve)
+    monkeypatch.setattr("sys.argv", ["evolve.py", *TINY, "ray.num_actors=0", "search.generations=5",
+                                     "finetune.after_evolution_steps=3", "tracking.gain_every=5"])
+    assert evolve.main() == 0
+    out = capsys.readouterr().out
+    run_id = out.split("MLflow run ")[1].split(":")[0]
+    assert "Fine-tuned by BPTT (3 meta-steps" in out and "The rule to use: " in out
+    child = MlflowClient(store).search_runs(["1"], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert len(child) == 1 and child[0].data.metrics["meta_loss"] > 0
+    assert f"--run-id {run_id} --which " in out
