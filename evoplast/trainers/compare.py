@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import torch
 
 from ..config import Config, from_dict, merge_overrides, to_yaml
 
