@@ -197,6 +197,9 @@ class FinetuneConfig:
     grad_clip: float = _f(1.0, "clip each genome's gradient to this norm (0 = no clipping)", min=0.0)
     eval_every: int = _f(25, "held-out evaluation every N meta-steps", min=1)
     top_k: int = _f(1, "fine-tune the k best genomes of the evolution run together", min=1)
+    after_evolution: bool = _f(False, "scripts/evolve.py: fine-tune the search center by BPTT when the evolution "
+                               "ends (the ES -> BPTT hybrid; docs/outer-trainers.md)")
+    after_evolution_steps: int = _f(0, "meta-steps of that fine-tune (0 = finetune.steps)", min=0)
 
 
 @dataclass(frozen=True)

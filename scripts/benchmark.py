@@ -5,6 +5,7 @@
     python scripts/benchmark.py evolve     # generations/s with 0, 1, 2 Ray actors, light and heavy
     python scripts/benchmark.py memory     # peak memory and time: ES generation vs BPTT meta-step
     python scripts/benchmark.py allocator  # page faults and time per generation, evaluation.reuse_memory off / on
+    python scripts/benchmark.py outer      # ES, BPTT, PES, hybrid at equal wall-clock: held-out MSE, memory
 
 Timings on a shared 2-core machine vary by up to +-30% from run to run: every number is a median of
 repetitions, and the ratios are taken side by side in one process.
@@ -359,11 +360,99 @@ def bench_memory(args) -> None:
         print(f"{steps:>14} " + " ".join(cells), flush=True)
 
 
-def main() -> int:
+def bench_outer(args) -> None:
+    """Every outer trainer from scratch at the same budget of seconds, over seeds and regimes."""
+    import json
+
+    from evoplast.stats import format_interval, mean_ci, paired_ci
+    from evoplast.trainers.compare import describe, methods, regime_config, run_method
+
+    names = list(methods())
+    chosen = names if not args.methods else [n for n in names if any(m.lower() in n.lower() for m in args.methods)]
+    if not chosen:
+        raise UsageError(f"--methods matches none of: {', '.join(names)}")
+    torch.set_num_threads(args.threads)
+    base = load_config(args.config or DEFAULT_CONFIG, args.set)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"outer benchmark: {len(chosen)} methods x {len(args.seeds)} seeds x regimes {', '.join(args.regimes)}; "
+          f"{args.budget:g} CPU s of steps per run, {args.threads} thread(s); held-out MSE of the recommended genome "
+          f"(mean ± 95% t-interval over seeds)", flush=True)
+    results: dict[str, dict[str, list]] = {}
+    for regime in args.regimes:
+        results[regime] = {}
+        for name in chosen:
+            runs = []
+            for seed in args.seeds:
+                r = run_method(name, regime_config(base, regime, seed), args.budget)
+                runs.append(r)
+                print(f"  {regime:<7} {name:<28} seed {seed}: {r.steps:5d} steps, held-out MSE {r.loss:.3f}, "
+                      f"episode gain {r.episode_gain:+.3f}, peak {r.peak_mb:.1f} MB", flush=True)
+            results[regime][name] = runs
+    lines = _outer_table(results, base, args, describe, mean_ci, paired_ci, format_interval)
+    print()
+    print("\n".join(lines))
+    (out_dir / "outer.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "outer.json").write_text(json.dumps({reg: {n: [r.__dict__ for r in runs] for n, runs in by.items()}
+                                                   for reg, by in results.items()}, indent=1))
+    _outer_plot(results, out_dir / "outer.png")
+    print(f"\nwrote {out_dir / 'outer.md'}, {out_dir / 'outer.json'}, {out_dir / 'outer.png'}")
+
+
+def _outer_table(results, base, args, describe, mean_ci, paired_ci, format_interval) -> list[str]:
+    lines = []
+    for regime, by in results.items():
+        T = base.task.num_tasks * base.task.batches_per_task * (10 if regime == "long" else 1)
+        lines += [f"### {regime}: lifetime of {T} steps of {base.task.batch_size}, {args.budget:g} CPU s per run ({args.threads} thread(s)), "
+                  f"seeds {', '.join(map(str, args.seeds))}", "",
+                  "| method | steps | lifetimes/s | held-out MSE | episode-specific gain | MSE − BPTT full (paired) "
+                  "| peak MB / step | setup |", "|---|---|---|---|---|---|---|---|"]
+        ref = by.get("BPTT full")
+        ranked = sorted(by, key=lambda n: sum(r.loss for r in by[n]) / len(by[n]))
+        for name in ranked:
+            runs = by[name]
+            steps = sum(r.steps for r in runs) / len(runs)
+            rate = sum(r.lifetimes / r.seconds for r in runs) / len(runs)
+            diff = format_interval(paired_ci([r.loss for r in runs], [r.loss for r in ref])) \
+                if ref is not None and name != "BPTT full" else ""
+            peak = statistics.median(r.peak_mb for r in runs)
+            lines.append(f"| {name} | {steps:.0f} | {rate:.0f} | {format_interval(mean_ci([r.loss for r in runs]))} | "
+                         f"{format_interval(mean_ci([r.episode_gain for r in runs]))} | {diff} | {peak:.1f} | "
+                         f"{describe(name, T)} |")
+        lines += ["", f"Best held-out MSE in this regime: **{ranked[0]}**.", ""]
+    return lines
+
+
+def _outer_plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(12, 4.5 * len(results)), squeeze=False)
+    for row, (regime, by) in enumerate(results.items()):
+        ax_t, ax_m = axes[row]
+        for i, (name, runs) in enumerate(by.items()):
+            color = f"C{i}"
+            for j, r in enumerate(runs):
+                xs, ys = zip(*r.curve)
+                ax_t.plot(xs, ys, color=color, alpha=0.8, label=name if j == 0 else None)
+                ax_m.scatter([r.peak_mb], [r.loss], color=color, label=name if j == 0 else None)
+        ax_t.set(title=f"{regime}: held-out MSE vs time", xlabel="CPU seconds of steps", ylabel="held-out MSE",
+                 yscale="log")
+        ax_m.set(title=f"{regime}: final held-out MSE vs peak memory of a step", xlabel="peak MB per step",
+                 ylabel="held-out MSE", xscale="symlog", yscale="log")
+        ax_t.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", choices=["lifetime", "evolve", "memory", "allocator"])
+    p.add_argument("which", choices=["lifetime", "evolve", "memory", "allocator", "outer"])
     p.add_argument("--reuse", choices=["true", "false"], help=argparse.SUPPRESS)   # allocator: one process
     p.add_argument("--rounds", type=int, default=3, help="allocator: processes per setting")
     p.add_argument("--one", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
@@ -371,12 +460,23 @@ def main() -> int:
     p.add_argument("--generations", type=int, default=10)
     p.add_argument("--only", choices=["light", "heavy"], help="evolve: run one of the two configurations")
     p.add_argument("--no-auth", action="store_true", help="RAY_AUTH_MODE=disabled for the throwaway local Ray")
+    p.add_argument("--budget", type=float, default=20.0,
+                   help="outer: CPU seconds of steps per run (= wall-clock on an idle core at --threads 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="outer: run seeds")
+    p.add_argument("--regimes", nargs="+", choices=["default", "long"], default=["default", "long"],
+                   help="outer: the default lifetime (100 steps) and/or a long one (10x the steps)")
+    p.add_argument("--methods", nargs="+", help="outer: only the methods whose name contains one of these")
+    p.add_argument("--config", help="outer: base config (default configs/default.yaml)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="outer: config overrides")
+    p.add_argument("--out-dir", default="benchmarks", help="outer: where outer.md, outer.json, outer.png go")
     try:
-        args = p.parse_args()
+        args = p.parse_args(argv)
     except SystemExit as exc:
         if exc.code:
             raise UsageError("bad arguments (see benchmark.py --help)") from None
         raise
+    if args.budget <= 0:
+        raise UsageError("--budget must be > 0 seconds")
     if args.one:
         import json
 
@@ -388,7 +488,7 @@ def main() -> int:
         print(json.dumps(_allocator_once(args.reuse == "true", args.threads)))
         return 0
     {"lifetime": bench_lifetime, "evolve": bench_evolve, "memory": bench_memory,
-     "allocator": bench_allocator}[args.which](args)
+     "allocator": bench_allocator, "outer": bench_outer}[args.which](args)
     return 0
 
 

@@ -87,8 +87,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  learning gain (plasticity off - on)                              {r['learning_gain']:+7.3f}")
     print(f"  episode-specific gain (other episode's tasks - own tasks)        {r['episode_gain']:+7.3f}")
     print(f"Checkpoint: {result.checkpoint}")
+    if cfg.finetune.after_evolution:
+        finetune_center(cfg, result)
     print(f"Look at it: {result.ui_command}")
     return 0
+
+
+def finetune_center(cfg, result) -> None:
+    """4. the hybrid (finetune.after_evolution): BPTT from the search center, nested under the run; at equal
+    time ES then BPTT beat either alone on the default task (docs/outer-trainers.md)."""
+    from dataclasses import replace
+
+    from evoplast.finetune import run_finetune
+
+    steps = cfg.finetune.after_evolution_steps or cfg.finetune.steps
+    ft_cfg = replace(cfg, finetune=replace(cfg.finetune, steps=steps))
+    print()
+    ft = run_finetune(ft_cfg, result.center.reshape(1, -1), ["search center"], parent_run_id=result.run_id,
+                      print_every=max(1, steps // 5))
+    b, a = ft.before[0], ft.after[0]
+    print(f"Fine-tuned by BPTT ({steps} meta-steps, MLflow run {ft.run_id} nested under {result.run_id}): "
+          f"held-out {'MSE' if cfg.task.name == 'sinusoid' else 'cross-entropy'} {b['loss']:.3f} -> {a['loss']:.3f}, "
+          f"episode-specific gain {b['episode_gain']:+.3f} -> {a['episode_gain']:+.3f}")
+    better = a["loss"] <= b["loss"]
+    print(f"The rule to use: {'ES then BPTT (the fine-tuned genome)' if better else 'ES alone (the search center; fine-tuning did not help on held-out episodes)'}; "
+          f"export it: python scripts/export.py --run-id {result.run_id} --which {'finetuned' if better else 'best'} --out rule.pt2")
 
 
 if __name__ == "__main__":

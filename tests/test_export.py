@@ -147,7 +147,7 @@ def _script(name, args, tmp_path):
 
 
 def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
-    evo = _script("evolve.py", TINY + ["search.generations=20"], tmp_path)
+    evo = _script("evolve.py", TINY + ["search.generations=20", "finetune.after_evolution=false"], tmp_path)
     assert evo.returncode == 0, evo.stderr[-2000:]
     run_id = evo.stdout.split("MLflow run ")[1].split(":")[0]
     missing = _script("export.py", ["--run-id", run_id, "--which", "finetuned", "--out", "r.pt2"], tmp_path)

@@ -1,0 +1,70 @@
+"""BPTT as an outer trainer: Adam on one genome through the lifetime (full, truncated or checkpointed).
+
+The meta-step is :class:`evoplast.metatrain.MetaTrainer`'s: ``finetune.episodes`` fresh episodes per step
+(derived from ``(seed, step)``), full BPTT (``finetune.bptt_window = 0``), truncated BPTT (window W) or
+activation checkpointing (``finetune.checkpoint_activations``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..config import Config
+from ..genome import build_genome_spec
+from ..metatrain import MetaTrainer
+from ..tasks import make_task
+from .base import optimizer_state
+
+
+def with_finetune(cfg: Config, **changes) -> Config:
+    """``cfg`` with some ``finetune.*`` fields replaced (None values are left as they are)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, **changes)) if changes else cfg
+
+
+class BPTTTrainer:
+    """Gradient meta-training of one genome ``[D]`` (the config's genome spec: its evolved segments).
+
+    Args:
+        cfg: the run's config; ``finetune.lr``, ``episodes``, ``bptt_window``, ``checkpoint_activations``,
+            ``grad_clip`` set the meta-steps (the keyword arguments override them).
+        genome: ``[D]`` starting genome (default: the spec's initial vector, i.e. from scratch).
+    """
+
+    name = "bptt"
+
+    def __init__(self, cfg: Config, genome: Optional[Tensor] = None, *, window: Optional[int] = None,
+                 checkpoint: Optional[bool] = None, lr: Optional[float] = None, episodes: Optional[int] = None):
+        self.cfg = with_finetune(cfg, bptt_window=window, checkpoint_activations=checkpoint, lr=lr, episodes=episodes)
+        task = make_task(cfg.task)
+        self.spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
+        genome = self.spec.initial_vector() if genome is None else genome
+        self.inner = MetaTrainer(self.cfg, self.spec, genome.reshape(1, -1))
+
+    def step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        r = self.inner.step()
+        return {"meta_loss": float(r.loss[0]), "grad_norm": float(r.grad_norm[0]), "skipped": float(r.skipped),
+                "lifetimes": float(self.cfg.finetune.episodes), "seconds": time.perf_counter() - t0}
+
+    def best(self) -> Tensor:
+        """``[D]`` the genome now."""
+        return self.inner.current()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainer": self.name, "genome": self.inner.genomes.detach().clone(),
+                "optimizer": optimizer_state(self.inner.optimizer), "step": self.inner.step_count,
+                "skipped": self.inner.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.inner.genomes.copy_(state["genome"])
+        self.inner.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.inner.step_count = int(state["step"])
+        self.inner.skipped = int(state["skipped"])

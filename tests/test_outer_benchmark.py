@@ -1,0 +1,81 @@
+"""``python scripts/benchmark.py outer`` on a tiny budget: every method's row, the files, bad arguments."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from evoplast.cli import UsageError
+from evoplast.trainers.compare import methods, step_peak_mb
+
+from .conftest import REPO
+
+TINY = ["task.num_tasks=2", "task.batches_per_task=2", "task.query_size=8", "network.hidden=[8,8]",
+        "evaluation.heldout_episodes=4", "evaluation.episodes=2"]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_script", os.path.join(REPO, "scripts", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_outer_benchmark_prints_every_method_and_writes_table_json_and_plot(tmp_path, capsys):
+    bench = _benchmark()
+    assert bench.main(["outer", "--budget", "0.2", "--seeds", "0", "1", "--regimes", "default", "long",
+                       "--threads", "1", "--out-dir", str(tmp_path), "--set", *TINY]) == 0
+    out = capsys.readouterr().out
+    table = (tmp_path / "outer.md").read_text()
+    for name in methods():
+        assert f"| {name} |" in table and f"| {name} |" in out, name
+    assert "### default: lifetime of 4 steps of 8, 0.2 CPU s per run (1 thread(s))" in table and "### long: lifetime of 40 steps of 8" in table
+    assert table.count("Best held-out MSE in this regime") == 2
+    runs = json.loads((tmp_path / "outer.json").read_text())
+    assert set(runs) == {"default", "long"}
+    for regime in runs.values():
+        assert set(regime) == set(methods())
+        for seeds in regime.values():
+            assert [r["seed"] for r in seeds] == [0, 1]
+            assert all(r["steps"] >= 1 and r["seconds"] >= 0.2 and r["loss"] > 0 for r in seeds)
+    assert (tmp_path / "outer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_outer_benchmark_rejects_bad_arguments():
+    bench = _benchmark()
+    with pytest.raises(UsageError, match="--budget must be > 0"):
+        bench.main(["outer", "--budget", "0"])
+    with pytest.raises(UsageError, match="--methods matches none"):
+        bench.main(["outer", "--methods", "adam"])
+
+
+def test_step_peak_memory_sees_what_a_step_holds():
+    import torch
+
+    def hold_64mb():
+        x = torch.ones(16 * 2**20)          # 64 MB, touched
+        return float(x.sum())
+
+    assert 55 < step_peak_mb(hold_64mb) < 120
+    assert step_peak_mb(lambda: None) < 8
+
+
+def test_evolve_fine_tunes_the_center_at_the_end_by_default_and_says_which_method_made_the_rule(store, monkeypatch, capsys):
+    """configs/default.yaml: finetune.after_evolution (the hybrid won the benchmark), a nested MLflow run."""
+    from mlflow import MlflowClient
+
+    spec = importlib.util.spec_from_file_location("evolve_script", os.path.join(REPO, "scripts", "evolve.py"))
+    evolve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evolve)
+    monkeypatch.setattr("sys.argv", ["evolve.py", *TINY, "ray.num_actors=0", "search.generations=5",
+                                     "finetune.after_evolution_steps=3", "tracking.gain_every=5"])
+    assert evolve.main() == 0
+    out = capsys.readouterr().out
+    run_id = out.split("MLflow run ")[1].split(":")[0]
+    assert "Fine-tuned by BPTT (3 meta-steps" in out and "The rule to use: " in out
+    child = MlflowClient(store).search_runs(["1"], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert len(child) == 1 and child[0].data.metrics["meta_loss"] > 0
+    assert f"--run-id {run_id} --which " in out
