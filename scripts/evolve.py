@@ -17,12 +17,13 @@ from evoplast.cli import config_from_args, parser, run_main  # noqa: E402
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """The command; ``argv`` without the program name (default: ``sys.argv[1:]``)."""
     p = parser("Evolve local plasticity rules and feedback weights with an evolution strategy.", "evolve.py")
     p.add_argument("--resume", metavar="RUN", help="MLflow run id or checkpoint path to continue")
     p.add_argument("--print-every", type=int, default=0, metavar="N",
                    help="one progress line every N generations (default: about 50 lines per run)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
 
