@@ -111,20 +111,20 @@ def choose(cfg: Config, *, gflop: float, environ: Mapping[str, str] = os.environ
     local_device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
     auto = rc.num_actors == "auto"
     if cfg.search.distributed:      # EvoTorch's own actors: the config names them (checked when loaded)
-        address = rc.address if rc.address is not None else (detect_cluster(environ)[0] or "local")
-        return Placement("cluster" if address != "local" else "local Ray", "local" if address == "" else address,
+        address = (rc.address if rc.address is not None else detect_cluster(environ)[0]) or "local"
+        return Placement("cluster" if address != "local" else "local Ray", address,
                          int(rc.num_actors), rc.num_cpus_per_actor, rc.num_gpus_per_actor,
                          "search.distributed: EvoTorch's actors")
+    if rc.num_actors == 0:
+        return Placement("in-process", "", 0, 0.0, 0.0, "ray.num_actors=0", local_device)
     if rc.address is None:
         address, how = detect_cluster(environ)
         if address:
             return Placement("cluster", address, None if auto else int(rc.num_actors), rc.num_cpus_per_actor,
                              rc.num_gpus_per_actor, f"joined via {how}")
         if not auto:
-            if rc.num_actors == 0:
-                return Placement("in-process", "", 0, 0.0, 0.0, "ray.num_actors=0", local_device)
             return Placement("local Ray", "local", int(rc.num_actors), rc.num_cpus_per_actor,
-                             rc.num_gpus_per_actor, f"ray.num_actors={rc.num_actors}, no cluster")
+                             rc.num_gpus_per_actor, f"ray.num_actors={rc.num_actors}, no Ray cluster")
         if local_device == "cuda":
             return Placement("in-process", "", 0, 0.0, 0.0, "no Ray cluster; this process has a GPU", "cuda")
         if cpus < LOCAL_RAY_MIN_CPUS or gflop < HEAVY_GFLOP:
@@ -137,12 +137,8 @@ def choose(cfg: Config, *, gflop: float, environ: Mapping[str, str] = os.environ
         if auto:
             n, each = _cpu_actors([cpus])
             return Placement("local Ray", "local", n, each, 0.0, f"ray.address='': {cpus} cores")
-        if rc.num_actors == 0:
-            return Placement("in-process", "", 0, 0.0, 0.0, "ray.num_actors=0", local_device)
         return Placement("local Ray", "local", int(rc.num_actors), rc.num_cpus_per_actor, rc.num_gpus_per_actor,
                          "ray.address=''")
-    if not auto and rc.num_actors == 0:
-        return Placement("in-process", "", 0, 0.0, 0.0, "ray.num_actors=0", local_device)
     return Placement("cluster", rc.address, None if auto else int(rc.num_actors), rc.num_cpus_per_actor,
                      rc.num_gpus_per_actor, f"ray.address={rc.address!r}")
 
