@@ -254,7 +254,9 @@ class RayPool:
 
         t0 = time.perf_counter()
         bounds = np.linspace(0, genomes.shape[0], len(self.actors) + 1).round().astype(int)
-        slices = [genomes[bounds[i]:bounds[i + 1]] for i in range(len(self.actors))]
+        # copies, not views: a view is serialized with its whole storage, i.e. every actor would receive
+        # the whole population (measured: 2 actors, P=512, D=91,505 -> 375 MB instead of 187 MB)
+        slices = [genomes[bounds[i]:bounds[i + 1]].clone() for i in range(len(self.actors))]
         results: list = [None] * len(slices)
         retries = [0] * len(slices)
         use_recipe = recipe is not None and self.use_recipes and recipe.popsize == genomes.shape[0]
