@@ -34,12 +34,14 @@ def cfg(*overrides: str):
 def test_no_cluster_few_cores_or_light_work_runs_in_process():
     two = pl.choose(cfg(), gflop=1000.0, environ=NO_ENV, cpu_count=2)
     assert (two.where, two.num_actors, two.address) == ("in-process", 0, "")
-    assert two.reason == "no Ray cluster; 2 cores" and two.describe() == "in-process on cpu (no Ray cluster; 2 cores)"
+    assert two.threads == 1      # a team of 2 OpenMP threads on a busy 2-core machine was 5x slower than 1
+    assert two.reason == "no Ray cluster; 2 cores" and two.describe() == "in-process on cpu, 1 thread (no Ray cluster; 2 cores)"
     light = pl.choose(cfg(), gflop=0.5, environ=NO_ENV, cpu_count=64)
     assert light.where == "in-process" and "light work" in light.reason
     # several cores and heavy work: a private local Ray pays; one actor per 4 CPUs
     heavy = pl.choose(cfg(), gflop=100.0, environ=NO_ENV, cpu_count=16)
     assert (heavy.where, heavy.address, heavy.num_actors, heavy.num_cpus_per_actor) == ("local Ray", "local", 4, 4.0)
+    assert light.threads == 0    # many cores: torch's own thread count
     # a process that sees a GPU evaluates on it
     gpu = pl.choose(cfg(), gflop=1.0, environ=NO_ENV, cpu_count=2, cuda=True)
     assert (gpu.where, gpu.device) == ("in-process", "cuda")
@@ -163,12 +165,16 @@ def test_without_a_cluster_the_default_runs_in_process(store, tmp_path, monkeypa
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))          # no `ray start` address file either
     if ray.is_initialized():
         ray.shutdown()
+    threads = torch.get_num_threads()
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert _evolve_main()(SHORT) == 0
+    assert torch.get_num_threads() == threads          # the run's 1 thread was given back
     first = _first_line(capsys.readouterr().out)
-    assert first.endswith("in-process on cpu (no Ray cluster; 2 cores)") or "light work" in first, first
+    assert first.endswith("in-process on cpu, 1 thread (no Ray cluster; 2 cores)"), first
     run_id = first.split()[2]
     params = MlflowClient(store).get_run(run_id).data.params
     assert params["placement.where"] == "in-process" and params["ray.num_actors"] == "auto"
+    assert params["placement.threads"] == "1" and params["placement.reason"] == "no Ray cluster; 2 cores"
     assert not ray.is_initialized()
 
 

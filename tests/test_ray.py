@@ -37,7 +37,7 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
         lines[actors] = []
         runs[actors] = run_evolution(cfg, out=lines[actors].append)
         lines[actors] = [line for line in lines[actors] if line.startswith("evoplast: run ")]   # the first line
-    assert lines["auto"][0].endswith("in-process on cpu (no Ray cluster; 2 cores)") or "light work" in lines["auto"][0]
+    assert lines["auto"][0].endswith("in-process on cpu, 1 thread (no Ray cluster; 2 cores)") or "light work" in lines["auto"][0]
     assert lines["auto-local"][0].endswith("local Ray: 1 Ray actors x 2 CPU (ray.address='': 2 cores)"), lines["auto-local"][0]
     assert lines[2][0].endswith("local Ray: 2 Ray actors x 1 CPU (ray.num_actors=2, no Ray cluster)"), lines[2][0]
     ref = runs[0]

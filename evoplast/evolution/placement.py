@@ -43,11 +43,12 @@ class Placement:
     num_gpus_per_actor: float
     reason: str                    # why, in a few words
     device: str = "cpu"            # in-process: the device; actors: what they are asked to use
+    threads: int = 0               # in-process on a CPU: torch threads for the run (0 = leave as they are)
 
     def describe(self) -> str:
         """The first line's fragment, e.g. ``cluster 10.0.1.23:6379: 4 Ray actors x 1 GPU (one per GPU)``."""
         if self.where == "in-process":
-            return f"in-process on {self.device} ({self.reason})"
+            return f"in-process on {self.device}{', 1 thread' if self.threads == 1 else ''} ({self.reason})"
         each = (f"{self.num_gpus_per_actor:g} GPU + {self.num_cpus_per_actor:g} CPU" if self.num_gpus_per_actor
                 else f"{self.num_cpus_per_actor:g} CPU")
         at = "local Ray" if self.where == "local Ray" else f"Ray cluster {self.address}"
@@ -59,7 +60,8 @@ class Placement:
                 "placement.num_actors": str(self.num_actors or 0),
                 "placement.num_cpus_per_actor": f"{self.num_cpus_per_actor:g}",
                 "placement.num_gpus_per_actor": f"{self.num_gpus_per_actor:g}",
-                "placement.device": self.device, "placement.reason": self.reason}
+                "placement.device": self.device, "placement.threads": str(self.threads or "default"),
+                "placement.reason": self.reason}
 
     def apply(self, cfg: Config) -> Config:
         """``cfg`` with ``ray.*`` as decided (integers, the address to init): what the pool is built from."""
@@ -129,7 +131,10 @@ def choose(cfg: Config, *, gflop: float, environ: Mapping[str, str] = os.environ
             return Placement("in-process", "", 0, 0.0, 0.0, "no Ray cluster; this process has a GPU", "cuda")
         if cpus < LOCAL_RAY_MIN_CPUS or gflop < HEAVY_GFLOP:
             why = (f"{cpus} cores" if cpus < LOCAL_RAY_MIN_CPUS else f"light work: ~{gflop:.2g} GFLOP per generation")
-            return Placement("in-process", "", 0, 0.0, 0.0, f"no Ray cluster; {why}", local_device)
+            # on a few cores shared with other work, a team of OpenMP threads waits for its slowest member
+            # at every step: one thread was 5x faster than two under load (docs/cluster.md)
+            return Placement("in-process", "", 0, 0.0, 0.0, f"no Ray cluster; {why}", local_device,
+                             threads=1 if cpus < LOCAL_RAY_MIN_CPUS else 0)
         n, each = _cpu_actors([cpus])
         return Placement("local Ray", "local", n, each, 0.0,
                          f"no Ray cluster; {cpus} cores and ~{gflop:.3g} GFLOP per generation")

@@ -131,6 +131,9 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
         evaluator = Evaluator(cfg, placement.device, spec=evaluator.spec)
     evaluate, pool, placement = _make_evaluate(cfg, placement, tracker, evaluator, out)
     status = "FAILED"
+    threads = torch.get_num_threads()
+    if placement.threads and placement.device == "cpu":
+        torch.set_num_threads(placement.threads)      # restored when the run ends
     try:
         if resume is not None:
             tracker.resume_run(resume["mlflow_run_id"])
@@ -231,6 +234,7 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
         status = "KILLED"
         raise
     finally:
+        torch.set_num_threads(threads)
         if pool is not None:
             pool.shutdown()
         if tracker.run_id is not None:
