@@ -159,10 +159,15 @@ class SearchConfig:
 class RayConfig:
     """Parallel evaluation on Ray actors."""
 
-    num_actors: int = _f(0, "evaluation actors; 0 = evaluate in this process", min=0)
+    num_actors: Union[Literal["auto"], int] = _f(
+        "auto", "evaluation actors; 0 = evaluate in this process; auto = decided from what is there (a Ray "
+                "cluster to join: one actor per GPU, else one per few CPUs; no cluster: in-process, or a local "
+                "Ray when the machine has several cores and a generation is heavy); see docs/cluster.md", min=0)
     num_cpus_per_actor: float = _f(1.0, "CPUs reserved by each actor", min=0.0)
     num_gpus_per_actor: float = _f(0.0, "GPUs per actor (fractions share one GPU's memory)", min=0.0)
-    address: str = _f("", "empty = start a local Ray; 'auto' = join the running cluster; or host:port")
+    address: Optional[str] = _f(None, "null = join $RAY_ADDRESS or the cluster `ray start` runs on this node if "
+                                      "there is one, else no Ray unless it pays; '' = a private local Ray; "
+                                      "'auto' = join the running cluster (fail if none); or host:port")
 
 
 @dataclass(frozen=True)
@@ -447,7 +452,7 @@ def _type_name(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(hint) else "")
     if origin is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -464,10 +469,18 @@ def _check_value(key: str, value: Any, hint: Any, meta: Any) -> Any:
 
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        if value is None:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
             return None
-        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
-        return _check_value(key, value, inner, meta)
+        inner = [a for a in args if a is not type(None)]
+        for a in inner[:-1]:          # e.g. Union[Literal["auto"], int]: the first type that accepts it
+            try:
+                return _check_value(key, value, a, meta)
+            except ConfigError:
+                pass
+        if len(inner) > 1 and not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad(f"expected {_type_name(hint)}")
+        return _check_value(key, value, inner[-1], meta)
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -551,6 +564,6 @@ def _check_section(cfg: Any, prefix: str) -> None:
         if cfg.search.distributed and cfg.search.algorithm not in ("pgpe", "snes", "cem"):
             raise ConfigError(f"search.distributed=true is invalid with search.algorithm={cfg.search.algorithm!r}: "
                               f"only pgpe, snes and cem estimate gradients in actors")
-        if cfg.search.distributed and cfg.ray.num_actors < 1:
+        if cfg.search.distributed and (cfg.ray.num_actors == "auto" or cfg.ray.num_actors < 1):
             raise ConfigError("search.distributed=true needs ray.num_actors >= 1 (the gradients are "
                               "estimated inside the actors)")

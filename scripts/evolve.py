@@ -18,6 +18,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; ``argv`` without the program name (default: ``sys.argv[1:]``)."""
     p = parser("Evolve local plasticity rules and feedback weights with an evolution strategy.", "evolve.py")
     p.add_argument("--resume", metavar="RUN", help="MLflow run id or checkpoint path to continue")
     p.add_argument("--print-every", type=int, default=0, metavar="N",

@@ -1,6 +1,7 @@
 """Ray for real: a local cluster, actor-count determinism, a lost actor, impossible resources."""
 
 import math
+import os
 import threading
 import time
 
@@ -24,13 +25,23 @@ def local_ray():
     ray.shutdown()
 
 
-def test_same_fitness_history_with_0_1_2_actors(local_ray, store):
+def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)      # the module's Ray has 2 CPUs, whatever the machine
     runs = {}
-    for actors in (0, 1, 2):
-        cfg = load_config(None, TINY + ["search.generations=12", f"ray.num_actors={actors}"])
-        runs[actors] = run_evolution(cfg, out=quiet)
+    lines = {}
+    # 'auto': no cluster to join -> in-process; "auto, ray.address=''": a private local Ray, here the
+    # module's (2 CPUs) -> one actor of 2 CPUs
+    for actors, extra in ((0, []), (1, []), (2, []), ("auto", []), ("auto-local", ["ray.address=''"])):
+        cfg = load_config(None, TINY + ["search.generations=12", f"ray.num_actors={str(actors)[:4]}"] + extra)
+        lines[actors] = []
+        runs[actors] = run_evolution(cfg, out=lines[actors].append)
+        lines[actors] = [line for line in lines[actors] if line.startswith("evoplast: run ")]   # the first line
+    assert lines["auto"][0].endswith("in-process on cpu, 1 thread (no Ray cluster; 2 cores)") or "light work" in lines["auto"][0]
+    assert lines["auto-local"][0].endswith("local Ray: 1 Ray actors x 2 CPU (ray.address='': 2 cores)"), lines["auto-local"][0]
+    assert lines[2][0].endswith("local Ray: 2 Ray actors x 1 CPU (ray.num_actors=2, no Ray cluster)"), lines[2][0]
     ref = runs[0]
-    for actors in (1, 2):
+    for actors in (1, 2, "auto", "auto-local"):
         # tolerance: exact. Each genome's lifetime is computed alone in its slice of the batch, with the
         # same kernels whatever the slice size, so the fitness bits do not depend on the split.
         assert [h["best"] for h in runs[actors].history] == [h["best"] for h in ref.history]
@@ -70,6 +81,35 @@ def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(loc
         pool.shutdown()
 
 
+@pytest.mark.parametrize("algorithm", ["pgpe", "snes"])
+def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
+    """PGPE / SNES: the actors get the search distribution and the seed (O(D)), not the genomes (O(P*D)),
+    and the fitness is the in-process fitness, bit for bit, over several generations."""
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    cfg = load_config(None, TINY + [f"search.algorithm={algorithm}", "search.popsize=16", "ray.num_actors=2"])
+    ev = Evaluator(cfg)
+    pool = RayPool(cfg)
+    sent = []
+
+    def evaluate(genomes, generation, recipe=None):
+        fitness, nonfinite = pool.evaluate(genomes, generation, recipe=recipe)
+        expected, _ = ev.fitness(genomes, generation)
+        assert torch.equal(fitness, expected)
+        sent.append(dict(pool.last_bytes))
+        return fitness, nonfinite
+
+    try:
+        trainer = EvolutionTrainer(cfg, evaluate, ev.spec.initial_vector(), recipes=True)
+        for _ in range(3):
+            trainer.step()
+    finally:
+        pool.shutdown()
+    d = ev.spec.dim
+    assert sent == [{"recipe": 2 * d * 4, "genomes": 0}] * 3, (sent, d)    # mu and sigma, float32
+    assert pool.use_recipes
+
+
 def test_impossible_resources_fail_fast_with_one_line(local_ray):
     cfg = load_config(None, TINY + ["ray.num_actors=1", "ray.num_gpus_per_actor=4"])
     t0 = time.perf_counter()
@@ -82,7 +122,8 @@ def test_impossible_resources_fail_fast_with_one_line(local_ray):
 def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
     cfg = load_config(None, TINY + ["ray.num_actors=3", "ray.num_cpus_per_actor=2"])  # 2 CPUs in the cluster
     t0 = time.perf_counter()
-    with pytest.raises(RayUnavailable, match=r"only [01] of 3 Ray actors started within 8 s: .* 2 CPU"):
+    with pytest.raises(RayUnavailable, match=r"[23] of 3 Ray actors could not be placed within 8 s: no node has room "
+                                             r"for an actor of 2 CPU"):
         RayPool(cfg, start_timeout=8)
     assert time.perf_counter() - t0 < 30
     # the actors that did start were given back: a feasible pool starts afterwards

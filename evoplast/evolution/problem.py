@@ -44,6 +44,8 @@ class LifetimeProblem(Problem):
         self.last_nonfinite = 0
         self.last_fitness = torch.zeros(0)   # fitness of the last evaluation (all actors' in distributed mode)
         self._evaluate_fn = evaluate
+        # set by the trainer when ``evaluate`` takes ``recipe=`` (a Ray pool): () -> PopulationRecipe or None
+        self.recipe_source: Optional[Callable[[int, int], object]] = None
 
     def begin_generation(self, generation: int) -> None:
         """Set the generation (its episodes) and reseed the search's sampler from ``(seed, generation)``."""
@@ -58,7 +60,13 @@ class LifetimeProblem(Problem):
         # EvoTorch hands out a ReadOnlyTensor subclass whose __torch_function__ would tax every op of the
         # lifetime (measured 2x); the lifetime gets a plain tensor
         genomes = batch.values.detach().cpu().as_subclass(torch.Tensor)
-        fitness, nonfinite = self._evaluate_fn(genomes, self.generation)
+        recipe = None
+        if self.recipe_source is not None:   # the population as (distribution, seed): O(D) to the actors
+            recipe = self.recipe_source(len(genomes), derive_seed(self.cfg.seed, Purpose.SEARCH, self.generation))
+        if recipe is not None:
+            fitness, nonfinite = self._evaluate_fn(genomes, self.generation, recipe=recipe)
+        else:
+            fitness, nonfinite = self._evaluate_fn(genomes, self.generation)
         self.last_nonfinite = int(nonfinite.sum())
         self.last_fitness = fitness.detach().cpu()
         batch.set_evals(fitness.to(batch.values.dtype))

@@ -42,11 +42,12 @@ def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
         return
     common = dict(include_dashboard=include_dashboard, logging_level="WARNING", log_to_driver=True,
                   configure_logging=True)
-    address = cfg.address.strip()
-    if address == "":
+    address = (cfg.address or "").strip()
+    if address in ("", "local"):
         num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         # address="local": always a new local Ray, never a cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(np.ceil(cfg.num_actors * cfg.num_cpus_per_actor))),
+        actors = cfg.num_actors if isinstance(cfg.num_actors, int) else 0
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(np.ceil(actors * cfg.num_cpus_per_actor))),
                  num_gpus=num_gpus, **common)
         return
     if address != "auto" and not address.startswith("ray://"):
@@ -67,24 +68,39 @@ def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
                              f"local Ray") from None
 
 
-class EvaluatorActor:
-    """Ray actor body: one evaluator on the actor's device, built from the config dict."""
+START_DELAY_ENV = "EVOPLAST_TEST_ACTOR_START_DELAY"   # tests only: seconds each actor sleeps as it starts
 
-    def __init__(self, cfg_dict: dict, num_threads: int):
+
+class EvaluatorActor:
+    """Ray actor body: one evaluator on the actor's device, built from the config dict.
+
+    Asked for a GPU (``ray.num_gpus_per_actor > 0``) it evaluates on ``cuda``; when Ray assigned it a
+    GPU but this process has no CUDA (a node that advertises GPUs it cannot use, or a CPU build of
+    torch) it falls back to the CPU and says so in :meth:`info` (``fallback``).
+    """
+
+    def __init__(self, cfg_dict: dict, num_threads: int, start_delay: float = 0.0):
         import ray
 
         from ..config import from_dict
         from ..evaluation import Evaluator
 
+        if start_delay > 0:         # a machine too busy to start actors quickly (tests)
+            time.sleep(start_delay)
         torch.set_num_threads(max(1, num_threads))
-        use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-        self.evaluator = Evaluator(from_dict(cfg_dict), "cuda" if use_gpu else "cpu")
+        gpus = ray.get_gpu_ids()
+        cuda = torch.cuda.is_available()
+        self.fallback = ""
+        if gpus and not cuda:
+            self.fallback = (f"GPU {','.join(str(g) for g in gpus)} assigned by Ray but no CUDA in this process "
+                             f"(torch {torch.__version__}): evaluating on the CPU")
+        self.evaluator = Evaluator(from_dict(cfg_dict), "cuda" if gpus and cuda else "cpu")
 
     def info(self) -> dict:
         import ray
 
         return {"device": str(self.evaluator.device), "node_id": ray.get_runtime_context().get_node_id(),
-                "pid": os.getpid()}
+                "pid": os.getpid(), "fallback": self.fallback}
 
     def fitness(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """``(fitness, nonfinite, seconds of compute in this actor)``."""
@@ -92,37 +108,59 @@ class EvaluatorActor:
         fitness, nonfinite = self.evaluator.fitness(genomes, generation)
         return fitness, nonfinite, time.perf_counter() - t0
 
+    def fitness_of_recipe(self, recipe, start: int, stop: int,
+                          generation: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+        """Rows ``start:stop`` of the population ``recipe`` regenerates; also their :func:`checksum`."""
+        from .sampling import checksum
+
+        t0 = time.perf_counter()
+        genomes = recipe.sample()[start:stop]
+        fitness, nonfinite = self.evaluator.fitness(genomes, generation)
+        return fitness, nonfinite, time.perf_counter() - t0, checksum(genomes)
+
 
 class RayPool:
     """``num_actors`` evaluator actors; :meth:`evaluate` has the signature the problem expects.
 
     Args:
-        cfg: the run's config (``cfg.ray`` sets actors, CPUs and GPUs per actor).
-        start_timeout: seconds to wait for actors to be placed and started before giving up with a
-            message naming the resources that could not be found.
-        replace_timeout: the same for the replacement of a lost actor. Longer: when the lost actor's
-            node is gone and no other node has room, an autoscaling cluster launches and sets up a new
-            node first (minutes on AWS).
+        cfg: the run's config with integer ``ray.*`` (``Placement.apply``): actors, CPUs and GPUs each.
+        start_timeout: seconds an actor may wait to be *placed* (a node with room for it) before the
+            pool gives up with a message naming the resources it could not find. Resources that no node
+            has at all are refused at once, before any actor is created.
+        start_bound: seconds a *placed* actor may take to start (imports, the evaluator, a kernel
+            build): generous, since a busy machine makes the start slower, not wrong.
+        replace_timeout: the placement wait for the replacement of a lost actor. Longer: when the lost
+            actor's node is gone and no other node has room, an autoscaling cluster launches and sets up
+            a new node first (minutes on AWS).
         max_retries: how many times one slice may lose its actor in one generation (a replacement
             that dies before it starts counts too) before :meth:`evaluate` gives up.
         on_event: called with ``(kind, details)`` when an actor is lost (``actor_lost``) or replaced
-            (``actor_replaced``, with the new actor's ``node_id``, ``device`` and ``pid``); ``details``
-            always has ``generation``, ``actor`` (slice index) and ``retry`` (losses of that slice so far
-            in this generation).
+            (``actor_replaced``, with the new actor's ``node_id``, ``device`` and ``pid``), or when a
+            regenerated slice differs from the driver's (``recipe_mismatch``); ``details`` always has
+            ``generation``, ``actor`` (slice index) and ``retry`` (losses of that slice so far in this
+            generation).
+        progress: called with a line while actors start (every ``progress_every`` s).
 
-    ``actor_info[i]`` is ``{"device", "node_id", "pid"}`` of actor ``i``, kept current across replacements.
+    ``actor_info[i]`` is ``{"device", "node_id", "pid", "fallback"}`` of actor ``i``, kept current across
+    replacements. ``last_bytes`` counts what the last :meth:`evaluate` sent to the actors.
     """
 
-    def __init__(self, cfg: Config, *, start_timeout: float = 120.0, replace_timeout: float = 900.0,
-                 max_retries: int = 3, on_event: Optional[Callable[[str, dict], None]] = None):
+    def __init__(self, cfg: Config, *, start_timeout: float = 120.0, start_bound: float = 1800.0,
+                 replace_timeout: float = 900.0, max_retries: int = 3,
+                 on_event: Optional[Callable[[str, dict], None]] = None,
+                 progress: Optional[Callable[[str], None]] = None, progress_every: float = 10.0):
         import ray
 
         self.cfg = cfg
         self.start_timeout = start_timeout
+        self.start_bound = start_bound
         self.replace_timeout = replace_timeout
         self.max_retries = max_retries
         self.on_event = on_event or (lambda kind, details: None)
+        self.progress = progress or (lambda line: None)
+        self.progress_every = progress_every
         self._cfg_dict = to_dict(cfg)
+        self._start_delay = float(os.environ.get(START_DELAY_ENV, "0") or 0)
         rc = cfg.ray
         self._check_feasible(rc)
         self._remote = ray.remote(EvaluatorActor).options(
@@ -131,9 +169,11 @@ class RayPool:
         self.actors = [self._new_actor() for _ in range(rc.num_actors)]
         self.actor_info = self._wait_ready(self.actors, self.start_timeout)
         self.last_timing: dict[str, float] = {}   # wall and slowest actor's compute of the last evaluate
+        self.last_bytes: dict[str, int] = {}      # what the last evaluate sent: genomes or a recipe
+        self.use_recipes = True                   # off after a regenerated slice differed (never seen)
 
     def _new_actor(self):
-        return self._remote.remote(self._cfg_dict, max(1, int(self.cfg.ray.num_cpus_per_actor)))
+        return self._remote.remote(self._cfg_dict, max(1, int(self.cfg.ray.num_cpus_per_actor)), self._start_delay)
 
     @staticmethod
     def _check_feasible(rc: RayConfig) -> None:
@@ -150,44 +190,106 @@ class RayPool:
                                  f"has more than {max_cpus:g} CPUs; lower it")
 
     def _wait_ready(self, actors, timeout: float) -> list[dict]:
+        """Wait until every actor answers. An actor not yet *placed* on a node after ``timeout`` s ends
+        the wait with "cannot be placed"; a placed one that is still starting is waited for up to
+        ``start_bound`` s, with a progress line that says so."""
         import ray
 
         refs = [a.info.remote() for a in actors]
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        if pending:
-            rc = self.cfg.ray
-            free = ray.available_resources()
-            for a in actors:   # give their resources back
-                ray.kill(a)
-            raise RayUnavailable(
-                f"only {len(ready)} of {len(refs)} Ray actors started within {timeout:g} s: the cluster "
-                f"cannot place actors of {rc.num_cpus_per_actor:g} CPU / {rc.num_gpus_per_actor:g} GPU "
-                f"({free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free); lower ray.num_actors or the "
-                f"per-actor resources")
+        index = {ref: i for i, ref in enumerate(refs)}
+        t0 = time.perf_counter()
+        pending = list(refs)
+        next_line = t0 + self.progress_every
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(1.0, self.progress_every))
+            if not pending:
+                break
+            now = time.perf_counter()
+            placed = [_placed(actors[index[r]]) for r in pending]
+            waiting = sum(1 for p in placed if p is False)       # no node has given it room yet
+            starting = len(pending) - waiting
+            if waiting and now - t0 > timeout:
+                self._give_back(actors)
+                rc, free = self.cfg.ray, ray.available_resources()
+                raise RayUnavailable(
+                    f"{waiting} of {len(refs)} Ray actors could not be placed within {timeout:g} s: no node has "
+                    f"room for an actor of {rc.num_cpus_per_actor:g} CPU / {rc.num_gpus_per_actor:g} GPU "
+                    f"({free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free); lower ray.num_actors or "
+                    f"the per-actor resources")
+            if now - t0 > self.start_bound:
+                self._give_back(actors)
+                raise RayUnavailable(
+                    f"{starting} of {len(refs)} Ray actors were placed but still had not started after "
+                    f"{self.start_bound:g} s (imports, evaluator, kernel build); the nodes are overloaded or "
+                    f"their Python environment is broken: see the Ray logs")
+            if now >= next_line:
+                next_line = now + self.progress_every
+                self.progress(f"evoplast: waiting for Ray actors ({now - t0:.0f} s): {len(refs) - len(pending)} of "
+                              f"{len(refs)} ready, {starting} placed and still starting (imports, evaluator)"
+                              + (f", {waiting} waiting for a node with room" if waiting else ""))
         return ray.get(refs)
 
-    def evaluate(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fitness ``[P]`` and non-finite flags ``[P]`` of ``genomes [P, D]``, slice per actor."""
+    @staticmethod
+    def _give_back(actors) -> None:
         import ray
+
+        for a in actors:   # give their resources back
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    def evaluate(self, genomes: torch.Tensor, generation: int,
+                 recipe=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fitness ``[P]`` and non-finite flags ``[P]`` of ``genomes [P, D]``, slice per actor.
+
+        With ``recipe`` (:class:`~evoplast.evolution.sampling.PopulationRecipe` of ``genomes``) the
+        actors get the recipe once, through the object store, and each regenerates its slice: O(D)
+        moved per generation instead of O(P·D). Each slice's checksum is compared with the driver's; a
+        slice that differs is evaluated again from the genomes themselves (and recipes are turned off).
+        """
+        import ray
+
+        from .sampling import checksum
 
         t0 = time.perf_counter()
         bounds = np.linspace(0, genomes.shape[0], len(self.actors) + 1).round().astype(int)
-        slices = [genomes[bounds[i]:bounds[i + 1]] for i in range(len(self.actors))]
+        # copies, not views: a view is serialized with its whole storage, i.e. every actor would receive
+        # the whole population (measured: 2 actors, P=512, D=91,505 -> 375 MB instead of 187 MB)
+        slices = [genomes[bounds[i]:bounds[i + 1]].clone() for i in range(len(self.actors))]
         results: list = [None] * len(slices)
         retries = [0] * len(slices)
-        pending = {self.actors[i].fitness.remote(s, generation): i for i, s in enumerate(slices) if len(s)}
+        use_recipe = recipe is not None and self.use_recipes and recipe.popsize == genomes.shape[0]
+        recipe_ref = ray.put(recipe) if use_recipe else None
+        self.last_bytes = ({"recipe": recipe.nbytes, "genomes": 0} if use_recipe else
+                           {"recipe": 0, "genomes": sum(s.numel() * s.element_size() for s in slices)})
+
+        def submit(i: int, by_recipe: bool):
+            if by_recipe:
+                return self.actors[i].fitness_of_recipe.remote(recipe_ref, int(bounds[i]), int(bounds[i + 1]), generation)
+            return self.actors[i].fitness.remote(slices[i], generation)
+
+        pending = {submit(i, use_recipe): (i, use_recipe) for i, s in enumerate(slices) if len(s)}
         for i, s in enumerate(slices):
             if not len(s):
                 results[i] = (torch.zeros(0), torch.zeros(0, dtype=torch.bool), 0.0)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                i = pending.pop(ref)
+                i, by_recipe = pending.pop(ref)
                 try:
-                    results[i] = ray.get(ref)
+                    result = ray.get(ref)
                 except _lost_errors() as exc:
                     retries[i] = self._replace(i, generation, retries[i], exc)
-                    pending[self.actors[i].fitness.remote(slices[i], generation)] = i
+                    pending[submit(i, by_recipe)] = (i, by_recipe)
+                    continue
+                if by_recipe and result[3] != checksum(slices[i]):
+                    self.use_recipes = False
+                    self.on_event("recipe_mismatch", {"generation": generation, "actor": i, "retry": retries[i]})
+                    self.last_bytes["genomes"] += slices[i].numel() * slices[i].element_size()
+                    pending[submit(i, False)] = (i, False)
+                    continue
+                results[i] = result[:3]
         self.last_timing = {"wall": time.perf_counter() - t0, "compute_max": max(r[2] for r in results)}
         return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
@@ -223,6 +325,7 @@ class RayPool:
             return retries
 
     def shutdown(self) -> None:
+        """Kill the actors (their resources go back to the cluster)."""
         import ray
 
         for a in self.actors:
@@ -242,3 +345,19 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
     from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 
     return (RayActorError, NodeDiedError, ObjectLostError, WorkerCrashedError)
+
+
+def _placed(actor) -> Optional[bool]:
+    """Whether Ray has placed ``actor`` on a node (its worker process is leased there, starting or
+    alive): from the GCS's actor table. None when the table cannot be read (then: assume starting)."""
+    try:
+        from ray._private.state import actors as actor_table
+
+        entry = actor_table(actor_id=actor._actor_id.hex())
+    except Exception:  # noqa: BLE001 - a private API of Ray; without it, do not claim "cannot be placed"
+        return None
+    if not entry:
+        return False
+    # a worker process is leased to it (its pid is known) once a node has given it room; before that the
+    # entry names at most the node whose queue it waits in
+    return entry.get("State") == "ALIVE" or bool(entry.get("Pid"))

@@ -25,6 +25,7 @@ from ..evaluation import Evaluator
 from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..preflight import preflight
 from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
+from .placement import Placement, choose, generation_gflop, size
 from .trainer import EvolutionTrainer
 
 # Keys that may change when a run is resumed; anything else would make it a different experiment.
@@ -197,14 +198,22 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
     # ---- checks before any compute: tracking store, Ray and its actors; only then an MLflow run ----
     tracker = Tracker(uri)
     out(f"evoplast: setting up ({'resuming run ' + str(resume.get('mlflow_run_id')) if resume is not None else 'a new run'}, "
-        f"tracking in {tracker.shown_uri}, {cfg.ray.num_actors} Ray actors)")
+        f"tracking in {tracker.shown_uri})")
     if resume is not None:
         if "mlflow_run_id" not in resume or "trainer" not in resume:
             raise CheckpointError("the checkpoint has no mlflow_run_id or trainer: it cannot be resumed")
         tracker.get_run(resume["mlflow_run_id"])
-    evaluator = Evaluator(cfg, _local_device(cfg) if cfg.ray.num_actors == 0 else "cpu")
-    evaluate, pool = _make_evaluate(cfg, tracker, evaluator)
+    # where to evaluate (placement.py); the driver's evaluator (held-out reports, in-process fitness) is
+    # built first: on a CPU it builds the fused kernel, once, before any actor starts and loads it
+    evaluator = Evaluator(cfg, "cpu")
+    placement = choose(cfg, gflop=generation_gflop(cfg, evaluator.spec.model.sizes), cuda=torch.cuda.is_available())
+    if placement.where == "in-process" and placement.device != "cpu":
+        evaluator = Evaluator(cfg, placement.device, spec=evaluator.spec)
+    evaluate, pool, placement = _make_evaluate(cfg, placement, tracker, evaluator, out)
     stop.reinstall()
+    threads = torch.get_num_threads()
+    if placement.threads and placement.device == "cpu":
+        torch.set_num_threads(placement.threads)      # restored when the run ends
     status: Optional[str] = None           # the run's status at the end; None: leave the run as it was
     trainer: Optional[EvolutionTrainer] = None
     heldout: list[dict[str, float]] = []
@@ -231,7 +240,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
 
     try:
         center0 = evaluator.spec.initial_vector()
-        trainer = EvolutionTrainer(cfg, evaluate, center0)
+        trainer = EvolutionTrainer(cfg, evaluate, center0, recipes=pool is not None)
         if resume is not None:          # the state must fit before the run is touched
             try:
                 trainer.load_state_dict(resume["trainer"])
@@ -247,16 +256,28 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
             tracker.start_run(cfg.tracking.experiment, cfg.tracking.run_name)
             status = "FAILED"
             tracker.log_params({**flatten(cfg), **environment_params()})
+            tracker.log_params(placement.params())
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "config.yaml").write_text(to_yaml(cfg))
                 tracker.log_artifact(Path(tmp) / "config.yaml")
         ckpt_path = Path(cfg.checkpoint.dir) / tracker.run_id / "latest.pt"
+        if resume is not None:   # a resumed run may be placed elsewhere: its params stay the first placement's
+            tracker.set_tags({f"evoplast.placement.resumed.{resume['trainer']['generation']}":
+                              json.dumps(placement.params())})
         if pool is not None:   # where each slice is evaluated; replacements update their actor's tag
             tracker.set_tags({f"evoplast.actor.{i}": _actor_tag(info) for i, info in enumerate(pool.actor_info)})
+            fallbacks = {i: info["fallback"] for i, info in enumerate(pool.actor_info) if info.get("fallback")}
+            if fallbacks:
+                tracker.set_tags({"evoplast.gpu_fallback": json.dumps(fallbacks)})
         out(f"evoplast: run {tracker.run_id} | genome of {evaluator.spec.dim} numbers "
             f"({', '.join(s.name for s in evaluator.spec.evolved)[:90]}...) | {cfg.search.algorithm} "
             f"popsize {cfg.search.popsize} | {cfg.evaluation.episodes} episodes/genome | "
-            f"{'in-process on ' + str(evaluator.device) if pool is None and not cfg.search.distributed else str(cfg.ray.num_actors) + ' Ray actors'}")
+            f"{placement.describe()}")
+        if pool is not None:
+            for i, info in enumerate(pool.actor_info):
+                if info.get("fallback"):
+                    out(f"evoplast: actor {i} (node {info['node_id'][:8]}): CPU fallback: {info['fallback']} "
+                        f"(MLflow tag evoplast.gpu_fallback)")
         if resume is not None:
             out(f"evoplast: resumed at generation {trainer.generation}")
 
@@ -345,6 +366,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         status = "KILLED" if status is not None else None
         raise
     finally:
+        torch.set_num_threads(threads)
         if pool is not None:
             pool.shutdown()
         if tracker.run_id is not None and status is not None:
@@ -358,19 +380,26 @@ class _StopAfter(Exception):
     """``stop_after`` generations are done: stop as if interrupted."""
 
 
-def _local_device(cfg: Config) -> str:
-    return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+def _make_evaluate(cfg: Config, placement: Placement, tracker: Tracker, evaluator: Evaluator,
+                   out: Callable[[str], None]):
+    """``(evaluate, pool, placement)``: in-process, a Ray pool, or (distributed) EvoTorch's own actors.
+    On a cluster the placement is completed from its nodes (:func:`~evoplast.evolution.placement.size`)."""
+    if placement.where == "in-process":
+        return evaluator.fitness, None, placement
+    from dataclasses import replace
 
+    import ray
 
-def _make_evaluate(cfg: Config, tracker: Tracker, evaluator: Evaluator):
-    """The fitness function: in-process, a Ray pool, or (distributed) EvoTorch's own actors."""
-    if cfg.ray.num_actors == 0 and not cfg.search.distributed:
-        return evaluator.fitness, None
-    from .ray_pool import RayPool, init_ray
+    from .ray_pool import RayPool, RayUnavailable, init_ray
 
-    init_ray(cfg.ray)
+    init_ray(replace(cfg.ray, address=placement.address))
+    if placement.where == "cluster":
+        try:
+            placement = size(placement, ray.nodes(), cpus_per_gpu_actor=cfg.ray.num_cpus_per_actor)
+        except ValueError as exc:
+            raise RayUnavailable(f"{exc} (cluster {placement.address})") from None
     if cfg.search.distributed:
-        return None, None
+        return None, None, placement
 
     def on_event(kind: str, details: dict) -> None:
         # one tag per event: evoplast.event.<kind>.<generation>.<actor>.<retry> = the details as JSON
@@ -381,13 +410,14 @@ def _make_evaluate(cfg: Config, tracker: Tracker, evaluator: Evaluator):
         tracker.set_tags(tags)
         print(f"evoplast: {kind.replace('_', ' ')}: {details}")
 
-    pool = RayPool(cfg, on_event=on_event)
-    return pool.evaluate, pool
+    pool = RayPool(placement.apply(cfg), on_event=on_event, progress=out)
+    return pool.evaluate, pool, placement
 
 
 def _actor_tag(info: dict) -> str:
     """MLflow tag value of one evaluator actor: ``{"node_id": ..., "device": ..., "pid": ...}`` as JSON."""
-    return json.dumps({k: info.get(k) for k in ("node_id", "device", "pid")})
+    return json.dumps({k: info.get(k) for k in ("node_id", "device", "pid")} |
+                      ({"fallback": info["fallback"]} if info.get("fallback") else {}))
 
 
 def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, trainer: EvolutionTrainer,

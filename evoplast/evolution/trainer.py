@@ -25,15 +25,23 @@ class EvolutionTrainer:
         evaluate: fitness function ``(genomes [P, D], generation) -> (fitness [P], nonfinite [P])``;
             ignored in EvoTorch's distributed mode, where EvoTorch's actors evaluate.
         center: ``[D]`` initial center of the search distribution.
+        recipes: ``evaluate`` also takes ``recipe=`` (a :class:`~evoplast.evolution.ray_pool.RayPool`):
+            for searchers that sample from a separable Gaussian (PGPE, SNES, CEM) each generation is
+            also described by its :class:`~evoplast.evolution.sampling.PopulationRecipe`, so that the
+            actors regenerate their slices instead of receiving them.
     """
 
-    def __init__(self, cfg: Config, evaluate: Optional[EvaluateFn], center: torch.Tensor):
+    def __init__(self, cfg: Config, evaluate: Optional[EvaluateFn], center: torch.Tensor, *, recipes: bool = False):
         self.cfg = cfg
         distributed = cfg.search.distributed
         self.problem = LifetimeProblem(cfg, center.numel(), None if distributed else evaluate,
                                        num_actors=cfg.ray.num_actors if distributed else None,
                                        num_gpus_per_actor=cfg.ray.num_gpus_per_actor if distributed else None)
         self.searcher = make_searcher(self.problem, cfg.search, center.to(torch.float32))
+        if recipes and not distributed:
+            from .sampling import recipe_of
+
+            self.problem.recipe_source = lambda popsize, seed: recipe_of(self.searcher, popsize, seed)
         self.generation = 0          # generations completed
         self.history: list[dict[str, float]] = []
 
