@@ -73,6 +73,10 @@ def memory_estimate(cfg: Config) -> MemoryEstimate:
     # an evaluating process decodes its whole slice [P_slice, model], then runs P_chunk x K lifetimes, each
     # holding its weights and their update
     actors = cfg.ray.num_actors
+    if actors == "auto":            # decided later (evolution/placement.py): in-process unless there is a cluster
+        from .evolution.placement import detect_cluster
+
+        actors = 1 if cfg.ray.address or (cfg.ray.address is None and detect_cluster()[0]) else 0
     slice_ = math.ceil(p / actors) if actors else p
     chunk = min(cfg.evaluation.chunk_size or slice_, slice_)
     evaluator = (slice_ * model + 2 * chunk * cfg.evaluation.episodes * weights) * FLOAT
