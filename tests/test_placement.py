@@ -247,8 +247,9 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
         assert "waiting for a node" not in " ".join(lines)
     finally:
         pool.shutdown()
-    # and the whole command: the run waits and finishes
-    monkeypatch.setenv(START_DELAY_ENV, "7")
+    # and the whole command: the run waits and finishes (a delay past the pool's 10 s between progress lines,
+    # so that a line is due however fast the machine imports)
+    monkeypatch.setenv(START_DELAY_ENV, "12")
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     out = []
     from evoplast.evolution.run import run_evolution
@@ -256,7 +257,7 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
     result = run_evolution(load_config(f"{REPO}/configs/default.yaml", TINY + ["search.generations=2"]), out=out.append)
     assert result.status == "FINISHED" and result.generations == 2
     waiting = [line for line in out if line.startswith("evoplast: waiting for Ray actors")]
-    assert waiting and "placed and still starting" in waiting[0], out
+    assert waiting and "placed and still starting" in waiting[0], "\n".join(out)
 
 
 @pytest.mark.slow
