@@ -16,30 +16,24 @@ import torch
 
 from .stats import format_interval, mean_ci, paired_ci
 
-# (report key, label): the learners of a regression report, the evolved rule first
-REGRESSION = (
-    ("loss", "evolved rule"),
-    ("loss_plasticity_off", "same genome, plasticity off"),
-    ("input_only", "best input-only predictor (fitted on training episodes, no learning)"),
-    ("sgd_plastic_weights", "online SGD of the plastic weights only, same initial weights"),
-    ("sgd_same_init", "online SGD of every weight and bias, same initial weights"),
-    ("fa_same_init", "feedback alignment, same initial weights"),
-    ("sgd_seed_init", "online SGD, seed's random initial weights"),
-    ("sgd_iid_same_init", "online SGD on the shuffled (iid) stream, same initial weights"),
-    ("oml", "OML: meta-learned init, SGD of the head (equal meta-compute)"),
-)
-CLASSIFICATION = (
-    ("accuracy", "evolved rule"),
-    ("accuracy_plasticity_off", "same genome, plasticity off"),
-    ("input_only", "best input-only predictor (fitted on training episodes, no learning)"),
-    ("prototype", "nearest class mean on the initial features (prototypes)"),
-    ("sgd_plastic_weights", "online SGD of the plastic weights only, same initial weights"),
-    ("sgd_same_init", "online SGD of every weight and bias, same initial weights"),
-    ("fa_same_init", "feedback alignment, same initial weights"),
-    ("sgd_seed_init", "online SGD, seed's random initial weights"),
-    ("sgd_iid_same_init", "online SGD on the shuffled (iid) stream, same initial weights"),
-    ("oml", "OML: meta-learned init, SGD of the head (equal meta-compute)"),
-)
+# (report key, label) of every learner a report can carry
+_LABELS = {
+    "loss": "evolved rule", "accuracy": "evolved rule",
+    "loss_plasticity_off": "same genome, plasticity off", "accuracy_plasticity_off": "same genome, plasticity off",
+    "input_only": "best input-only predictor (fitted on training episodes, no learning)",
+    "prototype": "nearest class mean on the initial features (prototypes)",
+    "sgd_plastic_weights": "online SGD of the plastic weights only, same initial weights",
+    "sgd_same_init": "online SGD of every weight and bias, same initial weights",
+    "fa_same_init": "feedback alignment, same initial weights",
+    "sgd_seed_init": "online SGD, seed's random initial weights",
+    "sgd_iid_same_init": "online SGD on the shuffled (iid) stream, same initial weights",
+    "oml": "OML: meta-learned init, SGD of the head (equal meta-compute)",
+}
+_BASELINES = ("sgd_plastic_weights", "sgd_same_init", "fa_same_init", "sgd_seed_init", "sgd_iid_same_init", "oml")
+# the learners of a regression / classification report, the evolved rule first
+REGRESSION = tuple((k, _LABELS[k]) for k in ("loss", "loss_plasticity_off", "input_only", *_BASELINES))
+CLASSIFICATION = tuple((k, _LABELS[k]) for k in ("accuracy", "accuracy_plasticity_off", "input_only", "prototype",
+                                                 *_BASELINES))
 MEASURES = (("learning_gain", "learning gain (plasticity off − on)"),
             ("episode_gain", "episode-specific gain (other episode's tasks − own)"))
 TRANSFER = (("transfer_long", "4× longer stream"), ("transfer_wide", "4× larger batches"),

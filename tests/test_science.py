@@ -259,7 +259,7 @@ def test_seeds_script_refuses_one_seed(store, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [(["--oml-budget", "foo"], "expected lifetimes, wallclock"),
-                                           (["--oml-steps", "-3"], "expected lifetimes, wallclock"),
+                                           (["--oml-steps", "-3"], "meta-steps >= 0"),
                                            (["--oml-budget", "wallclock"], "needs --run-id")])
 def test_evaluate_script_refuses_a_bad_oml_budget_before_any_work(monkeypatch, argv, message):
     import importlib.util
