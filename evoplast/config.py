@@ -98,6 +98,9 @@ class GenomeConfig:
     evolve_beta: bool = _f(True, "evolve feedback strengths beta")
     evolve_rule: bool = _f(True, "evolve the rule coefficients")
     evolve_init_weights: bool = _f(False, "evolve the initial weights and biases")
+    hidden_feedback: bool = _f(True, "plastic hidden layers receive the feedback f = g(B s + c) (false: their beta is "
+                                     "fixed at 0, so they learn from their forward activity alone; the ablation "
+                                     "'feedback to hidden layers vs none')")
     beta_init: float = _f(0.0, "initial genome value of beta (beta = sigmoid(g))")
     feedback_init_std: float = _f(1.0, "std of hidden feedback weights, times 1/sqrt(outputs)", min=0.0)
 

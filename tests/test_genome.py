@@ -66,3 +66,31 @@ def test_wrong_genome_length_is_reported():
     spec = build_genome_spec(load_config(), 11, 1)
     with pytest.raises(ValueError, match="expects 168"):
         spec.decode(torch.zeros(3, 100))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_without_hidden_feedback_the_hidden_layers_learn_from_forward_activity_alone(fused):
+    """genome.hidden_feedback=false (the ablation 'feedback to hidden layers vs none'): the hidden layers'
+    B, c and beta leave the genome, beta is exactly 0, and their update no longer depends on B."""
+    from evoplast.learners import PlasticLearner
+
+    base = ["network.hidden=[6,5]", "network.plastic_layers=[]", "rule.name=hebb", "genome.evolve_init_weights=false"]
+    taught = build_genome_spec(load_config(None, base), 3, 1)
+    untaught = build_genome_spec(load_config(None, base + ["genome.hidden_feedback=false"]), 3, 1)
+    assert taught.dim - untaught.dim == 2 * (6 + 5) + 2          # hidden B [6,1] [5,1], c [6] [5], beta x 2
+    x, y = torch.randn(2, 4, 3), torch.randn(2, 4, 1)
+
+    def step(spec, feedback_scale):
+        values = spec.decode(spec.initial_vector().expand(2, -1))
+        values["layer1.feedback"] = values["layer1.feedback"] * feedback_scale
+        values["layer1.eta"] = torch.full_like(values["layer1.eta"], 0.1)
+        learner = PlasticLearner(spec.model, fused=fused)
+        with torch.no_grad():
+            state = learner.step(values, learner.init_state(values), x, y)
+        return values, state.weights[0].clone()
+
+    values, w = step(untaught, 1.0)
+    assert values["layer1.beta"].eq(0).all() and values["layer2.beta"].eq(0).all()
+    assert values["layer3.beta"].eq(0.5).all()                    # the output layer is still taught
+    torch.testing.assert_close(step(untaught, 10.0)[1], w)        # B of a hidden layer has no effect
+    assert not torch.allclose(step(taught, 10.0)[1], step(taught, 1.0)[1])
