@@ -119,7 +119,9 @@ def main() -> int:
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     cfg = cfg.replace(**{"tracking.tracking_uri": uri, "checkpoint.dir": str(Path(cfg.checkpoint.dir).resolve()),
                          "seed": seeds[0]})
-    actors = max(1, cfg.ray.num_actors)
+    # CPUs one seed's evolution uses: its actors, or one (in-process, or ray.num_actors=auto: each seed's run
+    # decides its own placement inside its task)
+    actors = cfg.ray.num_actors if isinstance(cfg.ray.num_actors, int) and cfg.ray.num_actors > 0 else 1
     parallel = args.parallel
     if parallel == "auto":
         parallel = "ray" if (os.cpu_count() or 1) >= len(seeds) * actors else "inprocess"
