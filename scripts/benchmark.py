@@ -211,7 +211,7 @@ def bench_evolve(args) -> None:
             continue
         cfgs = {a: load_config(DEFAULT_CONFIG, overrides + [f"ray.num_actors={a}", "search.algorithm=cmaes"])
                 for a in (0, 1, 2)}
-        init_ray(replace(cfgs[2].ray, num_actors=3))           # room for the 1- and the 2-actor pool at once
+        init_ray(cfgs[2].ray.replace(num_actors=3))           # room for the 1- and the 2-actor pool at once
         pools = {a: RayPool(cfgs[a]) for a in (1, 2)}
         trainers = {}
         for a, cfg in cfgs.items():
@@ -317,7 +317,7 @@ def _measure_once(mode: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     cfg = load_config(None, ["network.hidden=[40,40]", "rule.name=oja", "task.batch_size=8", "evaluation.reuse_memory=false",
                              f"task.batches_per_task={steps // 10}", "search.popsize=32", "evaluation.episodes=4",
-                             "finetune.episodes=4", f"finetune.bptt_window={40 if mode == 'bptt_w40' else 0}",
+                             "finetune.episodes=4", f"finetune.bptt_window={40 if mode == 'bptt_w40' else 'null'}",
                              f"finetune.checkpoint_activations={'true' if mode == 'bptt_ckpt' else 'false'}"])
     ev = Evaluator(cfg)
     genomes = ev.spec.initial_vector() + 0.01 * torch.randn(32, ev.spec.dim)

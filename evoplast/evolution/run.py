@@ -386,20 +386,16 @@ def _make_evaluate(cfg: Config, placement: Placement, tracker: Tracker, evaluato
     On a cluster the placement is completed from its nodes (:func:`~evoplast.evolution.placement.size`)."""
     if placement.where == "in-process":
         return evaluator.fitness, None, placement
-    from dataclasses import replace
-
     import ray
 
     from .ray_pool import RayPool, RayUnavailable, init_ray
 
-    init_ray(replace(cfg.ray, address=placement.address))
+    init_ray(cfg.ray.replace(address=placement.address))
     if placement.where == "cluster":
         try:
             placement = size(placement, ray.nodes(), cpus_per_gpu_actor=cfg.ray.num_cpus_per_actor)
         except ValueError as exc:
             raise RayUnavailable(f"{exc} (cluster {placement.address})") from None
-    if cfg.search.distributed:
-        return None, None, placement
 
     def on_event(kind: str, details: dict) -> None:
         # one tag per event: evoplast.event.<kind>.<generation>.<actor>.<retry> = the details as JSON
