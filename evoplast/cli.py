@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config, help_text, load_config
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, StoreNotFound, UsageError
 
 __all__ = ["UsageError", "ConfigError", "parser", "config_from_args", "run_main", "DEFAULT_CONFIG"]
 
@@ -89,6 +89,17 @@ def apply_tracking_uri(args) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
 
+def require_store(uri: str, run_id: str) -> None:
+    """Before a run id is looked up: a sqlite store whose file does not exist is one line (and is not created,
+    as MLflow would do, leaving an empty mlflow.db behind)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise StoreNotFound(f"run {run_id!r}: no MLflow store at sqlite:///{path.resolve()} (the file does not "
+                                f"exist); point at the store that holds the run with --tracking-uri URI or "
+                                f"MLFLOW_TRACKING_URI")
+
+
 def _world_error(exc: BaseException) -> bool:
     for module, names in _WORLD_ERRORS.items():
         mod = sys.modules.get(module)
@@ -104,6 +115,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     except (UsageError, ConfigError) as exc:
         print(f"evoplast: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except StoreNotFound as exc:
+        print(f"evoplast: error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("evoplast: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "TaskConfig", "NetworkConfig", "RuleConfig", "GenomeConfig", "EvaluationConfig",
            "SearchConfig", "RayConfig", "TrackingConfig", "CheckpointConfig", "FinetuneConfig", "ExportConfig",
-           "load_config", "merge_overrides", "from_dict", "to_dict", "to_yaml", "flatten", "describe",
+           "load_config", "merge_overrides", "from_dict", "upgrade", "to_dict", "to_yaml", "flatten", "describe",
            "reference", "MAX_CONFIG_BYTES", "MAX_YAML_NODES", "TERM_NAMES"]
 
 MAX_CONFIG_BYTES = 1 << 20       # a config file larger than this is not a config
@@ -430,6 +430,23 @@ def from_dict(data: Any) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+def upgrade(data: Any) -> Any:
+    """A config stored by an older evoplast (a checkpoint's or a run's ``config.yaml``), in today's keys:
+    ``search.distributed: false`` is dropped, and 0 in the fields where it meant all/off/the same is null."""
+    if not isinstance(data, dict):
+        return data
+    data = _copy(data)
+    search = data.get("search")
+    if isinstance(search, dict) and search.get("distributed") is False:
+        del search["distributed"]
+    for section, key in (("evaluation", "chunk_size"), ("finetune", "bptt_window"), ("task", "output_classes"),
+                         ("finetune", "after_evolution_steps")):
+        node = data.get(section)
+        if isinstance(node, dict) and node.get(key) == 0 and node.get(key) is not False:
+            node[key] = None
+    return data
 
 
 def to_dict(cfg: BaseModel) -> dict[str, Any]:

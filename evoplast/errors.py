@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class UsageError(ValueError):
     """A bad command line (exit code 2)."""
+
+
+class StoreNotFound(RuntimeError):
+    """The MLflow store a run id is to be read from does not exist (exit code 1); nothing is created."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from evoplast.cli import UsageError, apply_tracking_uri, config_from_args, parser, run_main  # noqa: E402
+from evoplast.cli import UsageError, apply_tracking_uri, config_from_args, parser, require_store, run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,12 +30,18 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--resume/--run-id take the config from the checkpoint; drop --config")
     cfg = None if args.resume else config_from_args(args)   # checked before the heavy imports below
 
+    if args.resume:
+        apply_tracking_uri(args)
+        if not Path(args.resume).exists():                  # a run id: its store must exist (never a new empty one)
+            from evoplast.tracking import resolve_tracking_uri
+
+            require_store(resolve_tracking_uri(), args.resume)
+
     from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
 
     # 1. the experiment: YAML + overrides, or the checkpoint's own config when resuming
     checkpoint = None
     if args.resume:
-        apply_tracking_uri(args)
         checkpoint, source = resolve_resume(args.resume)
         overrides = [*args.overrides, *([f"tracking.tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])]
         cfg = resume_config(checkpoint, overrides)

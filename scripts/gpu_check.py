@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import datetime
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from evoplast.cli import parser
+
+    ap = parser(__doc__.splitlines()[0], "gpu_check.py", config=False, tracking=False)   # one-line errors, --help-config
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                     help="device under test (cpu: compare the CPU with itself, to check this script)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes instead of the paper-scale ones")
@@ -419,4 +421,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from evoplast.cli import run_main
+
+    run_main(main)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml
+from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
 from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..preflight import preflight
@@ -103,7 +103,7 @@ def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, 
     if missing:
         raise CheckpointError(f"the checkpoint has no {', '.join(missing)}: it cannot be resumed (start a new run)")
     try:
-        data = yaml.safe_load(checkpoint["config_yaml"])
+        data = upgrade(yaml.safe_load(checkpoint["config_yaml"]))
         from_dict(data)
     except (ConfigError, yaml.YAMLError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"the checkpoint's config does not load with this evoplast "
