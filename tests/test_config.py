@@ -160,3 +160,20 @@ def test_script_bad_input_exits_2_with_one_line(args, fragment, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("evoplast: error:") and fragment in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "m.db").exists()  # no MLflow run left behind
+
+
+def test_configs_stored_by_an_older_evoplast_still_load():
+    """Runs and checkpoints written before null replaced 0 (and before search.distributed went) stay readable."""
+    from evoplast.config import upgrade
+
+    old = to_dict(load_config())
+    old["search"]["distributed"] = False
+    old["evaluation"]["chunk_size"] = old["finetune"]["bptt_window"] = old["task"]["output_classes"] = 0
+    old["finetune"]["after_evolution_steps"] = 0
+    with pytest.raises(ConfigError, match="task.output_classes=0 is invalid: 0 no longer means all/off/the same"):
+        from_dict(old)
+    assert from_dict(upgrade(old)) == load_config()
+    assert old["search"]["distributed"] is False                       # upgrade copies
+    old["search"]["distributed"] = True                                # a run that really used it: refused
+    with pytest.raises(ConfigError, match="unknown key 'search.distributed'"):
+        from_dict(upgrade(old))
