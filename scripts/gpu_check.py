@@ -121,10 +121,16 @@ def median_seconds(fn, device: str, reps: int = 3) -> float:
     return statistics.median(times)
 
 
+# The model the configs without a file are checked with (chosen before the defaults became configs/default.yaml):
+# every layer plastic, oja unless a row names a rule, a sum over the batch, fixed initial weights.
+NO_FILE = ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.01", "rule.batch_reduction=sum",
+           "genome.evolve_init_weights=false", "search.algorithm=cmaes", "finetune.after_evolution=false"]
+
+
 def config(path: str | None, overrides: list[str], *extra: str):
     from evoplast.config import load_config
 
-    return load_config(path, [*overrides, *extra])
+    return load_config(path, [*(NO_FILE if path is None else []), *overrides, *extra])
 
 
 def population(ev, p: int, seed: int = 0, std: float = 0.01) -> torch.Tensor:
