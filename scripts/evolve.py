@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.resume:
         apply_tracking_uri(args)
-        if not Path(args.resume).exists():                  # a run id: its store must exist (never a new empty one)
+        path_like = "/" in args.resume or args.resume.endswith(".pt") or Path(args.resume).exists()
+        if not path_like and not (Path("checkpoints") / args.resume / "latest.pt").is_file():
+            # a run id without a local checkpoint: read from the store, which must exist (never a new empty one)
             from evoplast.tracking import resolve_tracking_uri
 
             require_store(resolve_tracking_uri(), args.resume)
