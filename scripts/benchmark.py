@@ -188,7 +188,6 @@ def _plain_bmm(model, m: int, p: int, steps: int, layout: str) -> None:
 
 def bench_evolve(args) -> None:
     import os
-    from dataclasses import replace
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.no_auth else None
     import ray

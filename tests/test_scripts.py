@@ -152,4 +152,6 @@ def test_benchmark_bad_arguments_are_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, f"{REPO}/scripts/benchmark.py", "lifetimes"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("evoplast: error: bad arguments")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "evoplast: error: argument which: invalid choice: 'lifetimes' (choose from 'lifetime', 'evolve', 'memory', "
+        "'allocator', 'outer') (see benchmark.py --help)")
