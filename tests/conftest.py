@@ -13,12 +13,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What the suite's tests assume beyond the defaults (configs/default.yaml, which use PGPE, hebb on the output
 # layer, evolved initial weights, mean over a batch and a fine-tune after the evolution): the model their numbers
-# were chosen for, and never a BPTT fine-tune by accident. Tests that need the default itself call load_config().
+# were chosen for, and never Ray or a BPTT fine-tune by accident (tests of either ask for it).
+# Tests that need the default itself call load_config().
 TEST_BASE = (
     "search.algorithm=cmaes", "search.generations=200", "search.center_learning_rate=null",
     "search.stdev_learning_rate=null", "rule.name=oja", "rule.eta_scale=0.01", "rule.batch_reduction=sum",
     "network.plastic_layers=[]", "genome.evolve_init_weights=false", "tracking.gain_every=10", "checkpoint.every=25",
-    "finetune.after_evolution=false",
+    "finetune.after_evolution=false", "ray.num_actors=0",
 )
 
 

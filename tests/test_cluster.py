@@ -219,7 +219,7 @@ def two_nodes():
 
 
 def on_cluster(nodes, *extra: str, base: list[str] = TINY):
-    return small_config(base + [f"ray.address='{nodes.address}'", *extra])
+    return small_config(["ray.num_actors=auto", *base, f"ray.address='{nodes.address}'", *extra])
 
 
 def actor_nodes(store_uri: str, run_id: str, actors: int) -> list[str]:

@@ -180,7 +180,7 @@ def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--run-id", "feedbeef", "--out", "r.pt2"], "no MLflow run with id 'feedbeef'"),
+    (["--run-id", "feedbeef", "--out", "r.pt2"], "run 'feedbeef': no MLflow store at sqlite:///"),
     (["--run-id", "x", "--out", "r.txt"], "should end in .pt2"),
 ])
 def test_export_bad_input_is_one_line(tmp_path, args, fragment):

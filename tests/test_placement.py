@@ -24,7 +24,7 @@ NO_ENV: dict = {}
 
 
 def cfg(*overrides: str):
-    return small_config(TINY + list(overrides))
+    return small_config(["ray.num_actors=auto", *TINY, *overrides])   # placement decides
 
 
 # ---------------------------------------------------------------------------------------------------
