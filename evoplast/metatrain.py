@@ -8,7 +8,7 @@ Memory: parameters enter the lifetime as detached leaf tensors; the decode graph
 is backpropagated once per meta-step from the leaves' accumulated gradients. Nothing of a meta-step's
 graph survives it, so memory is flat over meta-steps. Within a meta-step:
 
-* full BPTT (``bptt_window = 0``): meta-loss = query loss after the lifetime, graph through every step;
+* full BPTT (``bptt_window`` null): meta-loss = query loss after the lifetime, graph through every step;
 * truncated BPTT (window W): after every W steps the query loss over the tasks seen so far is
   backpropagated through that window only and the state is detached; meta-loss = the mean of those
   window losses (the last one is the full query loss), so memory is bounded by one window;

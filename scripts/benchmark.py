@@ -31,6 +31,10 @@ SMALL = ["network.hidden=[40,40]", "task.batches_per_task=10", "task.batch_size=
 PAPER_WIDTH = ["network.hidden=[300,300]", "task.batches_per_task=40", "task.batch_size=32"]  # 400 steps of 32
 
 
+# The model the lifetime and memory benchmarks measure (and docs/performance.md reports): oja on every layer.
+OJA_EVERY_LAYER = ["rule.name=oja", "rule.eta_scale=0.01", "rule.batch_reduction=sum", "network.plastic_layers=[]",
+                   "finetune.after_evolution=false"]
+
 def median_time(fn, reps: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
@@ -102,7 +106,7 @@ def bench_lifetime(args) -> None:
     for name, overrides, populations, steps_timed in (
             ("small 11-40-40-1", SMALL + ["rule.eta_init=0.01"], (1, 16, 64, 256), None),
             ("paper width 11-300-300-1", PAPER_WIDTH + ["rule.eta_init=0.0001"], (1, 16, 64), 40)):
-        cfg = load_config(None, overrides + ["genome.evolve_init_weights=true", "evaluation.episodes=1"])
+        cfg = load_config(None, OJA_EVERY_LAYER + overrides + ["genome.evolve_init_weights=true", "evaluation.episodes=1"])
         ev = Evaluator(cfg)
         eager = PlasticLearner(ev.spec.model, fused=False)
         row_major = RowMajorLearner(ev.spec.model, fused=False)
@@ -184,7 +188,6 @@ def _plain_bmm(model, m: int, p: int, steps: int, layout: str) -> None:
 
 def bench_evolve(args) -> None:
     import os
-    from dataclasses import replace
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.no_auth else None
     import ray
@@ -211,7 +214,7 @@ def bench_evolve(args) -> None:
             continue
         cfgs = {a: load_config(DEFAULT_CONFIG, overrides + [f"ray.num_actors={a}", "search.algorithm=cmaes"])
                 for a in (0, 1, 2)}
-        init_ray(replace(cfgs[2].ray, num_actors=3))           # room for the 1- and the 2-actor pool at once
+        init_ray(cfgs[2].ray.replace(num_actors=3))           # room for the 1- and the 2-actor pool at once
         pools = {a: RayPool(cfgs[a]) for a in (1, 2)}
         trainers = {}
         for a, cfg in cfgs.items():
@@ -315,9 +318,9 @@ def _measure_once(mode: str, steps: int, threads: int) -> dict:
     from evoplast.metatrain import MetaTrainer
 
     torch.set_num_threads(threads)
-    cfg = load_config(None, ["network.hidden=[40,40]", "rule.name=oja", "task.batch_size=8", "evaluation.reuse_memory=false",
+    cfg = load_config(None, [*OJA_EVERY_LAYER, "network.hidden=[40,40]", "task.batch_size=8", "evaluation.reuse_memory=false",
                              f"task.batches_per_task={steps // 10}", "search.popsize=32", "evaluation.episodes=4",
-                             "finetune.episodes=4", f"finetune.bptt_window={40 if mode == 'bptt_w40' else 0}",
+                             "finetune.episodes=4", f"finetune.bptt_window={40 if mode == 'bptt_w40' else 'null'}",
                              f"finetune.checkpoint_activations={'true' if mode == 'bptt_ckpt' else 'false'}"])
     ev = Evaluator(cfg)
     genomes = ev.spec.initial_vector() + 0.01 * torch.randn(32, ev.spec.dim)
@@ -372,7 +375,7 @@ def bench_outer(args) -> None:
     if not chosen:
         raise UsageError(f"--methods matches none of: {', '.join(names)}")
     torch.set_num_threads(args.threads)
-    base = load_config(args.config or DEFAULT_CONFIG, args.set)
+    base = load_config(args.config, args.overrides)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"outer benchmark: {len(chosen)} methods x {len(args.seeds)} seeds x regimes {', '.join(args.regimes)}; "
@@ -451,8 +454,12 @@ def _outer_plot(results, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from evoplast.cli import parser
+
+    p = parser(__doc__.splitlines()[0], "benchmark.py", config=False, tracking=False)   # one-line errors, --help-config
     p.add_argument("which", choices=["lifetime", "evolve", "memory", "allocator", "outer"])
+    p.add_argument("--config", metavar="PATH", help="outer: base config (default: the defaults, configs/default.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="outer: config overrides")
     p.add_argument("--reuse", choices=["true", "false"], help=argparse.SUPPRESS)   # allocator: one process
     p.add_argument("--rounds", type=int, default=3, help="allocator: processes per setting")
     p.add_argument("--one", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
@@ -466,15 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regimes", nargs="+", choices=["default", "long"], default=["default", "long"],
                    help="outer: the default lifetime (100 steps) and/or a long one (10x the steps)")
     p.add_argument("--methods", nargs="+", help="outer: only the methods whose name contains one of these")
-    p.add_argument("--config", help="outer: base config (default configs/default.yaml)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="outer: config overrides")
+    p.add_argument("--set", nargs="*", default=[], help=argparse.SUPPRESS)   # the old spelling of the overrides
     p.add_argument("--out-dir", default="benchmarks", help="outer: where outer.md, outer.json, outer.png go")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        if exc.code:
-            raise UsageError("bad arguments (see benchmark.py --help)") from None
-        raise
+    args = p.parse_intermixed_args(argv)      # `outer key=value --budget 5`: overrides anywhere
+    args.overrides = [*args.overrides, *args.set]
+    if args.overrides and args.which != "outer":
+        raise UsageError(f"{args.which}: config overrides apply only to the outer benchmark "
+                         f"(got {' '.join(args.overrides)})")
     if args.budget <= 0:
         raise UsageError("--budget must be > 0 seconds")
     if args.one:

@@ -121,10 +121,16 @@ def median_seconds(fn, device: str, reps: int = 3) -> float:
     return statistics.median(times)
 
 
+# The model the configs without a file are checked with (chosen before the defaults became configs/default.yaml):
+# every layer plastic, oja unless a row names a rule, a sum over the batch, fixed initial weights.
+NO_FILE = ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.01", "rule.batch_reduction=sum",
+           "genome.evolve_init_weights=false", "search.algorithm=cmaes", "finetune.after_evolution=false"]
+
+
 def config(path: str | None, overrides: list[str], *extra: str):
     from evoplast.config import load_config
 
-    return load_config(path, [*overrides, *extra])
+    return load_config(path, [*(NO_FILE if path is None else []), *overrides, *extra])
 
 
 def population(ev, p: int, seed: int = 0, std: float = 0.01) -> torch.Tensor:
@@ -371,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import datetime
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from evoplast.cli import parser
+
+    ap = parser(__doc__.splitlines()[0], "gpu_check.py", config=False, tracking=False)   # one-line errors, --help-config
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                     help="device under test (cpu: compare the CPU with itself, to check this script)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes instead of the paper-scale ones")
@@ -419,4 +427,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from evoplast.cli import run_main
+
+    run_main(main)

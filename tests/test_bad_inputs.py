@@ -14,7 +14,7 @@ from evoplast.cli import run_main
 from evoplast.config import ConfigError, load_config
 from evoplast.preflight import check_memory, memory_estimate
 
-from .conftest import REPO
+from .conftest import REPO, small_config
 from .test_evolution import TINY
 
 BOMB = "a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(
@@ -101,12 +101,12 @@ def test_memory_estimate_matches_the_genome_and_is_a_lower_bound():
 
     for extra in ([], ["genome.evolve_init_weights=true", "rule.granularity=synapse"], ["rule.name=abcd"],
                   ["rule.name=terms", "rule.granularity=neuron", "network.plastic_layers=[]"]):
-        cfg = load_config(None, TINY + extra)
+        cfg = small_config(TINY + extra)
         spec = Evaluator(cfg).spec
         est = memory_estimate(cfg)
         assert est.genome == spec.dim, extra
         assert est.model == sum(s.numel for s in spec.segments), extra
-    cfg = load_config(None, ["network.hidden=[300,300]", "search.popsize=64", "ray.num_actors=0"])
+    cfg = small_config(["network.hidden=[300,300]", "search.popsize=64", "ray.num_actors=0"])
     assert check_memory(cfg, available=1 << 30).evaluator == (64 * memory_estimate(cfg).model
                                                               + 2 * 64 * 4 * memory_estimate(cfg).weights) * 4
     with pytest.raises(ConfigError, match="or set evaluation.chunk_size"):

@@ -10,14 +10,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from evoplast.analysis import forgetting_matrix, oml_init, oml_spec, score_oml, update_gradient_cosine
-from evoplast.config import ConfigError, load_config
+from evoplast.config import ConfigError
 from evoplast.evaluation import Evaluator
 from evoplast.learners import GradientLearner
 from evoplast.network import ModelSpec, forward
 from evoplast.seeding import Purpose
 from evoplast.tasks.images import DatasetError, digits, glyphs, omniglot
 
-from .conftest import REPO
+from .conftest import REPO, small_config
 from .test_evolution import quiet
 
 GLYPHS = ["task.name=glyphs", "task.glyph_classes=40", "task.images_per_class=12", "task.image_size=12",
@@ -30,7 +30,7 @@ GLYPHS = ["task.name=glyphs", "task.glyph_classes=40", "task.images_per_class=12
 
 
 def glyph_cfg(*extra):
-    return load_config(None, GLYPHS + list(extra))
+    return small_config(GLYPHS + list(extra))
 
 
 def _write_omniglot(root, alphabets=2, characters=3, drawings=6, size=105):
@@ -58,7 +58,7 @@ def test_omniglot_loader_reads_the_distributed_layout(tmp_path):
     # the vertical stroke moves with the character: classes differ, drawings of one class agree on it
     col = data.train[:, 0].mean(1)                           # [classes, 28] column profile
     assert col[0].argmax() != col[1].argmax()
-    cfg = load_config(None, ["task.name=omniglot", f"task.data_dir={tmp_path}", "task.num_tasks=3",
+    cfg = small_config(["task.name=omniglot", f"task.data_dir={tmp_path}", "task.num_tasks=3",
                              "task.batches_per_task=2", "task.batch_size=1", "task.query_size=3"])
     eps = Evaluator(cfg).episodes(Purpose.HELDOUT, 0, 2)
     assert eps.stream_x.shape == (2, 6, 1, 28 * 28)
@@ -162,13 +162,13 @@ def test_sgd_classification_step_is_autograd_cross_entropy():
 
 def test_rule_with_exact_error_feedback_points_along_the_negative_gradient():
     """The delta-rule genome's update is an SGD step of the output layer: cosine with -grad is 1."""
-    cfg = load_config(None, ["network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_scale=0.005",
+    cfg = small_config(["network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_scale=0.005",
                              "rule.eta_init=1.0", "genome.beta_init=30"])
     ev = Evaluator(cfg)
     cos = update_gradient_cosine(ev, ev.spec.initial_vector(), ev.episodes(Purpose.HELDOUT, 0, 3))
     assert cos.shape == (100, 1)
     torch.testing.assert_close(cos, torch.ones_like(cos), atol=1e-4, rtol=0)
-    oja = Evaluator(load_config(None, ["rule.name=oja", "rule.eta_init=1.0", "network.plastic_layers=[1,3]"]))
+    oja = Evaluator(small_config(["rule.name=oja", "rule.eta_init=1.0", "network.plastic_layers=[1,3]"]))
     cos = update_gradient_cosine(oja, oja.spec.initial_vector(), oja.episodes(Purpose.HELDOUT, 0, 3))
     assert cos.shape == (100, 2) and (cos.abs() <= 1 + 1e-5).all() and (cos[:, 0].abs() < 0.99).all()
 

@@ -26,7 +26,7 @@ from evoplast.config import RayConfig, load_config
 from evoplast.evolution.ray_pool import RayUnavailable, init_ray
 from evoplast.evolution.run import run_evolution
 
-from .conftest import REPO
+from .conftest import REPO, small_config
 from .test_evolution import TINY, quiet
 
 AWS_YAML = Path(REPO) / "cluster" / "aws.yaml"
@@ -219,7 +219,7 @@ def two_nodes():
 
 
 def on_cluster(nodes, *extra: str, base: list[str] = TINY):
-    return load_config(None, base + [f"ray.address='{nodes.address}'", *extra])
+    return small_config(["ray.num_actors=auto", *base, f"ray.address='{nodes.address}'", *extra])
 
 
 def actor_nodes(store_uri: str, run_id: str, actors: int) -> list[str]:
@@ -232,7 +232,7 @@ FITNESS = ("best", "mean", "median", "worst")
 
 
 def test_actors_spread_over_both_workers_and_fitness_equals_one_process(two_nodes, store):
-    alone = run_evolution(load_config(None, TINY + ["search.generations=6", "ray.num_actors=0"]), out=quiet)
+    alone = run_evolution(small_config(TINY + ["search.generations=6", "ray.num_actors=0"]), out=quiet)
     spread = run_evolution(on_cluster(two_nodes, "search.generations=6", "ray.num_actors=2"), out=quiet)
     assert sorted(actor_nodes(store, spread.run_id, 2)) == sorted(w.node_id for w in two_nodes.workers)
     # tolerance: exact, as for 0/1/2 local actors (tests/test_ray.py): each genome's lifetime does not

@@ -11,14 +11,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
 from evoplast.export import RuleExportError, export_rule, load_rule
 from evoplast.learners import state_predict
 from evoplast.lifetime import expand_params, run_lifetime
 from evoplast.seeding import Purpose
 
-from .conftest import REPO
+from .conftest import REPO, small_config
 from .test_evolution import TINY, quiet
 
 REPLAY = textwrap.dedent("""
@@ -48,7 +48,7 @@ REPLAY = textwrap.dedent("""
 
 
 def _genome(*extra):
-    cfg = load_config(None, TINY + ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.003", *extra])
+    cfg = small_config(TINY + ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.003", *extra])
     ev = Evaluator(cfg)
     g = ev.spec.initial_vector() + 0.05 * torch.randn(ev.spec.dim, generator=torch.Generator().manual_seed(3))
     return cfg, ev, g
@@ -180,7 +180,7 @@ def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--run-id", "feedbeef", "--out", "r.pt2"], "no MLflow run with id 'feedbeef'"),
+    (["--run-id", "feedbeef", "--out", "r.pt2"], "run 'feedbeef': no MLflow store at sqlite:///"),
     (["--run-id", "x", "--out", "r.txt"], "should end in .pt2"),
 ])
 def test_export_bad_input_is_one_line(tmp_path, args, fragment):
@@ -191,7 +191,7 @@ def test_export_bad_input_is_one_line(tmp_path, args, fragment):
 def test_run_without_genomes_is_one_line(tmp_path, store):
     from evoplast.evolution.run import run_evolution
 
-    part = run_evolution(load_config(None, TINY + ["search.generations=10"]), out=quiet, stop_after=2)
+    part = run_evolution(small_config(TINY + ["search.generations=10"]), out=quiet, stop_after=2)
     for script, extra in (("export.py", ["--out", "r.pt2"]), ("finetune.py", [])):
         proc = _script(script, ["--run-id", part.run_id, *extra], tmp_path)
         assert proc.returncode == 1 and "has no artifact 'best_genome.pt'" in proc.stderr, proc.stderr[-2000:]

@@ -7,17 +7,18 @@ import psutil
 import torch
 from mlflow.tracking import MlflowClient
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
 from evoplast.finetune import run_finetune, train_spec_of
 from evoplast.metatrain import MetaTrainer, meta_gradient
 from evoplast.seeding import Purpose
 
 from .test_evolution import TINY, quiet
+from .conftest import small_config
 
 
 def _setup(*extra):
-    cfg = load_config(None, TINY + list(extra))
+    cfg = small_config(TINY + list(extra))
     ev = Evaluator(cfg)
     g = ev.spec.initial_vector().reshape(1, -1) + 0.05 * torch.randn(1, ev.spec.dim, generator=torch.Generator().manual_seed(1))
     return cfg, ev, g, ev.episodes(Purpose.FINETUNE, 0, 3)
@@ -69,7 +70,7 @@ def test_window_as_long_as_the_lifetime_is_full_bptt_and_checkpointing_changes_n
 
 
 def test_meta_training_from_scratch_improves_held_out_loss():
-    cfg = load_config(None, TINY + ["finetune.lr=0.01", "finetune.episodes=4"])
+    cfg = small_config(TINY + ["finetune.lr=0.01", "finetune.episodes=4"])
     ev = Evaluator(cfg)
     start = ev.spec.initial_vector().reshape(1, -1)
     trainer = MetaTrainer(cfg, ev.spec, start)
@@ -86,7 +87,7 @@ def _rss_mb():
 
 def test_memory_is_flat_over_meta_steps():
     """No graph survives a meta-step. Negative control: keeping each step's graph alive grows memory."""
-    cfg = load_config(None, TINY + ["network.hidden=[64,64]", "network.plastic_layers=[]", "rule.name=oja",
+    cfg = small_config(TINY + ["network.hidden=[64,64]", "network.plastic_layers=[]", "rule.name=oja",
                                     "finetune.episodes=8", "task.batches_per_task=12"])
     ev = Evaluator(cfg)
     trainer = MetaTrainer(cfg, ev.spec, ev.spec.initial_vector().reshape(1, -1))
@@ -115,8 +116,8 @@ def test_memory_is_flat_over_meta_steps():
 def test_finetune_run_is_nested_and_reports_before_and_after(store):
     from evoplast.evolution.run import run_evolution
 
-    evo = run_evolution(load_config(None, TINY + ["search.generations=30"]), out=quiet)
-    cfg = load_config(None, TINY + ["search.generations=30", "finetune.steps=30", "finetune.lr=0.01",
+    evo = run_evolution(small_config(TINY + ["search.generations=30"]), out=quiet)
+    cfg = small_config(TINY + ["search.generations=30", "finetune.steps=30", "finetune.lr=0.01",
                                     "finetune.eval_every=10", "finetune.train=['layer3.*']"])
     genomes = torch.stack([evo.center, evo.center + 0.01])
     result = run_finetune(cfg, genomes, ["center", "nudged"], parent_run_id=evo.run_id, out=quiet)

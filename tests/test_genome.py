@@ -1,30 +1,31 @@
 import pytest
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.genome import Segment, build_genome_spec
+from .conftest import small_config
 
 
 def test_segments_of_the_default_genome():
-    cfg = load_config(None, ["genome.evolve_init_weights=true"])
+    cfg = small_config(["genome.evolve_init_weights=true"])
     spec = build_genome_spec(cfg, 11, 1)
     # 11-40-40-1: weights+biases 2161, feedback B and c 2*(40+40)+2, beta 3, eta 3 (per layer)
     assert spec.dim == 2329
     assert spec.by_name["layer2.feedback"].shape == (40, 1)
     assert spec.by_name["layer3.feedback"].init.item() == 1.0  # the output layer's feedback starts at identity
     assert spec.by_name["layer1.eta"].shape == (1, 1)
-    no_init = build_genome_spec(load_config(), 11, 1)
+    no_init = build_genome_spec(small_config(), 11, 1)
     assert no_init.dim == 168                                # the rule-only genome of the prototype
 
 
 @pytest.mark.parametrize("granularity, shape", [("layer", (1, 1)), ("neuron", (40, 1)), ("synapse", (40, 11))])
 def test_granularity_shapes(granularity, shape):
-    spec = build_genome_spec(load_config(None, [f"rule.granularity={granularity}"]), 11, 1)
+    spec = build_genome_spec(small_config([f"rule.granularity={granularity}"]), 11, 1)
     assert spec.by_name["layer1.eta"].shape == shape
 
 
 def test_flat_named_round_trip_single_and_population():
-    cfg = load_config(None, ["genome.evolve_init_weights=true", "rule.name=abcd", "network.hidden=[5]"])
+    cfg = small_config(["genome.evolve_init_weights=true", "rule.name=abcd", "network.hidden=[5]"])
     spec = build_genome_spec(cfg, 4, 2)
     pop = torch.randn(6, spec.dim)
     named = spec.split(pop)
@@ -48,9 +49,9 @@ def test_transforms_invert(transform):
 
 
 def test_fixed_segments_come_from_the_seed_and_do_not_depend_on_what_is_evolved():
-    a = build_genome_spec(load_config(None, ["seed=3"]), 11, 1)
-    b = build_genome_spec(load_config(None, ["seed=3", "genome.evolve_init_weights=true"]), 11, 1)
-    c = build_genome_spec(load_config(None, ["seed=4"]), 11, 1)
+    a = build_genome_spec(small_config(["seed=3"]), 11, 1)
+    b = build_genome_spec(small_config(["seed=3", "genome.evolve_init_weights=true"]), 11, 1)
+    c = build_genome_spec(small_config(["seed=4"]), 11, 1)
     assert torch.equal(a.by_name["layer1.weight"].init, b.by_name["layer1.weight"].init)
     assert not torch.equal(a.by_name["layer1.weight"].init, c.by_name["layer1.weight"].init)
     # the fixed initial weights reach the decoded model unchanged
@@ -63,7 +64,7 @@ def test_fixed_segments_come_from_the_seed_and_do_not_depend_on_what_is_evolved(
 
 
 def test_wrong_genome_length_is_reported():
-    spec = build_genome_spec(load_config(), 11, 1)
+    spec = build_genome_spec(small_config(), 11, 1)
     with pytest.raises(ValueError, match="expects 168"):
         spec.decode(torch.zeros(3, 100))
 
@@ -75,8 +76,8 @@ def test_without_hidden_feedback_the_hidden_layers_learn_from_forward_activity_a
     from evoplast.learners import PlasticLearner
 
     base = ["network.hidden=[6,5]", "network.plastic_layers=[]", "rule.name=hebb", "genome.evolve_init_weights=false"]
-    taught = build_genome_spec(load_config(None, base), 3, 1)
-    untaught = build_genome_spec(load_config(None, base + ["genome.hidden_feedback=false"]), 3, 1)
+    taught = build_genome_spec(small_config(base), 3, 1)
+    untaught = build_genome_spec(small_config(base + ["genome.hidden_feedback=false"]), 3, 1)
     assert taught.dim - untaught.dim == 2 * (6 + 5) + 2          # hidden B [6,1] [5,1], c [6] [5], beta x 2
     x, y = torch.randn(2, 4, 3), torch.randn(2, 4, 1)
 

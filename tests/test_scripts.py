@@ -112,7 +112,7 @@ def test_against_an_mlflow_server_on_localhost(tmp_path):
 @pytest.mark.parametrize("args, env, fragment", [
     ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
     (["ray.num_actors=1", "ray.address=127.0.0.1:9"], {}, "cannot reach the Ray cluster at ray.address='127.0.0.1:9'"),
-    (["--resume", "0123456789abcdef"], {}, "no MLflow run with id '0123456789abcdef'"),
+    (["--resume", "0123456789abcdef"], {}, "run '0123456789abcdef': no MLflow store at sqlite:///"),
     (["--resume", "missing/latest.pt"], {}, "checkpoint 'missing/latest.pt' does not exist"),
 ])
 def test_unreachable_services_and_bad_resume_are_one_line_before_any_compute(tmp_path, args, env, fragment):
@@ -152,4 +152,6 @@ def test_benchmark_bad_arguments_are_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, f"{REPO}/scripts/benchmark.py", "lifetimes"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("evoplast: error: bad arguments")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "evoplast: error: argument which: invalid choice: 'lifetimes' (choose from 'lifetime', 'evolve', 'memory', "
+        "'allocator', 'outer') (see benchmark.py --help)")

@@ -7,11 +7,12 @@ import io
 import pytest
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator, cap_loss
 from evoplast.learners import PlasticLearner
 from evoplast.lifetime import expand_params, query, run_lifetime, tile
 from evoplast.trainers import METRICS, OuterTrainer, PESTrainer, make_trainer
+from .conftest import small_config
 
 TINY = ["task.num_tasks=3", "task.batches_per_task=4", "task.batch_size=4", "task.query_size=8",
         "network.hidden=[8,8]", "network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_transform=identity",
@@ -31,7 +32,7 @@ KINDS = {
 
 
 def tiny(*extra):
-    return load_config(None, TINY + list(extra))
+    return small_config(TINY + list(extra))
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

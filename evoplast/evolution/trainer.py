@@ -33,7 +33,7 @@ class EvolutionTrainer:
 
     def __init__(self, cfg: Config, evaluate: Optional[EvaluateFn], center: torch.Tensor, *, recipes: bool = False):
         self.cfg = cfg
-        distributed = cfg.search.distributed
+        distributed = False   # EvoTorch's distributed mode is gone (search.distributed removed)
         self.problem = LifetimeProblem(cfg, center.numel(), None if distributed else evaluate,
                                        num_actors=cfg.ray.num_actors if distributed else None,
                                        num_gpus_per_actor=cfg.ray.num_gpus_per_actor if distributed else None)
