@@ -89,7 +89,7 @@ def candidates_from_checkpoint(path: str | Path, top_k: int,
     except CheckpointError as exc:
         raise RunArtifactsError(str(exc)) from None
     cfg = from_dict(merge_overrides(yaml.safe_load(ckpt["config_yaml"]), overrides))
-    local = cfg.replace(**{"search.distributed": False, "ray.num_actors": 0})
+    local = cfg.replace(**{"ray.num_actors": 0})
     ev = Evaluator(local)
     trainer = EvolutionTrainer(local, ev.fitness, ev.spec.initial_vector())
     trainer.load_state_dict(ckpt["trainer"])

@@ -19,13 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = parser("Fine-tune evolved genomes by backpropagation through their lifetimes.", "finetune.py")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run-id", help="evolution run whose best genomes to fine-tune")
     source.add_argument("--checkpoint", help="evolution checkpoint file to take the genomes from")
     p.add_argument("--top-k", type=int, default=None, metavar="N", help="how many genomes (default finetune.top_k)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     from evoplast.finetune import check_finetune_overrides, run_finetune
     from evoplast.runs import candidates_from_checkpoint, candidates_from_run

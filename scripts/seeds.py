@@ -73,7 +73,7 @@ def one_seed(cfg, seed: int, parent_id: str, oml_budget: str, threads: int = 0, 
     return {"seed": seed, "run_id": result.run_id, "report": report}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = parser("Run one config over several seeds; means and paired differences with 95% CIs.", "seeds.py")
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="S", help="seeds (at least 2)")
     p.add_argument("--parallel", choices=["auto", "inprocess", "ray"], default="auto",
@@ -85,7 +85,7 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", default=None, metavar="RUN",
                    help="judge the genomes of these finished evolution runs (one per seed, their own configs) "
                         "instead of evolving: the aggregate again, e.g. after the baselines changed")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     # `--seeds 0 1 2 key=value ...`: the overrides after the seeds are overrides, not seeds
     args.overrides = [a for a in args.seeds if "=" in a] + args.overrides
     try:

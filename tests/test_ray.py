@@ -1,6 +1,5 @@
 """Ray for real: a local cluster, actor-count determinism, a lost actor, impossible resources."""
 
-import math
 import os
 import threading
 import time
@@ -14,7 +13,7 @@ from evoplast.evaluation import Evaluator
 from evoplast.evolution.ray_pool import RayPool, RayUnavailable
 from evoplast.evolution.run import run_evolution
 
-from .test_evolution import TINY, quiet
+from .test_evolution import TINY
 
 
 @pytest.fixture(scope="module")
@@ -129,22 +128,6 @@ def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
     # the actors that did start were given back: a feasible pool starts afterwards
     pool = RayPool(load_config(None, TINY + ["ray.num_actors=2"]), start_timeout=60)
     pool.shutdown()
-
-
-def test_evotorch_distributed_mode_runs_and_resumes_exactly(local_ray, store):
-    """search.distributed: EvoTorch's own actors sample and estimate PGPE's gradient."""
-    cfg = load_config(None, TINY + ["search.algorithm=pgpe", "search.distributed=true", "ray.num_actors=2",
-                                    "search.generations=6", "tracking.gain_every=3"])
-    whole = run_evolution(cfg, out=quiet)
-    assert all(math.isfinite(h[k]) for h in whole.history for k in ("best", "median", "mean", "worst"))
-    assert whole.history[-1]["best"] >= whole.history[-1]["median"] >= whole.history[-1]["worst"]
-    part = run_evolution(cfg, out=quiet, stop_after=3)
-    from evoplast.evolution.run import resolve_resume, resume_config
-
-    checkpoint, _ = resolve_resume(part.run_id)
-    resumed = run_evolution(resume_config(checkpoint, []), resume=checkpoint, out=quiet)
-    assert [h["best"] for h in resumed.history] == [h["best"] for h in whole.history]
-    assert torch.equal(resumed.center, whole.center)
 
 
 def test_a_slice_that_keeps_losing_its_actor_stops_with_one_line(local_ray):

@@ -112,11 +112,6 @@ def choose(cfg: Config, *, gflop: float, environ: Mapping[str, str] = os.environ
     cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
     local_device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
     auto = rc.num_actors == "auto"
-    if cfg.search.distributed:      # EvoTorch's own actors: the config names them (checked when loaded)
-        address = (rc.address if rc.address is not None else detect_cluster(environ)[0]) or "local"
-        return Placement("cluster" if address != "local" else "local Ray", address,
-                         int(rc.num_actors), rc.num_cpus_per_actor, rc.num_gpus_per_actor,
-                         "search.distributed: EvoTorch's actors")
     if rc.num_actors == 0:
         return Placement("in-process", "", 0, 0.0, 0.0, "ray.num_actors=0", local_device)
     if rc.address is None:

@@ -382,7 +382,7 @@ class _StopAfter(Exception):
 
 def _make_evaluate(cfg: Config, placement: Placement, tracker: Tracker, evaluator: Evaluator,
                    out: Callable[[str], None]):
-    """``(evaluate, pool, placement)``: in-process, a Ray pool, or (distributed) EvoTorch's own actors.
+    """``(evaluate, pool, placement)``: in-process or a Ray pool.
     On a cluster the placement is completed from its nodes (:func:`~evoplast.evolution.placement.size`)."""
     if placement.where == "in-process":
         return evaluator.fitness, None, placement
@@ -398,9 +398,6 @@ def _make_evaluate(cfg: Config, placement: Placement, tracker: Tracker, evaluato
             placement = size(placement, ray.nodes(), cpus_per_gpu_actor=cfg.ray.num_cpus_per_actor)
         except ValueError as exc:
             raise RayUnavailable(f"{exc} (cluster {placement.address})") from None
-    if cfg.search.distributed:
-        return None, None, placement
-
     def on_event(kind: str, details: dict) -> None:
         # one tag per event: evoplast.event.<kind>.<generation>.<actor>.<retry> = the details as JSON
         tags = {f"evoplast.event.{kind}.{details.get('generation')}.{details.get('actor')}.{details.get('retry', 0)}":
