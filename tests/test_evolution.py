@@ -16,8 +16,7 @@ TINY = ["task.num_tasks=3", "task.batches_per_task=8", "task.batch_size=4", "tas
         "network.hidden=[12,12]", "network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_init=1.0",
         "rule.eta_scale=0.03",
         "genome.evolve_init_weights=true", "evaluation.episodes=4", "evaluation.heldout_episodes=8",
-        "search.popsize=16", "search.stdev_init=0.05", "tracking.gain_every=5", "checkpoint.every=5",
-        "ray.num_actors=0"]     # in this process: never join a Ray cluster someone else started on the machine
+        "search.popsize=16", "search.stdev_init=0.05", "tracking.gain_every=5", "checkpoint.every=5"]
 
 
 def tiny(*extra):

@@ -5,28 +5,15 @@ errors into one line on stderr and an exit code), in a private MLflow store: a c
 "before any work" must leave no ``mlflow.db`` behind.
 """
 
-import importlib.util
-import os
-
 import pytest
 
-from evoplast.cli import run_main
-
-from .conftest import REPO
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from . import scripts
 
 
 def _run(capsys, name, argv):
-    with pytest.raises(SystemExit) as info:
-        run_main(lambda: _script(name).main(argv))
+    code = scripts.run(name, argv)
     err = capsys.readouterr().err.strip()
-    return info.value.code, err
+    return code, err
 
 
 @pytest.fixture

@@ -71,7 +71,8 @@ def test_sigint_checkpoints_and_resume_finishes_the_same_run(store, monkeypatch,
         return real(cfg, **kw, out=out)
 
     monkeypatch.setattr(run_module, "run_evolution", interrupted_at_20)
-    args = TINY + ["search.generations=60", "checkpoint.every=1000", "tracking.gain_every=1000", "--print-every", "1"]
+    args = TINY + ["search.generations=60", "checkpoint.every=1000", "tracking.gain_every=1000", "ray.num_actors=0",
+                   "--print-every", "1"]
     code = scripts.run("evolve", args)
     out, err = capsys.readouterr()
     assert code == 130 and "Traceback" not in err, err[-2000:]
