@@ -163,9 +163,12 @@ TARGET = re.compile(r"^  (2 actors vs 1 actor|Ray overhead per generation)[^\d-]
 def test_evolve_benchmark_prints_every_row_and_verdicts_that_follow_the_numbers(tmp_path, monkeypatch, capsys):
     """scripts/benchmark.py evolve, one generation per setting, in this process (a throwaway local Ray,
     shut down by the script): a row per configuration and actor count whose numbers agree with each other,
-    and each target's verdict is what its number says."""
+    and each target's verdict is what its number says. The heavy configuration is shrunk (the table's
+    logic is under test, not the machine)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setattr(scripts.load("benchmark"), "PAPER_WIDTH",
+                        ["network.hidden=[32,32]", "task.batches_per_task=10", "task.batch_size=8"])
     assert scripts.run("benchmark", ["evolve", "--generations", "1", "--no-auth", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     rows = [ROW.match(line).groups() for line in out.splitlines() if line.startswith(("light:", "heavy:"))]
