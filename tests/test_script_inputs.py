@@ -47,7 +47,14 @@ def _cases(tmp, afile):
     ]
 
 
-def test_bad_input_is_one_line_before_any_work(tmp_path, store, capsys, afile):
+@pytest.fixture
+def no_store(tmp_path, monkeypatch):
+    """A working directory whose MLflow store does not exist yet (a check before any work leaves none)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path, no_store, capsys, afile):
     for name, argv, code, fragment in _cases(tmp_path, afile):
         got, err = _run(capsys, name, argv)
         assert (got, "\n" in err) == (code, False) and fragment in err and err.startswith("evoplast: error:"), \
