@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from evoplast.benchmarking import lifetime_cost, median_seconds, plain_bmm  # noqa: E402
 from evoplast.cli import UsageError, run_main  # noqa: E402
 from evoplast.config import load_config  # noqa: E402
 from evoplast.learners import NetState, PlasticLearner  # noqa: E402
@@ -34,28 +35,6 @@ PAPER_WIDTH = ["network.hidden=[300,300]", "task.batches_per_task=40", "task.bat
 # The model the lifetime and memory benchmarks measure (and docs/performance.md reports): oja on every layer.
 OJA_EVERY_LAYER = ["rule.name=oja", "rule.eta_scale=0.01", "rule.batch_reduction=sum", "network.plastic_layers=[]",
                    "finetune.after_evolution=false"]
-
-def median_time(fn, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def lifetime_flops(cfg, steps: int) -> float:
-    """FLOP of one lifetime: forward (2 m out in) and Hebbian update (2 m out in) per plastic layer and step."""
-    from evoplast.genome import build_genome_spec
-
-    spec = build_genome_spec(cfg, cfg.task.num_tasks + 1, 1).model
-    m = cfg.task.batch_size
-    layer = [(spec.sizes[l], spec.sizes[l - 1]) for l in range(1, spec.num_layers + 1)]
-    forward = sum(2 * m * o * i for o, i in layer)
-    update = sum(2 * m * layer[l - 1][0] * layer[l - 1][1] for l in spec.plastic_layers)
-    return steps * (forward + update)
 
 
 # issue targets: (config, P, what, threshold)
@@ -119,7 +98,7 @@ def bench_lifetime(args) -> None:
         episodes = replace(full, stream_x=full.stream_x[:, :steps], stream_y=full.stream_y[:, :steps],
                            stream_task=full.stream_task[:, :steps], curve_steps=())
         scale = full.num_steps / steps
-        flops = lifetime_flops(cfg, steps)
+        flops = lifetime_cost(ev.spec.model, steps, cfg.task.batch_size)[0]   # forward + update matmuls
         for p in populations:
             pop = benchmark_population(ev.spec, p)
             params = ev.decode(pop)
@@ -134,14 +113,15 @@ def bench_lifetime(args) -> None:
                     if score_params(ev.learner, params, full, cap=1e9).num_nonfinite:
                         raise RuntimeError("a benchmark lifetime diverged: lower its rule.eta_init")
                 loop_reps = max(1, reps if p <= 16 else 1)
-                t_loops = {learner.fused: median_time(lambda: [score_params(learner, s, episodes, cap=1e9)
-                                                               for s in singles], loop_reps, warmup=0 if p > 16 else 1)
+                t_loops = {learner.fused: median_seconds(lambda: [score_params(learner, s, episodes, cap=1e9)
+                                                                  for s in singles],
+                                                         reps=loop_reps, warmup=0 if p > 16 else 1)
                            for learner in {ev.learner, eager}}
-                t_bmm = min(median_time(lambda: _plain_bmm(ev.spec.model, cfg.task.batch_size, p, steps, layout), reps)
-                            for layout in ("row", "column"))
+                t_bmm = min(median_seconds(plain_bmm(ev.spec.model, p, cfg.task.batch_size, steps, layout=layout),
+                                           reps=reps) for layout in ("row", "column"))
                 for label, learner, chunk in variants:
-                    t_batch = median_time(lambda: score_params(learner, params, episodes, cap=1e9, chunk=chunk),
-                                          reps, warmup=2 if label == "compiled" else 1)
+                    t_batch = median_seconds(lambda: score_params(learner, params, episodes, cap=1e9, chunk=chunk),
+                                             reps=reps, warmup=2 if label == "compiled" else 1)
                     t_loop = t_loops[learner.fused]
                     gflops = p * flops / t_batch / 1e9
                     bmm_gflops = p * flops / t_bmm / 1e9
@@ -160,30 +140,6 @@ def bench_lifetime(args) -> None:
         verdict = "pass" if value >= threshold else "short"
         ceiling = f"; ceiling {best[(name, p)]['ceiling'][0]:.2f}" if what == "batched/loop" else ""
         print(f"  {name:<26} P={p:<4} {what:<13} {value:6.2f} (target >= {threshold:g}, {label}{ceiling}): {verdict}")
-
-
-def _plain_bmm(model, m: int, p: int, steps: int, layout: str) -> None:
-    """The matmuls of a lifetime and nothing else: per step and layer one forward and one outer-product bmm.
-
-    ``layout``: "row" = weights ``[p, out, in]`` contiguous (forward through a transposed view), "column" =
-    stored ``[p, in, out]`` (forward and update on contiguous operands, the lifetime's layout). The target
-    compares with the faster of the two.
-    """
-    sizes = model.sizes
-    shapes = [(sizes[l], sizes[l - 1]) for l in range(1, len(sizes))]
-    ws = [torch.randn(p, o, i) if layout == "row" else torch.randn(p, i, o) for o, i in shapes]
-    xs = [torch.randn(p, m, i) for _, i in shapes]
-    posts = [torch.randn(p, m, o) for o, _ in shapes]
-    for _ in range(steps):
-        for l in range(len(ws)):
-            if layout == "row":
-                torch.bmm(xs[l], ws[l].transpose(1, 2))
-                if (l + 1) in model.plastic_layers:
-                    torch.bmm(posts[l].transpose(1, 2), xs[l])
-            else:
-                torch.bmm(xs[l], ws[l])
-                if (l + 1) in model.plastic_layers:
-                    torch.bmm(xs[l].transpose(1, 2), posts[l])
 
 
 def bench_evolve(args) -> None:

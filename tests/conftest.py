@@ -1,4 +1,8 @@
 import os
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,10 +42,38 @@ def tiny_cfg():
     ])
 
 
+_TEMPLATE: list[Path] = []      # an empty MLflow sqlite store, its tables made once per session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_template(tmp_path_factory):
+    _TEMPLATE.append(tmp_path_factory.mktemp("mlflow-template") / "mlflow.db")
+    yield
+    _TEMPLATE.clear()
+
+
+def fresh_store(directory: Path) -> str:
+    """The URI of an empty MLflow sqlite store ``directory/mlflow.db``: a copy of one made once per session
+    (MLflow's table migrations take 5-10 s per new file on 2 cores), its Default experiment's artifacts
+    moved to ``directory/mlruns/0`` as MLflow would have put them. An existing file is kept."""
+    path = Path(directory) / "mlflow.db"
+    if not path.exists():
+        template = _TEMPLATE[0]
+        if not template.exists():
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(f"sqlite:///{template}").search_experiments()      # creates the tables
+        shutil.copyfile(template, path)
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                       (str(Path(directory).resolve() / "mlruns" / "0"),))
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A private MLflow sqlite store and checkpoint directory for one test."""
+    """A private MLflow sqlite store and checkpoint directory for one test (the working directory)."""
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = fresh_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri

@@ -3,40 +3,28 @@
 Run in-process through ``scripts/evolve.py``'s ``main(argv)`` (no 20 s of imports per case).
 """
 
-import importlib.util
 import os
 import tempfile
 import time
 
 import pytest
 
-from evoplast.cli import run_main
 from evoplast.config import ConfigError, load_config
 from evoplast.preflight import check_memory, memory_estimate
 
-from .conftest import REPO, small_config
+from . import scripts
+from .conftest import small_config
 from .test_evolution import TINY
 
 BOMB = "a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{','.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))   # 9^9 values
 
 
-def _evolve_main():
-    spec = importlib.util.spec_from_file_location("evolve_script", f"{REPO}/scripts/evolve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-
-
 def run_evolve(argv, capsys):
     """``(exit code, stdout, stderr)`` of ``scripts/evolve.py argv`` run in this process."""
-    main = _evolve_main()
-    with pytest.raises(SystemExit) as info:
-        run_main(lambda: main(argv))
+    code = scripts.run("evolve", argv)
     out, err = capsys.readouterr()
-    return info.value.code, out, err
+    return code, out, err
 
 
 @pytest.fixture

@@ -166,14 +166,43 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2():
     assert "Traceback" not in proc.stderr
 
 
-def test_gpu_check_steps_run_on_the_cpu(tmp_path):
-    """The check's own code, on the CPU with tiny shapes (compares the CPU with itself), in-process."""
+def _gpu_check():
     import importlib.util
-    import json
 
     spec = importlib.util.spec_from_file_location("gpu_check", f"{REPO}/scripts/gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_gpu_check_reports_a_device_that_disagrees_and_exits_1(monkeypatch, capsys):
+    """The comparison can fail: the device under test's eager evaluator (the one built with
+    evaluation.cuda_graph=false) made 1% off, and every row says MISMATCH, the exit code is 1."""
+    from evoplast.evaluation import Evaluator
+
+    fitness = Evaluator.fitness
+
+    def off_by_one_percent(self, genomes, generation):
+        f, bad = fitness(self, genomes, generation)
+        return (f * 1.01 if not self.cfg.evaluation.cuda_graph else f), bad
+
+    monkeypatch.setattr(Evaluator, "fitness", off_by_one_percent)
+    gpu_check = _gpu_check()
+    monkeypatch.setattr(gpu_check, "correctness_configs", lambda quick: [
+        ("hebb", None, gpu_check.QUICK_STREAM + ["network.hidden=[8]", "rule.name=hebb"], 4, 2)])
+    results = {}
+    assert gpu_check.check_correctness("cpu", True, results) is False
+    (row,) = results["correctness"]
+    assert not row["ok"] and row["rel_eager"] == pytest.approx(0.01, rel=1e-3) and row["rel_graph"] == 0
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_gpu_check_steps_run_on_the_cpu(tmp_path):
+    """The check's own code, on the CPU with tiny shapes, in-process: every part runs and writes its
+    tables (the CPU compared with itself agrees exactly; the test above shows a disagreement is caught)."""
+    import json
+
+    gpu_check = _gpu_check()
     assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = results["correctness"]

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from evoplast.evaluation import Evaluator
 from evoplast.finetune import run_finetune, train_spec_of
-from evoplast.metatrain import MetaTrainer, meta_gradient
+from evoplast.metatrain import MetaTrainer, meta_loss_backward
 from evoplast.seeding import Purpose
 
 from .test_evolution import TINY, quiet
@@ -26,11 +26,11 @@ def _setup(*extra):
 
 def _grad(ev, g, eps, **kw):
     g = g.clone().requires_grad_(True)
-    loss = meta_gradient(ev.learner, ev.spec, g, eps, **kw)
+    loss = meta_loss_backward(ev.learner, ev.spec, g, eps, **kw)
     return loss.detach(), g.grad.detach()
 
 
-def test_meta_gradient_matches_finite_differences():
+def test_bptt_gradient_of_the_meta_loss_matches_finite_differences():
     """In float64, d(meta-loss)/d(genome) from BPTT equals central differences of the no-grad lifetime."""
     from dataclasses import replace
 
@@ -47,11 +47,11 @@ def test_meta_gradient_matches_finite_differences():
         plus[0, i] += h
         minus[0, i] -= h
         with torch.no_grad():
-            fd = (meta_gradient_value(ev, plus, eps) - meta_gradient_value(ev, minus, eps)) / (2 * h)
+            fd = (meta_loss_value(ev, plus, eps) - meta_loss_value(ev, minus, eps)) / (2 * h)
         assert torch.isclose(grad[0, i], fd, rtol=1e-4, atol=1e-8), (name, grad[0, i].item(), fd.item())
 
 
-def meta_gradient_value(ev, g, eps):
+def meta_loss_value(ev, g, eps):
     from evoplast.evaluation import score_params
 
     return score_params(ev.learner, ev.spec.decode(g), eps, cap=1e9).loss[0]

@@ -1,6 +1,5 @@
 """Ray for real: a local cluster, actor-count determinism, a lost actor, impossible resources."""
 
-import math
 import os
 import threading
 import time
@@ -14,7 +13,7 @@ from evoplast.evaluation import Evaluator
 from evoplast.evolution.ray_pool import RayPool, RayUnavailable
 from evoplast.evolution.run import run_evolution
 
-from .test_evolution import TINY, quiet
+from .test_evolution import TINY
 from .conftest import small_config
 
 

@@ -181,16 +181,10 @@ def test_report_has_the_new_baselines_and_transfer_rows(tiny_cfg):
 
 
 def _seeds_main(monkeypatch, argv):
-    import importlib.util
-    import sys
+    """``scripts/seeds.py``'s ``main(argv)`` in this process (errors raise, as before run_main sees them)."""
+    from . import scripts
 
-    from .conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("seeds_script", f"{REPO}/scripts/seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["seeds.py", *argv])
-    return module.main()
+    return scripts.load("seeds").main(argv)
 
 
 TINY_SEEDS = ["task.num_tasks=3", "task.batches_per_task=4", "task.batch_size=4", "task.query_size=8",
@@ -262,20 +256,13 @@ def test_seeds_script_refuses_one_seed(store, monkeypatch):
 @pytest.mark.parametrize("argv, message", [(["--oml-budget", "foo"], "expected lifetimes, wallclock"),
                                            (["--oml-steps", "-3"], "meta-steps >= 0"),
                                            (["--oml-budget", "wallclock"], "needs --run-id")])
-def test_evaluate_script_refuses_a_bad_oml_budget_before_any_work(monkeypatch, argv, message):
-    import importlib.util
-    import sys
-
+def test_evaluate_script_refuses_a_bad_oml_budget_before_any_work(argv, message):
     from evoplast.cli import UsageError
 
-    from .conftest import REPO
+    from . import scripts
 
-    spec = importlib.util.spec_from_file_location("evaluate_script", f"{REPO}/scripts/evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", *argv])
     with pytest.raises(UsageError, match=message):
-        module.main()
+        scripts.load("evaluate").main(argv)
 
 
 def test_equal_lifetimes_budget(tiny_cfg):

@@ -5,28 +5,15 @@ errors into one line on stderr and an exit code), in a private MLflow store: a c
 "before any work" must leave no ``mlflow.db`` behind.
 """
 
-import importlib.util
-import os
-
 import pytest
 
-from evoplast.cli import run_main
-
-from .conftest import REPO
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from . import scripts
 
 
 def _run(capsys, name, argv):
-    with pytest.raises(SystemExit) as info:
-        run_main(lambda: _script(name).main(argv))
+    code = scripts.run(name, argv)
     err = capsys.readouterr().err.strip()
-    return info.value.code, err
+    return code, err
 
 
 @pytest.fixture
@@ -66,7 +53,14 @@ def _cases(tmp, afile):
     ]
 
 
-def test_bad_input_is_one_line_before_any_work(tmp_path, store, capsys, afile):
+@pytest.fixture
+def no_store(tmp_path, monkeypatch):
+    """A working directory whose MLflow store does not exist yet (a check before any work leaves none)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path, no_store, capsys, afile):
     for name, argv, code, fragment in _cases(tmp_path, afile):
         got, err = _run(capsys, name, argv)
         assert (got, "\n" in err) == (code, False) and fragment in err and err.startswith("evoplast: error:"), \
@@ -96,9 +90,7 @@ SCRIPTS = ["evolve", "finetune", "export", "evaluate", "seeds", "benchmark", "gp
 def test_every_script_prints_the_config_reference(name, capsys):
     from evoplast.config import help_text, reference
 
-    with pytest.raises(SystemExit) as info:
-        run_main(lambda: _script(name).main(["--help-config"]))
-    assert info.value.code == 0
+    assert scripts.run(name, ["--help-config"]) == 0
     out = capsys.readouterr().out
     assert out == help_text() and len(out.splitlines()) == len(reference())
     assert "search.popsize = 32  (an integer >= 2 and <= 1,000,000)  population size" in out.splitlines()

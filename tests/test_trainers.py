@@ -137,11 +137,11 @@ def test_pes_is_unbiased_over_a_lifetime_where_truncation_is_not():
     assert cos > 0.97 and 0.9 < ratio < 1.1, (cos, ratio)
 
     # truncated BPTT on the same sum (graph cut at the plastic weights between truncations) is biased
-    from evoplast.metatrain import meta_gradient
+    from evoplast.metatrain import meta_loss_backward
 
     t = theta.clone().reshape(1, -1).requires_grad_(True)
-    meta_gradient(PlasticLearner(pes.spec.model), pes.spec, t, episodes, window=window, cap=cfg.evaluation.loss_cap)
-    truncated = t.grad[0] * (-(-T // window))                             # meta_gradient averages the windows
+    meta_loss_backward(PlasticLearner(pes.spec.model), pes.spec, t, episodes, window=window, cap=cfg.evaluation.loss_cap)
+    truncated = t.grad[0] * (-(-T // window))                             # meta_loss_backward averages the windows
     cos_truncated = torch.nn.functional.cosine_similarity(truncated, true, dim=0).item()
     print(f"PES cosine {cos:.4f} norm ratio {ratio:.4f}; truncated BPTT cosine {cos_truncated:.4f}")
     assert cos_truncated < cos - 0.02, (cos_truncated, cos)

@@ -382,7 +382,7 @@ class _StopAfter(Exception):
 
 def _make_evaluate(cfg: Config, placement: Placement, tracker: Tracker, evaluator: Evaluator,
                    out: Callable[[str], None]):
-    """``(evaluate, pool, placement)``: in-process, a Ray pool, or (distributed) EvoTorch's own actors.
+    """``(evaluate, pool, placement)``: in-process or a Ray pool.
     On a cluster the placement is completed from its nodes (:func:`~evoplast.evolution.placement.size`)."""
     if placement.where == "in-process":
         return evaluator.fitness, None, placement
