@@ -166,8 +166,8 @@ def test_evolve_finetune_export_end_to_end_with_registry(store, capsys):
     for code, _, err in runs:
         assert code == 0, err[-2000:]
     first, third = runs[0][1], runs[2][1]
-    assert "registered as 'evoplast-rule' version 1" in first.stdout
-    assert "registered as 'my-rule' version 2" in third.stdout
+    assert "registered as 'evoplast-rule' version 1" in first
+    assert "registered as 'my-rule' version 2" in third
     client = MlflowClient(store)
     versions = client.search_model_versions("name='my-rule'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
