@@ -170,13 +170,13 @@ def table_markdown(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
 
 def next_commands(run_id: str, *, finetuned: bool, uri: str = "") -> list[str]:
     """The commands that continue from run ``run_id``: fine-tune, export, evaluate."""
-    store = f" tracking.tracking_uri={uri}" if uri and uri != "sqlite:///mlflow.db" else ""
+    env = f"MLFLOW_TRACKING_URI={uri} " if uri and uri != "sqlite:///mlflow.db" else ""
     which = "finetuned" if finetuned else "best"
     cmds = []
     if not finetuned:
-        cmds.append(f"python scripts/finetune.py --run-id {run_id}{store}")
-    cmds += [f"python scripts/export.py --run-id {run_id} --which {which} --out rule.pt2",
-             f"python scripts/evaluate.py --run-id {run_id} --which {which}"]
+        cmds.append(f"{env}python scripts/finetune.py --run-id {run_id}")
+    cmds += [f"{env}python scripts/export.py --run-id {run_id} --which {which} --out rule.pt2",
+             f"{env}python scripts/evaluate.py --run-id {run_id} --which {which}"]
     return cmds
 
 
@@ -247,13 +247,13 @@ def evolution_description(*, run_id: str, flat: dict[str, Any], generations: int
     if finetune:
         lines += ["", f"Fine-tuned by BPTT (nested run `{finetune['run_id']}`): held-out {metric} "
                       f"{finetune['before']:.3f} → {finetune['after']:.3f}."]
-    lines += ["", "### Next", "", "```"] + next_commands(run_id, finetuned=bool(finetune)) + ["```"]
+    lines += ["", "### Next", "", "```"] + next_commands(run_id, finetuned=bool(finetune), uri=uri) + ["```"]
     return "\n".join(lines)
 
 
 def finetune_description(*, run_id: str, parent_run_id: Optional[str], labels: Sequence[str],
                          before: Sequence[dict], after: Sequence[dict], chosen: int, steps: int,
-                         equations: Sequence[str], legend: str) -> str:
+                         equations: Sequence[str], legend: str, uri: str = "") -> str:
     """A fine-tune run's description: before/after table, the fine-tuned rule, the next commands."""
     source = f"the evolution run `{parent_run_id}`" if parent_run_id else "the initial genome (from scratch)"
     rows = [(label + (" (kept)" if i == chosen else ""), float(before[i]["loss"]), float(after[i]["loss"]),
@@ -263,7 +263,7 @@ def finetune_description(*, run_id: str, parent_run_id: Optional[str], labels: S
                       "### Held-out query loss", "",
                       table_markdown(rows, ("genome", "before", "after", "episode gain before", "after")), "",
                       "### The fine-tuned rule", "", "```", *equations, "```", legend, "",
-                      "### Next", "", "```", *next_commands(target, finetuned=True), "```"])
+                      "### Next", "", "```", *next_commands(target, finetuned=True, uri=uri), "```"])
 
 
 def finite(x: float) -> bool:

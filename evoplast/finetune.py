@@ -132,7 +132,7 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         tracker.set_description(finetune_description(
             run_id=tracker.run_id, parent_run_id=parent_run_id, labels=labels, before=before, after=after,
             chosen=chosen, steps=steps, equations=rule_equations(spec.model, spec.decode(final[chosen].float())),
-            legend=rule_legend(spec.model)))
+            legend=rule_legend(spec.model), uri=tracker.shown_uri))
         status = "FINISHED"
         return FinetuneResult(tracker.run_id, parent_run_id, labels, before, after, chosen, final[chosen],
                               [s.name for s in spec.evolved], history, tracker.ui_command())

@@ -92,16 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Checkpoint: {result.checkpoint}")
     finetuned = finetune_center(cfg, result) if cfg.finetune.after_evolution else False
     print(f"Look at it: {result.ui_command}")
-    print_next(result.run_id, finetuned)
+    print_next(result.run_id, finetuned, cfg)
     return 0
 
 
-def print_next(run_id: str, finetuned: bool) -> None:
+def print_next(run_id: str, finetuned: bool, cfg) -> None:
     """The "Next:" block: the commands that continue from this run, its id filled in."""
     from evoplast.describe import next_commands
+    from evoplast.tracking import redact_uri, resolve_tracking_uri
 
     print("Next:")
-    for command in next_commands(run_id, finetuned=finetuned):
+    for command in next_commands(run_id, finetuned=finetuned,
+                                 uri=redact_uri(resolve_tracking_uri(cfg.tracking.tracking_uri))):
         print(f"  {command}")
 
 

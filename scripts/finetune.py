@@ -67,9 +67,11 @@ def main() -> int:
     print(f"Fine-tuned genome: artifact finetuned_genome.pt of run {result.run_id}")
     print(f"Look at it: {result.ui_command}")
     from evoplast.describe import next_commands
+    from evoplast.tracking import redact_uri
 
     print("Next:")
-    for command in next_commands(parent or result.run_id, finetuned=True):
+    for command in next_commands(parent or result.run_id, finetuned=True,
+                                 uri=redact_uri(resolve_tracking_uri(cfg.tracking.tracking_uri))):
         print(f"  {command}")
     return 0
 

@@ -458,6 +458,7 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                     "center": center, "config_yaml": to_yaml(cfg)}, d / "population.pt")
         for name in ("best_genome.pt", "population.pt"):
             tracker.log_artifact(d / name)
+    tracker.log_params({f"tuned_lr.{k[:-3]}": v for k, v in report.items() if k.endswith("_lr")})
     baselines = baseline_lines(report)
     tracker.log_figure(fitness_curve(trainer.history, heldout, baselines=baselines), "fitness_curve.png")
     tracker.log_figure(mse_vs_tasks_seen(learner_curves(report), title=f"held-out episodes, {cfg.task.order} stream",
@@ -478,7 +479,7 @@ def describe_run(tracker: Tracker, cfg: Config, evaluator: Evaluator, generation
     tracker.set_description(evolution_description(
         run_id=tracker.run_id, flat=flatten(cfg), generations=generations, report=report,
         equations=rule_equations(evaluator.spec.model, segments), legend=rule_legend(evaluator.spec.model),
-        history=history, finetune=finetune))
+        history=history, finetune=finetune, uri=tracker.shown_uri))
 
 
 def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, before: float, after: float,
@@ -495,7 +496,7 @@ def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, 
     head += (f"\n\nFine-tuned by BPTT (nested run `{finetune_run_id}`): held-out {metric} {before:.3f} → {after:.3f}; "
              f"the genome to use: {'the fine-tuned one' if better else 'the search center (fine-tuning did not help)'}.")
     tracker.set_description("\n".join([head, "", "### Next", "", "```",
-                                        *next_commands(run_id, finetuned=better), "```"]))
+                                        *next_commands(run_id, finetuned=better, uri=tracker.shown_uri), "```"]))
 
 
 # report keys of the learners drawn as reference lines and logged as baseline/<key>
