@@ -220,7 +220,7 @@ def summary_table(report: dict[str, Any]) -> dict[str, list]:
 
 def evolution_description(*, run_id: str, flat: dict[str, Any], generations: int, report: dict[str, Any],
                           equations: Sequence[str], legend: str, history: Sequence[dict] = (),
-                          finetune: Optional[dict[str, Any]] = None) -> str:
+                          finetune: Optional[dict[str, Any]] = None, uri: str = "") -> str:
     """The run's description (``mlflow.note.content``, markdown): what it is, the held-out table, the rule
     written out, and the next commands with the run id filled in."""
     classification = "accuracy" in report

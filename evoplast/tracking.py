@@ -285,7 +285,9 @@ class Tracker:
             self.start_system_metrics()
         return self.run_id
 
-    def start_system_metrics(self, interval: float = 5.0) -> None:
+    system_metrics_seconds = 5.0         # how often system metrics are sampled
+
+    def start_system_metrics(self, interval: float | None = None) -> None:
         """Sample CPU, memory, disk and network (and GPUs, where MLflow can) into ``system/...`` metrics of
         this run every ``interval`` seconds, until :meth:`end`. Skipped quietly where psutil is missing."""
         try:
@@ -296,7 +298,8 @@ class Tracker:
         import logging
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, samples_before_logging=1,
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval or self.system_metrics_seconds,
+                                             samples_before_logging=1,
                                              tracking_uri=self.uri)
         self._monitor.start()
 
