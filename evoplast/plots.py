@@ -62,7 +62,7 @@ def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, base
     for b in best:
         top = max(top, b) if math.isfinite(b) else top
         so_far.append(top if math.isfinite(top) else float("nan"))
-    window = max(1, len(history) // 25)
+    window = max(1, min(len(history) // 10, max(3, len(history) // 25)))
     mean, std = _smooth([h["mean"] for h in history], window)
     shown: list[float] = []
     if history:
@@ -70,21 +70,28 @@ def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, base
                         alpha=0.2, lw=0)
         ax.plot(gens, mean, color="C0", lw=1.2, label=f"population mean (training, {window}-generation mean ± s.d.)")
         ax.plot(gens, so_far, color="C3", lw=1.6, label="best so far (training episodes)")
-        shown += [v for v in mean[len(mean) // 10:] if math.isfinite(v)] + [v for v in so_far if math.isfinite(v)]
+        finite_mean = sorted(v for v in mean if math.isfinite(v))
+        if finite_mean:   # the mean's early dips (and capped genomes) do not set the range: its 5th percentile
+            shown += [finite_mean[len(finite_mean) // 20], finite_mean[-1]]
+        shown += [v for v in so_far if math.isfinite(v)]
     if heldout:
         ax.plot([h["generation"] for h in heldout], [-h["loss"] for h in heldout], "o-", color="k", ms=4, lw=1.2,
                 label=f"{center_name}, held-out (−loss)")
         shown += [-h["loss"] for h in heldout]
+    lo, hi = (min(shown), max(shown)) if shown else (-1.0, 0.0)
+    span = hi - lo or 1.0
     for i, (name, value) in enumerate((baselines or {}).items()):
-        if math.isfinite(value):
-            ax.axhline(-value, ls="--", lw=1, color=f"C{(i + 2) % 10}", label=f"{name}, held-out (−loss)")
-            shown.append(-value)
+        if not math.isfinite(value):
+            continue
+        inside = lo - span <= -value <= hi + span      # a reference far off the search's scale is named, not drawn
+        ax.axhline(-value if inside else float("nan"), ls="--", lw=1, color=f"C{(i + 2) % 10}",
+                   label=f"{name}, held-out (−loss)" + ("" if inside else f": {-value:.3g}, off the scale"))
+        if inside:
+            lo, hi = min(lo, -value), max(hi, -value)
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness = −query loss")
-    if shown:
-        lo, hi = min(shown), max(shown)
-        pad = 0.08 * (hi - lo or 1.0)
-        ax.set_ylim(lo - pad, hi + pad)
+    pad = 0.08 * (hi - lo or 1.0)
+    ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -100,6 +107,7 @@ def mse_vs_tasks_seen(curves: dict[str, Sequence], title: str = "", ylabel: str 
     from .stats import mean_ci
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    means: list[float] = []
     for i, (label, curve) in enumerate(curves.items()):
         rows = [list(map(float, r)) for r in curve] if curve and isinstance(curve[0], (list, tuple)) else None
         if rows:
@@ -111,7 +119,17 @@ def mse_vs_tasks_seen(curves: dict[str, Sequence], title: str = "", ylabel: str 
                             color=f"C{i % 10}", alpha=0.15, lw=0)
             ax.plot(xs, mean, "o-", ms=3, color=f"C{i % 10}", label=label)
         else:
-            ax.plot(range(1, len(curve) + 1), list(curve), "o-", ms=3, color=f"C{i % 10}", label=label)
+            mean = list(map(float, curve))
+            ax.plot(range(1, len(curve) + 1), mean, "o-", ms=3, color=f"C{i % 10}", label=label)
+        means += [v for v in mean if math.isfinite(v)]
+    if means:   # the range follows the means (a diverged learner's band does not flatten the others)
+        lo, hi = min(means), max(means)
+        if lo > 0 and hi / lo > 5:
+            ax.set_yscale("log")
+            ax.set_ylim(lo / 1.5, hi * 1.5)
+        else:
+            pad = 0.15 * (hi - lo or abs(hi) or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("tasks seen")
     ax.set_ylabel(f"{ylabel} over the tasks seen (95% CI over episodes)")
     if title:

@@ -460,7 +460,8 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
             tracker.log_artifact(d / name)
     tracker.log_params({f"tuned_lr.{k[:-3]}": v for k, v in report.items() if k.endswith("_lr")})
     baselines = baseline_lines(report)
-    tracker.log_figure(fitness_curve(trainer.history, heldout, baselines=baselines), "fitness_curve.png")
+    tracker.log_figure(fitness_curve(trainer.history, heldout, baselines={BASELINES[k]: v for k, v in baselines.items()}),
+                       "fitness_curve.png")
     tracker.log_figure(mse_vs_tasks_seen(learner_curves(report), title=f"held-out episodes, {cfg.task.order} stream",
                                          ylabel="query MSE" if evaluator.task.kind == "regression"
                                          else "query cross-entropy"), "mse_vs_tasks_seen.png")
