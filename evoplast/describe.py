@@ -77,6 +77,11 @@ def _num(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def _signed(x: float) -> str:
+    """``" + 0.139"`` or ``" − 0.122"``: a term added to what comes before it."""
+    return f" − {_num(-x)}" if x < 0 else f" + {_num(x)}"
+
+
 def _value(t: Tensor) -> str:
     """One number, or ``mean 0.12 (range 0.01..0.3, 40 values)`` for a tensor of several."""
     t = t.detach().float().reshape(-1)
@@ -112,7 +117,7 @@ def rule_equations(model, segments: dict[str, Tensor]) -> list[str]:
         g = "" if l == L else ("relu" if model.feedback_activation == "relu" else "")
         scalar_fb = fb is not None and fb.numel() == 1
         scalar_c = fb_b is not None and fb_b.numel() == 1
-        fb_text = (f"{_value(fb)}·{s}" if scalar_fb else f"B{l}·{s}") + (f" + {_value(fb_b)}" if scalar_c else f" + c{l}")
+        fb_text = (f"{_value(fb)}·{s}" if scalar_fb else f"B{l}·{s}") + (_signed(float(fb_b.reshape(-1)[0])) if scalar_c else f" + c{l}")
         f = f"{g}({fb_text})" if g else f"({fb_text})"
         if l == L and model.kind == "classification":
             post = s
@@ -225,16 +230,18 @@ def evolution_description(*, run_id: str, flat: dict[str, Any], generations: int
     written out, and the next commands with the run id filled in."""
     classification = "accuracy" in report
     metric = "accuracy" if classification else "query MSE"
-    lines = [f"**{flat.get('task.name')}** task, **{flat.get('rule.name')}** rule on layer(s) "
+    score = report["accuracy" if classification else "loss"]
+    # the rule comes first: the UI shows the first lines of a long description until "Show more"
+    lines = [f"**Learned rule** ({CENTER}), held-out {metric} **{score:.3f}**:", "", "```", *equations, "```", "",
+             f"**{flat.get('task.name')}** task, **{flat.get('rule.name')}** rule on layer(s) "
              f"{flat.get('network.plastic_layers')} of {flat.get('network.hidden')} hidden, evolved by "
              f"**{flat.get('search.algorithm')}** (popsize {flat.get('search.popsize')}) for {generations} "
-             f"generations, seed {flat.get('seed')}."]
+             f"generations, seed {flat.get('seed')}. {legend}"]
     if history:
         best = max(h["best"] for h in history if h["best"] == h["best"]) if any(h["best"] == h["best"]
                                                                               for h in history) else float("nan")
         lines.append(f"Training fitness: best so far {best:.3f} (−query loss, training episodes).")
-    lines += ["", f"### The learned rule ({CENTER})", "", "```"] + list(equations) + ["```", legend, "",
-              f"### Held-out episodes ({flat.get('evaluation.heldout_episodes')}, {flat.get('task.order')} stream)",
+    lines += ["", f"### Held-out episodes ({flat.get('evaluation.heldout_episodes')}, {flat.get('task.order')} stream)",
               ""]
     rows = []
     for label, key in summary_rows(report, classification):
@@ -259,10 +266,9 @@ def finetune_description(*, run_id: str, parent_run_id: Optional[str], labels: S
     rows = [(label + (" (kept)" if i == chosen else ""), float(before[i]["loss"]), float(after[i]["loss"]),
              float(before[i]["episode_gain"]), float(after[i]["episode_gain"])) for i, label in enumerate(labels)]
     target = parent_run_id or run_id
-    return "\n".join([f"BPTT fine-tune of {source}: {steps} meta-steps.", "",
-                      "### Held-out query loss", "",
+    return "\n".join([f"**Fine-tuned rule** (BPTT, {steps} meta-steps, from {source}):", "", "```", *equations, "```",
+                      legend, "", "### Held-out query loss", "",
                       table_markdown(rows, ("genome", "before", "after", "episode gain before", "after")), "",
-                      "### The fine-tuned rule", "", "```", *equations, "```", legend, "",
                       "### Next", "", "```", *next_commands(target, finetuned=True, uri=uri), "```"])
 
 

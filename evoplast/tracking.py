@@ -271,8 +271,9 @@ class Tracker:
         if exp is not None:
             self.experiment_id = exp.experiment_id
         else:
-            try:
-                self.experiment_id = self.client.create_experiment(experiment)
+            try:   # the UI shows it as model training (charts, params), not as a GenAI experiment
+                self.experiment_id = self.client.create_experiment(
+                    experiment, tags={"mlflow.experimentKind": "custom_model_development"})
             except MlflowException as exc:   # another run created it a moment ago
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
