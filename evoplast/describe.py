@@ -7,7 +7,6 @@ The recommended genome of an evolution is called :data:`CENTER` everywhere (cons
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Optional, Sequence
 
 from torch import Tensor
@@ -272,5 +271,32 @@ def finetune_description(*, run_id: str, parent_run_id: Optional[str], labels: S
                       "### Next", "", "```", *next_commands(target, finetuned=True, uri=uri), "```"])
 
 
-def finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
+# report keys of the learners drawn as reference lines and logged as baseline/<key>
+BASELINES = {"loss_plasticity_off": "same genome, plasticity off",
+             "sgd_plastic_weights": "online SGD of the plastic weights, same initial weights",
+             "sgd_same_init": "online SGD of every weight, same initial weights",
+             "input_only": "best input-only predictor"}
+
+
+def baseline_lines(report: dict[str, Any]) -> dict[str, float]:
+    """``{report key: held-out loss}`` of the baselines the report has."""
+    return {k: float(report[k]) for k in BASELINES if isinstance(report.get(k), float)}
+
+
+def learner_curves(report: dict[str, Any]) -> dict[str, Any]:
+    """``{label: [K, C] per-episode curves (or a [C] mean curve)}`` of every learner the report has curves for."""
+    labels = {"loss": CENTER, "loss_plasticity_off": "same genome, plasticity off",
+              "sgd_plastic_weights": "online SGD of the plastic weights, same initial weights",
+              "sgd_same_init": "online SGD of every weight, same initial weights",
+              "fa_same_init": "feedback alignment, same initial weights",
+              "sgd_seed_init": "online SGD, seed's initial weights",
+              "sgd_iid_same_init": "online SGD on the shuffled (iid) stream, same initial weights",
+              "oml": "OML (meta-learned init, SGD of the head)"}
+    per = report.get("curves_per_episode", {})
+    out = {}
+    for key, label in labels.items():
+        if key in per:
+            out[label] = per[key]
+        elif f"curve_{key}" in report or (key == "loss" and "curve" in report):
+            out[label] = report["curve" if key == "loss" else f"curve_{key}"]
+    return out

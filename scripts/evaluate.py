@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from evoplast.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
-    from evoplast.describe import applicable_params, rule_equations, run_name, run_tags, table_markdown
+    from evoplast.describe import (applicable_params, learner_curves, rule_equations, run_name, run_tags,
+                                   table_markdown)
     from evoplast.evaluation import Evaluator
-    from evoplast.evolution.run import learner_curves
     from evoplast.finetune import check_finetune_overrides, train_spec_of
     from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
     from evoplast.runs import genome_of_run

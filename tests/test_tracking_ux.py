@@ -10,8 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evoplast.config import flatten, load_config
-from evoplast.describe import CENTER, applicable_params, rule_equations, run_name
-from evoplast.evolution.run import learner_curves
+from evoplast.describe import CENTER, applicable_params, learner_curves, rule_equations, run_name
 from evoplast.network import ModelSpec
 from evoplast.plots import fitness_curve, mse_vs_tasks_seen
 from evoplast.progress import Progress, format_seconds

@@ -22,8 +22,8 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml
 from ..evaluation import Evaluator
-from ..describe import (CENTER, applicable_params, evolution_description, rule_equations, rule_legend, run_name,
-                        run_tags, summary_table)
+from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, learner_curves,
+                        rule_equations, rule_legend, run_name, run_tags, summary_table)
 from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
@@ -498,34 +498,3 @@ def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, 
              f"the genome to use: {'the fine-tuned one' if better else 'the search center (fine-tuning did not help)'}.")
     tracker.set_description("\n".join([head, "", "### Next", "", "```",
                                         *next_commands(run_id, finetuned=better, uri=tracker.shown_uri), "```"]))
-
-
-# report keys of the learners drawn as reference lines and logged as baseline/<key>
-BASELINES = {"loss_plasticity_off": "same genome, plasticity off",
-             "sgd_plastic_weights": "online SGD of the plastic weights, same initial weights",
-             "sgd_same_init": "online SGD of every weight, same initial weights",
-             "input_only": "best input-only predictor"}
-
-
-def baseline_lines(report: dict[str, Any]) -> dict[str, float]:
-    """``{report key: held-out loss}`` of the baselines the report has."""
-    return {k: float(report[k]) for k in BASELINES if isinstance(report.get(k), float)}
-
-
-def learner_curves(report: dict[str, Any]) -> dict[str, Any]:
-    """``{label: [K, C] per-episode curves (or a [C] mean curve)}`` of every learner the report has curves for."""
-    labels = {"loss": CENTER, "loss_plasticity_off": "same genome, plasticity off",
-              "sgd_plastic_weights": "online SGD of the plastic weights, same initial weights",
-              "sgd_same_init": "online SGD of every weight, same initial weights",
-              "fa_same_init": "feedback alignment, same initial weights",
-              "sgd_seed_init": "online SGD, seed's initial weights",
-              "sgd_iid_same_init": "online SGD on the shuffled (iid) stream, same initial weights",
-              "oml": "OML (meta-learned init, SGD of the head)"}
-    per = report.get("curves_per_episode", {})
-    out = {}
-    for key, label in labels.items():
-        if key in per:
-            out[label] = per[key]
-        elif f"curve_{key}" in report or (key == "loss" and "curve" in report):
-            out[label] = report["curve" if key == "loss" else f"curve_{key}"]
-    return out
