@@ -283,9 +283,9 @@ def baseline_lines(report: dict[str, Any]) -> dict[str, float]:
     return {k: float(report[k]) for k in BASELINES if isinstance(report.get(k), float)}
 
 
-def learner_curves(report: dict[str, Any]) -> dict[str, Any]:
+def learner_curves(report: dict[str, Any], rule_label: str = CENTER) -> dict[str, Any]:
     """``{label: [K, C] per-episode curves (or a [C] mean curve)}`` of every learner the report has curves for."""
-    labels = {"loss": CENTER, "loss_plasticity_off": "same genome, plasticity off",
+    labels = {"loss": rule_label, "loss_plasticity_off": "same genome, plasticity off",
               "sgd_plastic_weights": "online SGD of the plastic weights, same initial weights",
               "sgd_same_init": "online SGD of every weight, same initial weights",
               "fa_same_init": "feedback alignment, same initial weights",

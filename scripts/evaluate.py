@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from evoplast.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
-    from evoplast.describe import (applicable_params, learner_curves, rule_equations, run_name, run_tags,
+    from evoplast.describe import (CENTER, applicable_params, learner_curves, rule_equations, run_name, run_tags,
                                    table_markdown)
     from evoplast.evaluation import Evaluator
     from evoplast.finetune import check_finetune_overrides, train_spec_of
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
              cosine_curves(cosine, ev.spec.model.plastic_layers, held.curve_steps, out_dir / "cosine.png")]
     if oml is not None:
         report["curves_per_episode"]["oml"] = o.curve_per_episode[0].tolist()
-    plots.append(save_figure(mse_vs_tasks_seen(learner_curves(report), title=f"held-out episodes, {cfg.task.order} stream",
+    plots.append(save_figure(mse_vs_tasks_seen(learner_curves(report, "fine-tuned rule" if args.which == "finetuned" else CENTER), title=f"held-out episodes, {cfg.task.order} stream",
                                                ylabel="query MSE" if not classification else "query cross-entropy"),
                              out_dir / "loss_vs_tasks_seen.png"))
     if by_n:
