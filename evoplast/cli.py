@@ -1,21 +1,36 @@
-"""Command-line plumbing shared by the scripts: ``--config``, ``key=value`` overrides, one-line errors."""
+"""Command-line plumbing shared by the scripts: one convention, one-line errors.
+
+Every script takes ``--config PATH``, positional ``key=value`` overrides, ``--tracking-uri URI`` (sets
+``tracking.tracking_uri``; wins over ``$MLFLOW_TRACKING_URI``), ``--help-config`` (every config key, one line
+each) and, where a run is read, ``--run-id RUN``. This module imports only :mod:`evoplast.config` (no torch,
+Ray, MLflow or EvoTorch), so a bad command line or config is answered before the heavy imports.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Callable
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .export import RuleExportError
-from .runs import RunArtifactsError
-from .tasks.images import DatasetError
-from .tracking import TrackingUnavailable
+from .config import Config, help_text, load_config
+from .errors import ConfigError, StoreNotFound, UsageError
 
+__all__ = ["UsageError", "ConfigError", "parser", "config_from_args", "run_main", "DEFAULT_CONFIG"]
 
-class UsageError(ValueError):
-    """A bad command line (exit code 2)."""
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+# Errors of the world (exit 1), by module and class name: looked up only once raised, so that importing this
+# module never imports torch, MLflow or Ray.
+_WORLD_ERRORS = {
+    "evoplast.tracking": ("TrackingUnavailable",),
+    "evoplast.checkpoint": ("CheckpointError",),
+    "evoplast.runs": ("RunArtifactsError",),
+    "evoplast.export": ("RuleExportError",),
+    "evoplast.tasks.images": ("DatasetError",),
+    "evoplast.evolution.ray_pool": ("RayUnavailable", "ActorsLost"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,36 +38,91 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+class _HelpConfig(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print every config key (key = default  (allowed)  help) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(help_text())
+        parser.exit(0)
+
+
+def parser(description: str, prog: str | None = None, *, config: bool = True, run_id: str | None = None,
+           tracking: bool = True) -> argparse.ArgumentParser:
+    """The scripts' parser. ``config``: take ``--config`` and ``key=value`` overrides; ``run_id``: the help
+    of ``--run-id`` (None: no such option); ``tracking``: take ``--tracking-uri``."""
     p = _Parser(description=description, prog=prog,
                 epilog="Overrides: dotted key=value pairs applied after the YAML file, e.g. "
-                       "network.hidden=[64,64] rule.name=oja search.generations=50")
-    p.add_argument("--config", default=None, help="experiment YAML (default: configs/default.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+                       "network.hidden=[64,64] rule.name=oja search.generations=50; every key: --help-config "
+                       "or docs/configuration.md")
+    if config:
+        p.add_argument("--config", default=None, metavar="PATH",
+                       help="experiment YAML (default: the defaults, which configs/default.yaml holds)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--help-config", action=_HelpConfig)
+    if run_id is not None:
+        p.add_argument("--run-id", metavar="RUN", help=run_id)
+    if tracking:
+        p.add_argument("--tracking-uri", metavar="URI",
+                       help="MLflow store (sets tracking.tracking_uri; wins over $MLFLOW_TRACKING_URI; "
+                            "default sqlite:///mlflow.db)")
     return p
 
 
-def config_from_args(args, default_path: str | None) -> "object":
-    return load_config(args.config or default_path, args.overrides)
+def config_from_args(args, default_path: str | Path | None = None) -> Config:
+    """The config the command line names: ``--config`` (else ``default_path``, else the defaults), the
+    ``key=value`` overrides, then ``--tracking-uri``."""
+    overrides = list(getattr(args, "overrides", []) or [])
+    uri = getattr(args, "tracking_uri", None)
+    if uri is not None:
+        overrides.append(f"tracking.tracking_uri={uri}")
+    cfg = load_config(getattr(args, "config", None) or default_path, overrides)
+    if uri is not None and cfg.tracking.tracking_uri != uri:          # a URI that YAML would read as a mapping
+        cfg = cfg.replace(**{"tracking.tracking_uri": uri})
+    return cfg
+
+
+def apply_tracking_uri(args) -> None:
+    """For scripts that read runs without a config: ``--tracking-uri`` becomes ``$MLFLOW_TRACKING_URI``."""
+    if getattr(args, "tracking_uri", None):
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+
+
+def require_store(uri: str, run_id: str) -> None:
+    """Before a run id is looked up: a sqlite store whose file does not exist is one line (and is not created,
+    as MLflow would do, leaving an empty mlflow.db behind)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise StoreNotFound(f"run {run_id!r}: no MLflow store at sqlite:///{path.resolve()} (the file does not "
+                                f"exist); point at the store that holds the run with --tracking-uri URI or "
+                                f"MLFLOW_TRACKING_URI")
+
+
+def _world_error(exc: BaseException) -> bool:
+    for module, names in _WORLD_ERRORS.items():
+        mod = sys.modules.get(module)
+        if mod is not None and any(isinstance(exc, getattr(mod, n)) for n in names if hasattr(mod, n)):
+            return True
+    return False
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run ``main``; known bad input ends with one line on stderr and exit 2 (usage/config) or 1."""
+    """Run ``main``; known bad input ends with one line on stderr and exit 2 (usage/config) or 1 (the world)."""
     try:
         code = main()
     except (UsageError, ConfigError) as exc:
         print(f"evoplast: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (TrackingUnavailable, CheckpointError, RunArtifactsError, RuleExportError, DatasetError) as exc:
+    except StoreNotFound as exc:
         print(f"evoplast: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("evoplast: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # Ray's errors are imported lazily
-        from .evolution.ray_pool import ActorsLost, RayUnavailable
-
-        if isinstance(exc, (RayUnavailable, ActorsLost)):
+    except Exception as exc:
+        if _world_error(exc):
             print(f"evoplast: error: {exc}", file=sys.stderr)
             sys.exit(1)
         raise

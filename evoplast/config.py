@@ -1,292 +1,412 @@
-"""Typed experiment configuration: YAML, then ``key=value`` overrides, then checks.
+"""Typed experiment configuration: YAML, then ``key=value`` overrides, then checks (pydantic 2).
 
-Every component has a frozen dataclass whose fields carry their documentation and their allowed
-range in ``metadata``. :func:`load_config` applies the YAML file, then the dotted overrides
-(``network.hidden=[64,64] rule.name=oja``), then checks every value's type and range, and raises
-:class:`ConfigError` with one line that names the key, the value and what is allowed.
+Every section is a frozen pydantic model whose fields carry their documentation (``description``) and
+their allowed range (``ge``/``gt``/``le``, ``Literal``). The field defaults *are* ``configs/default.yaml``.
+:func:`load_config` applies the YAML file, then the dotted overrides (``network.hidden=[64,64] rule.name=oja``),
+then validates, and raises :class:`ConfigError` with one line that names the key, the value and what is allowed.
+
+Imports only the standard library, PyYAML and pydantic (no torch), so scripts check a config in a moment.
+``python -m evoplast.config --markdown`` prints the reference (docs/configuration.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
+from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+from .errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "TaskConfig", "NetworkConfig", "RuleConfig", "GenomeConfig", "EvaluationConfig",
+           "SearchConfig", "RayConfig", "TrackingConfig", "CheckpointConfig", "FinetuneConfig", "ExportConfig",
+           "load_config", "merge_overrides", "from_dict", "upgrade", "to_dict", "to_yaml", "flatten", "describe",
+           "reference", "MAX_CONFIG_BYTES", "MAX_YAML_NODES", "TERM_NAMES"]
+
+MAX_CONFIG_BYTES = 1 << 20       # a config file larger than this is not a config
+MAX_YAML_NODES = 100_000         # nodes after expanding aliases (a YAML "billion laughs" has ~10^9)
+
+# The named terms of the 'terms' rule (evoplast.rules.TERMS implements them; a test keeps the two equal).
+TERM_NAMES = ("hebb", "error_hebb", "oja_decay", "oja_subspace", "pseudo_grad", "decay")
+
+# Leaf types: no silent coercion ("10" is not an integer, 1 is not true), floats finite, ints accepted as floats.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
 
-class ConfigError(ValueError):
-    """A configuration problem, described in one line that says how to fix it."""
+def _as_list(value: Any) -> Any:
+    """A lone scalar where a list is expected (``network.hidden=64``) is a one-element list."""
+    return [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
 
 
-def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-       min_exclusive: bool = False, default_factory: Any = None) -> Any:
-    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
+def _Tuple(item: Any) -> Any:
+    return Annotated[tuple[item, ...], BeforeValidator(_as_list)]
 
 
-@dataclass(frozen=True)
-class TaskConfig:
+Range = tuple[Float, Float]
+Term = Literal["hebb", "error_hebb", "oja_decay", "oja_subspace", "pseudo_grad", "decay"]
+
+
+def _no_zero(value: Any) -> Any:
+    if value == 0 and not isinstance(value, bool):
+        raise ValueError("0 no longer means all/off/the same: write null")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+    def replace(self, **fields: Any) -> Any:
+        """A validated copy of this section with some fields changed: ``cfg.ray.replace(num_actors=2)``."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **fields})
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc, type(self))) from None
+
+
+def _fail(message: str) -> PydanticCustomError:
+    """A cross-field problem: ``message`` is the whole one-line error."""
+    return PydanticCustomError("config", message)
+
+
+class TaskConfig(_Section):
     """The inner task and its protocol (DESIGN §3)."""
 
-    name: Literal["sinusoid", "glyphs", "digits", "omniglot"] = _f(
-        "sinusoid", "task family: sinusoid regression, or class-incremental classification of images")
-    num_tasks: int = _f(10, "sinusoids (regression) or classes N (classification) per episode", min=1)
-    batches_per_task: int = _f(10, "mini-batches of the stream per sinusoid / shots k per class", min=1)
-    batch_size: int = _f(8, "rows m of one lifetime step (classification: images per step, usually 1)", min=1)
-    query_size: int = _f(32, "held-out query points per sinusoid / query images per class", min=1)
-    order: Literal["blocked", "iid"] = _f("blocked", "stream order: task after task (continual), or shuffled")
-    output_classes: int = _f(0, "classification: output units (>= num_tasks, so one genome serves several N); "
-                                "0 = num_tasks", min=0)
-    image_size: int = _f(28, "classification: images are resized to image_size x image_size", min=4)
-    data_dir: str = _f("", "omniglot: directory holding images_background/ and images_evaluation/")
-    glyph_classes: int = _f(600, "glyphs: number of procedural classes (80% meta-train, 20% meta-test)", min=10)
-    images_per_class: int = _f(20, "glyphs: images drawn per class", min=2)
-    amplitude: tuple[float, float] = _f((0.1, 5.0), "amplitude range A ~ U[lo, hi]")
-    phase: tuple[float, float] = _f((0.0, 3.141592653589793), "phase range phi ~ U[lo, hi]")
-    x_range: tuple[float, float] = _f((-5.0, 5.0), "input range x ~ U[lo, hi]")
+    name: Literal["sinusoid", "glyphs", "digits", "omniglot"] = Field(
+        "sinusoid", description="task family: sinusoid regression, or class-incremental classification of images")
+    num_tasks: Int = Field(10, ge=1, description="sinusoids (regression) or classes N (classification) per episode")
+    batches_per_task: Int = Field(10, ge=1, description="mini-batches of the stream per sinusoid / shots k per class")
+    batch_size: Int = Field(8, ge=1, description="rows m of one lifetime step (classification: images per step, "
+                                                 "usually 1)")
+    query_size: Int = Field(32, ge=1, description="held-out query points per sinusoid / query images per class")
+    order: Literal["blocked", "iid"] = Field("blocked", description="stream order: task after task (continual), "
+                                                                   "or shuffled")
+    output_classes: Optional[Int] = Field(None, ge=1, description="classification: output units (>= num_tasks, so "
+                                          "one genome serves several N); null = num_tasks")
+    image_size: Int = Field(28, ge=4, description="classification: images are resized to image_size x image_size")
+    data_dir: Str = Field("", description="omniglot: directory holding images_background/ and images_evaluation/")
+    glyph_classes: Int = Field(600, ge=10, description="glyphs: number of procedural classes (80% meta-train, "
+                                                       "20% meta-test)")
+    images_per_class: Int = Field(20, ge=2, description="glyphs: images drawn per class")
+    amplitude: Range = Field((0.1, 5.0), description="amplitude range A ~ U[lo, hi]")
+    phase: Range = Field((0.0, 3.141592653589793), description="phase range phi ~ U[lo, hi]")
+    x_range: Range = Field((-5.0, 5.0), description="input range x ~ U[lo, hi]")
+
+    _zero = field_validator("output_classes", mode="before")(_no_zero)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskConfig":
+        if self.output_classes is not None and self.output_classes < self.num_tasks:
+            raise _fail(f"task.output_classes={self.output_classes} is invalid: it must be null or at least "
+                        f"task.num_tasks={self.num_tasks} (one output per class of an episode)")
+        if self.name == "omniglot" and not self.data_dir:
+            raise _fail("task.data_dir is empty: the omniglot task reads images_background/ and "
+                        "images_evaluation/ from a local directory (see docs/classification.md)")
+        for name in ("amplitude", "phase", "x_range"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise _fail(f"task.{name}=[{lo:g}, {hi:g}] is invalid: expected [low, high] with low < high")
+        return self
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(_Section):
     """The plastic feed-forward network (DESIGN §2)."""
 
-    hidden: tuple[int, ...] = _f((40, 40), "hidden layer widths, input to output", min=1, max=100_000)
-    plastic_layers: tuple[int, ...] = _f((), "1-based indices of plastic layers; empty = all layers", min=1)
-    teaching_signal: Literal["error", "target"] = _f(
-        "error", "regression teaching signal s: y - y_hat (error) or y (target)")
-    feedback_activation: Literal["relu", "linear"] = _f(
-        "relu", "g in f = g(B s + c) for hidden layers (the output layer's feedback is linear)")
-    init_gain: float = _f(1.0, "scale of the Kaiming-uniform initial weights", min=0.0)
-    features: Literal["none", "conv"] = _f(
-        "none", "classification: plastic layers read the pixels, or the output of a conv stack that is frozen "
-                "in the lifetime (random from the seed; meta-learned with finetune.train=['features.*'])")
-    conv_channels: tuple[int, ...] = _f((16, 32), "conv stack: channels of each 3x3 stride-2 conv layer", min=1)
+    hidden: _Tuple(Annotated[Int, Field(ge=1, le=100_000)]) = Field(
+        (40, 40), description="hidden layer widths, input to output")
+    plastic_layers: _Tuple(Annotated[Int, Field(ge=1)]) = Field(
+        (3,), description="1-based indices of plastic layers (the output layer is len(hidden) + 1); "
+                          "empty = all layers")
+    teaching_signal: Literal["error", "target"] = Field(
+        "error", description="regression teaching signal s: y - y_hat (error) or y (target)")
+    feedback_activation: Literal["relu", "linear"] = Field(
+        "relu", description="g in f = g(B s + c) for hidden layers (the output layer's feedback is linear)")
+    init_gain: Float = Field(1.0, ge=0.0, description="scale of the Kaiming-uniform initial weights")
+    features: Literal["none", "conv"] = Field(
+        "none", description="classification: plastic layers read the pixels, or the output of a conv stack that is "
+                            "frozen in the lifetime (random from the seed; meta-learned with "
+                            "finetune.train=['features.*'])")
+    conv_channels: _Tuple(Annotated[Int, Field(ge=1)]) = Field(
+        (16, 32), description="conv stack: channels of each 3x3 stride-2 conv layer")
 
 
-@dataclass(frozen=True)
-class RuleConfig:
+class RuleConfig(_Section):
     """The local plasticity rule and how its coefficients are parameterised."""
 
-    name: Literal["hebb", "oja", "abcd", "terms"] = _f("oja", "plasticity rule")
-    granularity: Literal["layer", "neuron", "synapse"] = _f(
-        "layer", "one coefficient per layer, per post-neuron, or per synapse")
-    eta_transform: Literal["identity", "exp", "softplus"] = _f(
-        "identity", "map from genome value g to eta: scale*g (signed), scale*exp(g), scale*softplus(g)")
-    eta_scale: float = _f(0.01, "eta = eta_scale * transform(g)", min=0.0, min_exclusive=True)
-    eta_init: float = _f(0.0, "initial genome value g of eta (before the transform)")
-    terms: tuple[str, ...] = _f(
-        ("hebb", "oja_decay"), "named terms pooled by the 'terms' rule (see evoplast.rules.TERMS)")
-    term_scale: float = _f(0.01, "theta = term_scale * g for the 'terms' and 'abcd' coefficients",
-                           min=0.0, min_exclusive=True)
-    batch_reduction: Literal["sum", "mean"] = _f(
-        "sum", "how a step's update combines the m rows of its mini-batch: sum (as in the paper's code; the "
-               "step grows with m) or mean (the whole update divided by m, so eta means the same at any batch size)")
+    name: Literal["hebb", "oja", "abcd", "terms"] = Field("hebb", description="plasticity rule")
+    granularity: Literal["layer", "neuron", "synapse"] = Field(
+        "layer", description="one coefficient per layer, per post-neuron, or per synapse")
+    eta_transform: Literal["identity", "exp", "softplus"] = Field(
+        "identity", description="map from genome value g to eta: scale*g (signed), scale*exp(g), scale*softplus(g)")
+    eta_scale: Float = Field(0.08, gt=0.0, description="eta = eta_scale * transform(g) (with batch_reduction mean "
+                                                       "over 8 rows: the same model as sum with 0.01)")
+    eta_init: Float = Field(0.0, description="initial genome value g of eta (before the transform)")
+    terms: _Tuple(Term) = Field(("hebb", "oja_decay"), description="named terms pooled by the 'terms' rule")
+    term_scale: Float = Field(0.01, gt=0.0, description="theta = term_scale * g for the 'terms' and 'abcd' "
+                                                        "coefficients")
+    batch_reduction: Literal["sum", "mean"] = Field(
+        "mean", description="how a step's update combines the m rows of its mini-batch: sum (as in the paper's "
+                            "code; the step grows with m) or mean (the whole update divided by m, so eta means the "
+                            "same at any batch size; finite on the paper's 40 x 32 stream, docs/results.md)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RuleConfig":
+        if self.name == "terms" and not self.terms:
+            raise _fail("rule.terms=[] is invalid: the 'terms' rule needs at least one term")
+        return self
 
 
-@dataclass(frozen=True)
-class GenomeConfig:
+class GenomeConfig(_Section):
     """Which parts of the model are evolved; the rest are fixed from the run seed."""
 
-    evolve_feedback: bool = _f(True, "evolve feedback weights B and biases c")
-    evolve_beta: bool = _f(True, "evolve feedback strengths beta")
-    evolve_rule: bool = _f(True, "evolve the rule coefficients")
-    evolve_init_weights: bool = _f(False, "evolve the initial weights and biases")
-    beta_init: float = _f(0.0, "initial genome value of beta (beta = sigmoid(g))")
-    feedback_init_std: float = _f(1.0, "std of hidden feedback weights, times 1/sqrt(outputs)", min=0.0)
+    evolve_feedback: Bool = Field(True, description="evolve feedback weights B and biases c")
+    evolve_beta: Bool = Field(True, description="evolve feedback strengths beta")
+    evolve_rule: Bool = Field(True, description="evolve the rule coefficients")
+    evolve_init_weights: Bool = Field(True, description="evolve the initial weights and biases")
+    hidden_feedback: Bool = Field(True, description="plastic hidden layers receive the feedback f = g(B s + c) "
+                                  "(false: their beta is fixed at 0, so they learn from their forward activity alone; "
+                                  "the ablation 'feedback to hidden layers vs none')")
+    beta_init: Float = Field(0.0, description="initial genome value of beta (beta = sigmoid(g))")
+    feedback_init_std: Float = Field(1.0, ge=0.0, description="std of hidden feedback weights, times "
+                                                               "1/sqrt(outputs)")
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(_Section):
     """How a genome is scored."""
 
-    episodes: int = _f(4, "episodes K per genome per generation (common to the whole population)", min=1)
-    heldout_episodes: int = _f(32, "episodes of the held-out evaluation", min=2)
-    loss_cap: float = _f(100.0, "cap on a lifetime's query loss; non-finite counts as the cap",
-                         min=0.0, min_exclusive=True)
-    compile: bool = _f(False, "torch.compile the PyTorch-ops lifetime step for evolution instead of the fused "
-                              "kernel (each process compiles once, about 20 s on a CPU; slower than the fused "
-                              "kernel, measured)")
-    fused_kernel: bool = _f(True, "on a CPU, run each lifetime step as one call of the fused C++ kernel "
-                                  "(evoplast.fused) where it covers the model (hebb / oja, eta per layer or "
-                                  "neuron, no conv stack): 2.5-5x faster at small layers; compiled once per "
-                                  "machine (~20 s); false = PyTorch ops")
-    reuse_memory: bool = _f(True, "keep memory freed between lifetime steps mapped for reuse (glibc malloc "
-                                  "setting, see evoplast.runtime): fewer page faults, 10-15% faster; resident "
-                                  "memory stays near its peak")
-    cuda_graph: bool = _f(True, "on a GPU, capture each generation's batched lifetime once as a CUDA graph and "
-                                "replay it (evoplast.graphs): one launch per generation instead of one per "
-                                "kernel; same numbers as the eager ops")
-    chunk_size: int = _f(0, "evaluate the population in slices of this many genomes (0 = all at once); "
-                            "slices whose weights stay in cache run faster for wide layers", min=0)
-    sgd_lrs: tuple[float, ...] = _f(
+    episodes: Int = Field(4, ge=1, description="episodes K per genome per generation (common to the whole "
+                                               "population)")
+    heldout_episodes: Int = Field(32, ge=2, description="episodes of the held-out evaluation")
+    loss_cap: Float = Field(100.0, gt=0.0, description="cap on a lifetime's query loss; non-finite counts as the cap")
+    compile: Bool = Field(False, description="torch.compile the PyTorch-ops lifetime step for evolution instead of "
+                                             "the fused kernel (each process compiles once, about 20 s on a CPU; "
+                                             "slower than the fused kernel, measured)")
+    fused_kernel: Bool = Field(True, description="on a CPU, run each lifetime step as one call of the fused C++ "
+                                                 "kernel (evoplast.fused) where it covers the model (hebb / oja, eta "
+                                                 "per layer or neuron, no conv stack): 2.5-5x faster at small layers; "
+                                                 "compiled once per machine (~20 s); false = PyTorch ops")
+    reuse_memory: Bool = Field(True, description="keep memory freed between lifetime steps mapped for reuse (glibc "
+                                                 "malloc setting, see evoplast.runtime): fewer page faults, 10-15% "
+                                                 "faster; resident memory stays near its peak")
+    cuda_graph: Bool = Field(True, description="on a GPU, capture each generation's batched lifetime once as a CUDA "
+                                               "graph and replay it (evoplast.graphs): one launch per generation "
+                                               "instead of one per kernel; same numbers as the eager ops")
+    chunk_size: Optional[Int] = Field(None, ge=1, description="evaluate the population in slices of this many "
+                                      "genomes (null = all at once); slices whose weights stay in cache run faster "
+                                      "for wide layers")
+    sgd_lrs: _Tuple(Annotated[Float, Field(gt=0.0)]) = Field(
         (0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
-        "learning rates tried by the SGD / feedback-alignment baselines; the best on separate validation "
-        "episodes is used", min=0.0, min_exclusive=True)
+        description="learning rates tried by the SGD / feedback-alignment baselines; the best on separate "
+                    "validation episodes is used")
+
+    _zero = field_validator("chunk_size", mode="before")(_no_zero)
 
 
-@dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(_Section):
     """The evolution strategy (EvoTorch)."""
 
-    algorithm: Literal["cmaes", "pgpe", "snes", "xnes", "cem"] = _f("cmaes", "EvoTorch searcher")
-    generations: int = _f(200, "generations to run", min=1)
-    popsize: int = _f(32, "population size", min=2, max=1_000_000)
-    stdev_init: float = _f(0.1, "initial standard deviation of the search distribution",
-                           min=0.0, min_exclusive=True)
-    separable: bool = _f(True, "CMA-ES: adapt only the diagonal of the covariance")
-    center_learning_rate: Optional[float] = _f(None, "PGPE/SNES/XNES/CEM: center learning rate (null = default)",
-                                               min=0.0, min_exclusive=True)
-    stdev_learning_rate: Optional[float] = _f(None, "PGPE/SNES/XNES: stdev learning rate (null = default)",
-                                              min=0.0, min_exclusive=True)
-    ranking_method: Literal["centered", "linear", "nes", "raw", "default"] = _f(
-        "default", "fitness shaping (default = the searcher's own)")
-    optimizer: Literal["clipup", "adam", "sgd"] = _f("clipup", "PGPE: optimizer of the center")
-    max_speed: Optional[float] = _f(None, "PGPE with clipup: max speed (null = 2 * center lr)",
-                                    min=0.0, min_exclusive=True)
-    elite_ratio: float = _f(0.2, "CEM: fraction of the population used as elites", min=0.0, max=1.0,
-                            min_exclusive=True)
-    distributed: bool = _f(False, "PGPE/SNES/CEM: gradients estimated inside EvoTorch actors")
+    algorithm: Literal["cmaes", "pgpe", "snes", "xnes", "cem"] = Field(
+        "pgpe", description="EvoTorch searcher (a large genome: PGPE, not CMA-ES; DESIGN §4)")
+    generations: Int = Field(1000, ge=1, description="generations to run")
+    popsize: Int = Field(32, ge=2, le=1_000_000, description="population size")
+    stdev_init: Float = Field(0.1, gt=0.0, description="initial standard deviation of the search distribution")
+    separable: Bool = Field(True, description="CMA-ES: adapt only the diagonal of the covariance")
+    center_learning_rate: Optional[Float] = Field(
+        0.2, gt=0.0, description="PGPE/SNES/XNES/CEM: center learning rate (PGPE with ClipUp: the step; "
+                                 "null = the searcher's default)")
+    stdev_learning_rate: Optional[Float] = Field(0.1, gt=0.0, description="PGPE/SNES/XNES: stdev learning rate "
+                                                                          "(null = the searcher's default)")
+    ranking_method: Literal["centered", "linear", "nes", "raw", "default"] = Field(
+        "default", description="fitness shaping (default = the searcher's own)")
+    optimizer: Literal["clipup", "adam", "sgd"] = Field("clipup", description="PGPE: optimizer of the center")
+    max_speed: Optional[Float] = Field(None, gt=0.0, description="PGPE with clipup: max speed (null = 2 * center lr)")
+    elite_ratio: Float = Field(0.2, gt=0.0, le=1.0, description="CEM: fraction of the population used as elites")
 
 
-@dataclass(frozen=True)
-class RayConfig:
+class RayConfig(_Section):
     """Parallel evaluation on Ray actors."""
 
-    num_actors: Union[Literal["auto"], int] = _f(
-        "auto", "evaluation actors; 0 = evaluate in this process; auto = decided from what is there (a Ray "
-                "cluster to join: one actor per GPU, else one per few CPUs; no cluster: in-process, or a local "
-                "Ray when the machine has several cores and a generation is heavy); see docs/cluster.md", min=0)
-    num_cpus_per_actor: float = _f(1.0, "CPUs reserved by each actor", min=0.0)
-    num_gpus_per_actor: float = _f(0.0, "GPUs per actor (fractions share one GPU's memory)", min=0.0)
-    address: Optional[str] = _f(None, "null = join $RAY_ADDRESS or the cluster `ray start` runs on this node if "
-                                      "there is one, else no Ray unless it pays; '' = a private local Ray; "
-                                      "'auto' = join the running cluster (fail if none); or host:port")
+    num_actors: Union[Literal["auto"], Annotated[Int, Field(ge=0)]] = Field(
+        "auto", description="evaluation actors; 0 = evaluate in this process; auto = decided from what is there "
+                            "(a Ray cluster to join: one actor per GPU, else one per few CPUs; no cluster: "
+                            "in-process, or a local Ray when the machine has several cores and a generation is "
+                            "heavy); see docs/cluster.md")
+    num_cpus_per_actor: Float = Field(1.0, ge=0.0, description="CPUs reserved by each actor")
+    num_gpus_per_actor: Float = Field(0.0, ge=0.0, description="GPUs per actor (fractions share one GPU's memory)")
+    address: Optional[Str] = Field(None, description="null = join $RAY_ADDRESS or the cluster `ray start` runs on "
+                                                     "this node if there is one, else no Ray unless it pays; '' = a "
+                                                     "private local Ray; 'auto' = join the running cluster (fail if "
+                                                     "none); or host:port")
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(_Section):
     """MLflow tracking."""
 
-    tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    experiment: str = _f("evoplast", "MLflow experiment name")
-    run_name: str = _f("", "MLflow run name (empty = generated)")
-    gain_every: int = _f(10, "log the held-out learning gains every N generations", min=1)
+    tracking_uri: Str = Field("", description="MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or "
+                                              "sqlite:///mlflow.db (the scripts' --tracking-uri sets it)")
+    experiment: Str = Field("evoplast", description="MLflow experiment name")
+    run_name: Str = Field("", description="MLflow run name (empty = generated)")
+    gain_every: Int = Field(100, ge=1, description="log the held-out learning gains every N generations")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrackingConfig":
+        if not self.experiment.strip():
+            raise _fail(f"tracking.experiment={self.experiment!r} is invalid: expected an MLflow experiment name "
+                        f"(e.g. tracking.experiment=evoplast)")
+        return self
 
 
-@dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointConfig(_Section):
     """Checkpoints of the evolution state."""
 
-    every: int = _f(25, "write a checkpoint every N generations", min=1)
-    dir: str = _f("checkpoints", "directory for checkpoints (one sub-directory per run)")
+    every: Int = Field(200, ge=1, description="write a checkpoint every N generations")
+    dir: Str = Field("checkpoints", description="directory for checkpoints (one sub-directory per run)")
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(_Section):
     """Gradient meta-training (BPTT through the same lifetime) of evolved or fresh genomes."""
 
-    steps: int = _f(200, "meta-steps (Adam updates)", min=1)
-    lr: float = _f(0.003, "Adam learning rate on the unconstrained genome values", min=0.0, min_exclusive=True)
-    episodes: int = _f(8, "episodes per genome per meta-step", min=1)
-    bptt_window: int = _f(0, "truncated BPTT window in lifetime steps; 0 = full BPTT through the lifetime", min=0)
-    checkpoint_activations: bool = _f(False, "recompute each step's activations in the backward pass")
-    train: tuple[str, ...] = _f((), "extra segments to train beside the evolved ones (glob patterns such as "
-                                    "'layer*.weight', or '*' for all)")
-    grad_clip: float = _f(1.0, "clip each genome's gradient to this norm (0 = no clipping)", min=0.0)
-    eval_every: int = _f(25, "held-out evaluation every N meta-steps", min=1)
-    top_k: int = _f(1, "fine-tune the k best genomes of the evolution run together", min=1)
-    after_evolution: bool = _f(False, "scripts/evolve.py: fine-tune the search center by BPTT when the evolution "
-                               "ends (the ES -> BPTT hybrid; docs/outer-trainers.md)")
-    after_evolution_steps: int = _f(0, "meta-steps of that fine-tune (0 = finetune.steps)", min=0)
+    steps: Int = Field(200, ge=1, description="meta-steps (Adam updates)")
+    lr: Float = Field(0.003, gt=0.0, description="Adam learning rate on the unconstrained genome values")
+    episodes: Int = Field(8, ge=1, description="episodes per genome per meta-step")
+    bptt_window: Optional[Int] = Field(None, ge=1, description="truncated BPTT window in lifetime steps; "
+                                                               "null = full BPTT through the lifetime")
+    checkpoint_activations: Bool = Field(False, description="recompute each step's activations in the backward pass")
+    train: _Tuple(Str) = Field((), description="extra segments to train beside the evolved ones (glob patterns such "
+                                               "as 'layer*.weight', or '*' for all)")
+    grad_clip: Float = Field(1.0, ge=0.0, description="clip each genome's gradient to this norm (0 = no clipping)")
+    eval_every: Int = Field(25, ge=1, description="held-out evaluation every N meta-steps")
+    top_k: Int = Field(1, ge=1, description="fine-tune the k best genomes of the evolution run together")
+    after_evolution: Bool = Field(True, description="scripts/evolve.py: fine-tune the search center by BPTT when "
+                                                    "the evolution ends (the ES -> BPTT hybrid, which beat either "
+                                                    "alone: docs/outer-trainers.md)")
+    after_evolution_steps: Optional[Int] = Field(None, ge=1, description="meta-steps of that fine-tune "
+                                                                         "(null = finetune.steps)")
+
+    _zero = field_validator("bptt_window", "after_evolution_steps", mode="before")(_no_zero)
 
 
-@dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(_Section):
     """Export of a learned rule."""
 
-    registered_model: str = _f("evoplast-rule", "MLflow Model Registry name (a new version per export)")
+    registered_model: Str = Field("evoplast-rule", description="MLflow Model Registry name (a new version per "
+                                                               "export)")
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(_Section):
     """A whole experiment. ``load_config`` builds it; it never changes during a run."""
 
-    seed: int = _f(0, "run seed: every random stream of the run is derived from it", min=0)
-    device: Literal["auto", "cpu", "cuda"] = _f("auto", "device of in-process evaluation")
-    task: TaskConfig = _f(None, "task", default_factory=TaskConfig)
-    network: NetworkConfig = _f(None, "network", default_factory=NetworkConfig)
-    rule: RuleConfig = _f(None, "plasticity rule", default_factory=RuleConfig)
-    genome: GenomeConfig = _f(None, "genome", default_factory=GenomeConfig)
-    evaluation: EvaluationConfig = _f(None, "evaluation", default_factory=EvaluationConfig)
-    search: SearchConfig = _f(None, "search", default_factory=SearchConfig)
-    ray: RayConfig = _f(None, "ray", default_factory=RayConfig)
-    tracking: TrackingConfig = _f(None, "tracking", default_factory=TrackingConfig)
-    checkpoint: CheckpointConfig = _f(None, "checkpoints", default_factory=CheckpointConfig)
-    finetune: FinetuneConfig = _f(None, "gradient meta-training", default_factory=FinetuneConfig)
-    export: ExportConfig = _f(None, "export", default_factory=ExportConfig)
+    seed: Int = Field(0, ge=0, description="run seed: every random stream of the run is derived from it")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of in-process evaluation")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="task")
+    network: NetworkConfig = Field(default_factory=NetworkConfig, description="network")
+    rule: RuleConfig = Field(default_factory=RuleConfig, description="plasticity rule")
+    genome: GenomeConfig = Field(default_factory=GenomeConfig, description="genome")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="evaluation")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="search")
+    ray: RayConfig = Field(default_factory=RayConfig, description="ray")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="tracking")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoints")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="gradient meta-training")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="export")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        depth = len(self.network.hidden) + 1
+        for layer in self.network.plastic_layers:
+            if layer > depth:
+                raise _fail(f"network.plastic_layers contains {layer}: the network has layers 1..{depth} "
+                            f"(hidden={list(self.network.hidden)} plus the output layer)")
+        s = self.search
+        if s.algorithm == "cem" and int(s.popsize * s.elite_ratio) < 2:
+            raise _fail(f"search.elite_ratio={s.elite_ratio:g} with search.popsize={s.popsize} leaves "
+                        f"{int(s.popsize * s.elite_ratio)} elites; CEM needs at least 2 to estimate a spread "
+                        f"(raise one of them)")
+        return self
 
     def replace(self, **overrides: Any) -> "Config":
-        """A copy with dotted-key overrides applied and checked, e.g. ``cfg.replace(**{"task.order": "iid"})``."""
-        return from_dict(merge_overrides(to_dict(self), [f"{k}={_yaml_scalar(v)}" for k, v in overrides.items()]))
+        """A validated copy with dotted-key overrides, e.g. ``cfg.replace(**{"task.order": "iid", "seed": 1})``."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            _set(data, key, value)
+        return from_dict(data)
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading and checking
+# Loading
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """YAML file (or the defaults when ``path`` is None), then ``key=value`` overrides, then checks.
+    """YAML file (or the defaults, which equal configs/default.yaml, when ``path`` is None), then
+    ``key=value`` overrides, then checks.
 
     Raises:
         ConfigError: one line naming the key, the value and what is allowed.
     """
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist (configs live under configs/, "
-                              f"e.g. --config configs/default.yaml)")
+        data = _read_yaml_file(Path(path))
+    return from_dict(merge_overrides(data, overrides))
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    where = f"config file {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist (configs live under configs/, e.g. --config configs/default.yaml)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{where} is {size:,} bytes; a config is a small YAML file "
+                              f"(at most {MAX_CONFIG_BYTES:,} bytes)")
+        raw = path.read_bytes()
         try:
-            size = path.stat().st_size
-            if size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"config file {str(path)!r} is {size:,} bytes; a config is a small YAML file "
-                                  f"(at most {MAX_CONFIG_BYTES:,} bytes)")
-            raw = path.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
-                                  f"offset {exc.start}); give a YAML file") from None
-            loaded = _safe_yaml(text, f"config file {str(path)!r}")
-        except OSError as exc:
-            raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
-        except RecursionError:
-            raise ConfigError(f"config file {str(path)!r} is nested too deeply to be a config") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: "
-                              f"{getattr(exc, 'problem', exc)}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, "
-                              f"not a {type(loaded).__name__}")
-        data = loaded
-    data = merge_overrides(data, overrides)
-    return from_dict(data)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                              f"give a YAML file") from None
+        loaded = _safe_yaml(text, where)
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a config") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where} must hold a mapping of keys, not a {type(loaded).__name__}")
+    return loaded
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
 
 
 def merge_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply dotted ``key=value`` overrides (values parsed as YAML) to a nested dict copy."""
-    out = _deepcopy(data)
+    out = _copy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value "
@@ -301,35 +421,40 @@ def merge_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             value = raw
         except RecursionError:
             raise ConfigError(f"override {key} is nested too deeply to be a config value") from None
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
+        _set(out, key, value)
     return out
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    """Build and check a :class:`Config` from a nested dict."""
-    return _build(Config, data, prefix="")
+def from_dict(data: Any) -> Config:
+    """Build and check a :class:`Config` from a nested dict; :class:`ConfigError` (one line) if it is bad."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the top level must be a mapping of keys, got {_show(data)}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def upgrade(data: Any) -> Any:
+    """A config stored by an older evoplast (a checkpoint's or a run's ``config.yaml``), in today's keys:
+    ``search.distributed: false`` is dropped, and 0 in the fields where it meant all/off/the same is null."""
+    if not isinstance(data, dict):
+        return data
+    data = _copy(data)
+    search = data.get("search")
+    if isinstance(search, dict) and search.get("distributed") is False:
+        del search["distributed"]
+    for section, key in (("evaluation", "chunk_size"), ("finetune", "bptt_window"), ("task", "output_classes"),
+                         ("finetune", "after_evolution_steps")):
+        node = data.get(section)
+        if isinstance(node, dict) and node.get(key) == 0 and node.get(key) is not False:
+            node[key] = None
+    return data
+
+
+def to_dict(cfg: BaseModel) -> dict[str, Any]:
     """Nested plain-Python dict of a config (tuples become lists), suitable for YAML."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out[f.name] = to_dict(value)
-        elif isinstance(value, tuple):
-            out[f.name] = list(value)
-        else:
-            out[f.name] = value
-    return out
+    return _lists(cfg.model_dump())
 
 
 def to_yaml(cfg: Config) -> str:
@@ -352,21 +477,20 @@ def flatten(cfg: Config) -> dict[str, Any]:
     return flat
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """``[(dotted key, help, default)]`` for every field: the reference of the configuration."""
-    rows: list[tuple[str, str, Any]] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows.extend(describe(hints[f.name], f"{prefix}{f.name}."))
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), default))
-    return rows
+def _copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_copy(v) for v in data]
+    return data
 
 
-MAX_CONFIG_BYTES = 1 << 20       # a config file larger than this is not a config
-MAX_YAML_NODES = 100_000         # nodes after expanding aliases (a YAML "billion laughs" has ~10^9)
+def _lists(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _lists(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_lists(v) for v in data]
+    return data
 
 
 def _safe_yaml(text: str, what: str) -> Any:
@@ -398,172 +522,179 @@ def _safe_yaml(text: str, what: str) -> Any:
     return yaml.safe_load(text)
 
 
-def _deepcopy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deepcopy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deepcopy(v) for v in data]
-    return data
+# --------------------------------------------------------------------------------------------------
+# One-line errors over pydantic's ValidationError, and the reference generated from the fields
 
 
-def _yaml_scalar(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return "[" + ",".join(_yaml_scalar(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return yaml.safe_dump(value, default_style="'").strip().removesuffix("\n...")
-    return repr(value)
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown):,} characters)"
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    section = prefix.rstrip(".") or "the top level"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section} must be a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {prefix + str(key)!r} (known keys in {section}: "
-                              f"{', '.join(fields)}){hint}")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in data:
-            continue
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, data[name], f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_value(f"{prefix}{name}", data[name], hint, f.metadata)
-    cfg = cls(**kwargs)
-    _check_section(cfg, prefix)
-    return cfg
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
+def _allowed(annotation: Any, metadata: list[Any] = ()) -> str:
+    """What a field accepts, in words: ``an integer >= 1``, ``one of 'a', 'b'``, ``a list of ...``, ``or null``."""
+    bounds = []
+    metadata = [x for m in metadata for x in ([m, *m.metadata] if hasattr(m, "metadata") else [m])]
+    for m in metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<=")):
+            if getattr(m, attr, None) is not None:
+                bounds.append(f"{sign} {_num(getattr(m, attr))}")
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        return _allowed(inner, [*metadata, *extra])
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(hint) else "")
+        choices = get_args(annotation)
+        return repr(choices[0]) if len(choices) == 1 else "one of " + ", ".join(repr(a) for a in choices)
+    if origin is Union:
+        args = get_args(annotation)
+        words = " or ".join(_allowed(a, metadata) for a in args if a is not type(None))
+        return words + (" or null" if type(None) in args else "")
     if origin is tuple:
-        args = typing.get_args(hint)
+        args = get_args(annotation)
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}s"
+            return f"a list of ({_allowed(args[0])})"
         return f"a list of {len(args)} numbers"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+    base = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation,
+                                                                                             str(annotation))
+    return " ".join([base, " and ".join(bounds)]).strip()
 
 
-def _check_value(key: str, value: Any, hint: Any, meta: Any) -> Any:
-    def bad(what: str) -> ConfigError:
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown):,} characters)"
-        return ConfigError(f"{key}={shown} is invalid: {what}")
-
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        for a in inner[:-1]:          # e.g. Union[Literal["auto"], int]: the first type that accepts it
-            try:
-                return _check_value(key, value, a, meta)
-            except ConfigError:
-                pass
-        if len(inner) > 1 and not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise bad(f"expected {_type_name(hint)}")
-        return _check_value(key, value, inner[-1], meta)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            extra = f" (did you mean {close[0]!r}?)" if close else ""
-            raise bad(f"expected {_type_name(hint)}{extra}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and args[-1] is Ellipsis:
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise bad(f"expected {_type_name(hint)}")
-        if args[-1] is Ellipsis:
-            return tuple(_check_value(f"{key}[{i}]", v, args[0], meta) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise bad(f"expected {_type_name(hint)}")
-        return tuple(_check_value(f"{key}[{i}]", v, a, meta) for i, (v, a) in enumerate(zip(value, args)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad("expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("expected an integer")
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("expected a number")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise bad("expected a finite number")
-    elif hint is str:
-        if not isinstance(value, str):
-            raise bad("expected a string")
-        return value
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None:
-        if meta.get("min_exclusive") and not value > lo:
-            raise bad(f"must be > {lo:g}")
-        if not meta.get("min_exclusive") and not value >= lo:
-            raise bad(f"must be >= {lo:g}")
-    if hi is not None and not value <= hi:
-        raise bad(f"must be <= {hi:g}")
-    return value
+def _field_allowed(field: Any) -> str:
+    return _allowed(field.annotation, list(field.metadata))
 
 
-def _check_section(cfg: Any, prefix: str) -> None:
-    """Checks that involve several fields of one section."""
-    if isinstance(cfg, TaskConfig):
-        if cfg.output_classes and cfg.output_classes < cfg.num_tasks:
-            raise ConfigError(f"{prefix}output_classes={cfg.output_classes} is invalid: it must be 0 or at least "
-                              f"{prefix}num_tasks={cfg.num_tasks} (one output per class of an episode)")
-        if cfg.name == "omniglot" and not cfg.data_dir:
-            raise ConfigError(f"{prefix}data_dir is empty: the omniglot task reads images_background/ and "
-                              f"images_evaluation/ from a local directory (see README, 'Omniglot')")
-        for name in ("amplitude", "phase", "x_range"):
-            lo, hi = getattr(cfg, name)
-            if not lo < hi:
-                raise ConfigError(f"{prefix}{name}=[{lo:g}, {hi:g}] is invalid: expected [low, high] with low < high")
-    if isinstance(cfg, TrackingConfig) and not cfg.experiment.strip():
-        raise ConfigError(f"{prefix}experiment={cfg.experiment!r} is invalid: expected an MLflow experiment name "
-                          f"(e.g. {prefix}experiment=evoplast)")
-    if isinstance(cfg, RuleConfig):
-        from .rules import TERMS  # local import: rules imports nothing from here
+def _one_line(exc: ValidationError, root: type = None) -> str:
+    """The first error as one line: the dotted key, the value, what is allowed (and a close match)."""
+    err = exc.errors(include_url=False)[0]
+    kind, loc, value = err["type"], err["loc"], err.get("input")
+    if kind == "config":
+        return err["msg"]
+    model: Any = root or Config
+    key, field, rest = "", None, []
+    for i, part in enumerate(loc):
+        if field is None and isinstance(part, str) and part in model.model_fields:
+            field = model.model_fields[part]
+            key = f"{key}.{part}" if key else part
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and i + 1 < len(loc):
+                model, field = sub, None
+            elif isinstance(sub, type) and issubclass(sub, BaseModel):
+                model = sub
+        elif field is None and kind == "extra_forbidden":
+            name = f"{key}.{part}" if key else str(part)
+            known = list(model.model_fields)
+            close = difflib.get_close_matches(str(part), known, n=1)
+            hint = f"; did you mean {(key + '.' if key else '') + close[0]!r}?" if close else ""
+            return f"unknown key {name!r} (known keys in {key or 'the top level'}: {', '.join(known)}){hint}"
+        else:
+            rest.append(part)
+    if isinstance(model, type) and field is None or kind in ("model_type", "model_attributes_type"):
+        return f"{key or 'the top level'} must be a mapping of keys, got {_show(value)}"
+    indices = "".join(f"[{p}]" for p in rest if isinstance(p, int)) if kind != "missing" else ""
+    in_union = any(isinstance(p, str) for p in rest)
+    shown = f"{key}{indices}={_show(value)}"
+    if kind == "value_error":
+        return f"{shown} is invalid: {err['msg'].removeprefix('Value error, ')}"
+    ctx = err.get("ctx", {})
+    if in_union:
+        what = f"expected {_field_allowed(field)}"
+    elif kind == "literal_error":
+        choices = [c.strip().strip("'") for c in ctx.get("expected", "").replace(" or ", ", ").split(", ")]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        what = f"expected one of {ctx.get('expected', '').replace(' or ', ', ')}" + (
+            f" (did you mean {close[0]!r}?)" if close else "")
+    elif kind.startswith("int_"):
+        what = "expected an integer"
+    elif kind == "finite_number":
+        what = "expected a finite number"
+    elif kind.startswith("float_"):
+        what = "expected a number"
+    elif kind.startswith("bool_"):
+        what = "expected true or false"
+    elif kind.startswith("string_"):
+        what = "expected a string"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        what = f"must be {sign} {bound:g}"
+    else:
+        what = f"expected {_field_allowed(field)}" if field is not None else err["msg"]
+    return f"{shown} is invalid: {what}"
 
-        for term in cfg.terms:
-            if term not in TERMS:
-                raise ConfigError(f"{prefix}terms contains {term!r}: expected names from {', '.join(TERMS)}")
-        if cfg.name == "terms" and not cfg.terms:
-            raise ConfigError(f"{prefix}terms=[] is invalid: the 'terms' rule needs at least one term")
-    if isinstance(cfg, Config):
-        depth = len(cfg.network.hidden) + 1
-        for layer in cfg.network.plastic_layers:
-            if layer > depth:
-                raise ConfigError(f"network.plastic_layers contains {layer}: the network has layers 1..{depth} "
-                                  f"(hidden={list(cfg.network.hidden)} plus the output layer)")
-        if cfg.search.algorithm == "cem" and int(cfg.search.popsize * cfg.search.elite_ratio) < 2:
-            raise ConfigError(f"search.elite_ratio={cfg.search.elite_ratio:g} with search.popsize={cfg.search.popsize} "
-                              f"leaves {int(cfg.search.popsize * cfg.search.elite_ratio)} elites; CEM needs at least 2 "
-                              f"to estimate a spread (raise one of them)")
-        if cfg.search.distributed and cfg.search.algorithm not in ("pgpe", "snes", "cem"):
-            raise ConfigError(f"search.distributed=true is invalid with search.algorithm={cfg.search.algorithm!r}: "
-                              f"only pgpe, snes and cem estimate gradients in actors")
-        if cfg.search.distributed and (cfg.ray.num_actors == "auto" or cfg.ray.num_actors < 1):
-            raise ConfigError("search.distributed=true needs ray.num_actors >= 1 (the gradients are "
-                              "estimated inside the actors)")
+
+def _default(field: Any) -> Any:
+    return field.get_default(call_default_factory=True)
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """``[(dotted key, help, default)]`` for every field: the reference of the configuration."""
+    return [(key, help, default) for key, _, default, help in reference(cls, prefix)]
+
+
+def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """``[(dotted key, allowed values, default, help)]`` for every leaf field, in declaration order."""
+    rows: list[tuple[str, str, Any, str]] = []
+    for name, field in cls.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            rows.extend(reference(sub, f"{prefix}{name}."))
+        else:
+            rows.append((f"{prefix}{name}", _field_allowed(field), _lists(_default(field)), field.description or ""))
+    return rows
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+
+
+def help_text() -> str:
+    """One line per key: ``key = default  (allowed)  help``; what ``--help-config`` prints."""
+    return "\n".join(f"{key} = {_yaml_value(default)}  ({allowed})  {help}"
+                     for key, allowed, default, help in reference()) + "\n"
+
+
+def markdown() -> str:
+    """docs/configuration.md: a short introduction, then one table per section generated from the fields."""
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `python -m evoplast.config --markdown > docs/configuration.md`; do not edit by hand. -->",
+        "",
+        "A run reads a YAML file (`--config PATH`; none = the defaults below, which are what",
+        "`configs/default.yaml` holds), then `key=value` overrides on the command line (values are YAML:",
+        "`network.hidden=[64,64] rule.name=oja search.center_learning_rate=null`), then checks every value.",
+        "A bad key or value stops the script at once with one line that names the key, the value and what is",
+        "allowed (exit code 2). `--help-config` in any script prints this list, one line per key.",
+        "Other files under `configs/` list only what differs from the defaults.",
+        "",
+    ]
+    section = None
+    for key, allowed, default, help in reference():
+        head = key.split(".")[0] if "." in key else ""
+        if head != section:
+            section = head
+            doc = (Config.model_fields[head].annotation.__doc__ or "").strip() if head else "The run as a whole."
+            out += [*([""] if section != "" else []), f"## `{head}`" if head else "## top level", "", doc, "",
+                    "| key | default | allowed | help |", "|---|---|---|---|"]
+        cell = help.replace("|", "\\|")
+        out.append(f"| `{key}` | `{_yaml_value(default)}` | {allowed.replace('|', chr(92) + '|')} | {cell} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evoplast.config [--markdown]``: the reference, one line per key or as Markdown."""
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["--markdown"]):
+        print("usage: python -m evoplast.config [--markdown]", file=sys.stderr)
+        return 2
+    sys.stdout.write(markdown() if args else help_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -148,7 +148,7 @@ class Evaluator:
             scores = self.graphed(self.decode(genomes), episodes)
         else:
             scores = score_params(self.fast_learner, self.decode(genomes), episodes,
-                                  cap=self.cfg.evaluation.loss_cap, chunk=self.cfg.evaluation.chunk_size)
+                                  cap=self.cfg.evaluation.loss_cap, chunk=self.cfg.evaluation.chunk_size or 0)
         return scores.fitness.cpu(), scores.nonfinite.cpu()
 
     @torch.no_grad()

@@ -169,15 +169,20 @@ def build_genome_spec(cfg: Config, n_in: int, n_out: int, kind: str = "regressio
 
     for l in model.plastic_layers:
         n_out_l, n_in_l = model.sizes[l], model.sizes[l - 1]
+        taught = l == model.num_layers or g.hidden_feedback   # does the layer receive feedback at all?
         if l == model.num_layers:   # the output layer's feedback starts as the identity (delta rule)
             add(f"layer{l}.feedback", (n_out_l, n_out), lambda gen, shape: torch.eye(*shape),
                 evolved=g.evolve_feedback)
         else:
             std = g.feedback_init_std / math.sqrt(n_out)
             add(f"layer{l}.feedback", (n_out_l, n_out),
-                lambda gen, shape, s=std: torch.randn(shape, generator=gen) * s, evolved=g.evolve_feedback)
-        add(f"layer{l}.feedback_bias", (n_out_l,), const(0.0), evolved=g.evolve_feedback)
-        add(f"layer{l}.beta", (1, 1), const(g.beta_init), transform="sigmoid", evolved=g.evolve_beta)
+                lambda gen, shape, s=std: torch.randn(shape, generator=gen) * s,
+                evolved=g.evolve_feedback and taught)
+        add(f"layer{l}.feedback_bias", (n_out_l,), const(0.0), evolved=g.evolve_feedback and taught)
+        if taught:
+            add(f"layer{l}.beta", (1, 1), const(g.beta_init), transform="sigmoid", evolved=g.evolve_beta)
+        else:                       # beta = 0 exactly: the post activity is the layer's forward activity
+            add(f"layer{l}.beta", (1, 1), const(0.0), evolved=False)
         gran = {"layer": (1, 1), "neuron": (n_out_l, 1), "synapse": (n_out_l, n_in_l)}[cfg.rule.granularity]
         for coef in coefficient_names(cfg.rule.name):
             r = cfg.rule

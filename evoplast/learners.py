@@ -1,10 +1,16 @@
 """What happens at one lifetime step: the FLP local rule, or a baseline (online SGD, feedback alignment).
 
-A learner is three pure functions over a :class:`NetState` (the weights that change) and ``params``
+A learner (:class:`Learner`) works on a :class:`NetState` (the weights that change) and ``params``
 (the decoded genome expanded to ``B = P*K`` lifetimes, ``{name: [B, *shape]}``):
-``init_state(params)``, ``step(params, state, x, y)`` and ``predict(params, state, x)``.
-The lifetime loop (:mod:`evoplast.lifetime`) is the same for all of them. Steps are written out of
-place, so the same code runs under ``torch.no_grad`` (evolution) and under autograd (BPTT).
+``init_state(params)``, ``step(params, state, x, y)`` and ``step_and_predict(params, state, x, y)``.
+The lifetime loop (:mod:`evoplast.lifetime`) is the same for all of them.
+
+In place or not: under autograd (BPTT, export) every step is out of place and returns new tensors.
+:class:`PlasticLearner` with autograd off (evolution) writes the plastic weights of the state it is
+given *in place* and returns a state holding the same tensors, so the state passed in must not be read
+again (``NetState`` is frozen in which tensors it holds, not in their values; :meth:`PlasticLearner.init_state`
+makes the plastic weights private copies, so ``params`` is never written). :class:`GradientLearner` is
+always out of place.
 """
 
 from __future__ import annotations
@@ -31,11 +37,18 @@ class NetState:
 
 
 class Learner(Protocol):
+    """What the lifetime loop, the evaluators and export call. ``x [B, m, n_in]``; ``y [B, m, n_out]``
+    (regression) or ``[B, m]`` int64 labels; ``y_hat [B, m, n_out]`` is the prediction of the pre-step
+    weights."""
+
     spec: ModelSpec
 
     def init_state(self, params: dict[str, Tensor]) -> NetState: ...
 
     def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState: ...
+
+    def step_and_predict(self, params: dict[str, Tensor], state: NetState, x: Tensor,
+                         y: Tensor) -> tuple[NetState, Tensor]: ...
 
 
 def initial_state(spec: ModelSpec, params: dict[str, Tensor]) -> NetState:
@@ -115,7 +128,9 @@ class PlasticLearner:
              inplace: bool | None = None) -> NetState:
         """One online step on the mini-batch ``x [B, m, n_in]``, ``y [B, m, n_out]`` (or ``[B, m]`` labels).
 
-        ``inplace``: update ``state``'s weights in place (default: when autograd is off).
+        ``inplace``: update ``state``'s plastic weights in place and return a state holding the same
+        tensors (default: when autograd is off); ``state`` must not be read afterwards. Otherwise a new
+        state (out of place).
         """
         return self.step_and_predict(params, state, x, y, inplace)[0]
 
@@ -192,6 +207,12 @@ class GradientLearner:
         return NetState(tuple(column_major(w) for w in state.weights), state.biases)
 
     def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor) -> NetState:
+        """One SGD step on ``x [B, m, n_in]``, ``y``; a new state (out of place)."""
+        return self.step_and_predict(params, state, x, y)[0]
+
+    def step_and_predict(self, params: dict[str, Tensor], state: NetState, x: Tensor,
+                         y: Tensor) -> tuple[NetState, Tensor]:
+        """:meth:`step`, also returning the prediction ``y_hat [B, m, n_out]`` of the pre-step weights."""
         acts, y_hat = forward(state.weights, state.biases, x)
         m = x.shape[1]
         if self.spec.kind == "regression":
@@ -214,4 +235,4 @@ class GradientLearner:
                 weights[l - 1] = state.weights[l - 1] - lr_w * grad_w
                 if self.biases:
                     biases[l - 1] = state.biases[l - 1] - lr_b * grad_b
-        return NetState(tuple(weights), tuple(biases))
+        return NetState(tuple(weights), tuple(biases)), y_hat

@@ -8,7 +8,7 @@ Memory: parameters enter the lifetime as detached leaf tensors; the decode graph
 is backpropagated once per meta-step from the leaves' accumulated gradients. Nothing of a meta-step's
 graph survives it, so memory is flat over meta-steps. Within a meta-step:
 
-* full BPTT (``bptt_window = 0``): meta-loss = query loss after the lifetime, graph through every step;
+* full BPTT (``bptt_window`` null): meta-loss = query loss after the lifetime, graph through every step;
 * truncated BPTT (window W): after every W steps the query loss over the tasks seen so far is
   backpropagated through that window only and the state is detached; meta-loss = the mean of those
   window losses (the last one is the full query loss), so memory is bounded by one window;
@@ -38,9 +38,11 @@ class MetaStepResult:
     skipped: bool         # a non-finite loss or gradient: no update this step
 
 
-def meta_gradient(learner, spec: GenomeSpec, genomes: Tensor, episodes: Episodes, *,
+def meta_loss_backward(learner, spec: GenomeSpec, genomes: Tensor, episodes: Episodes, *,
                   window: int = 0, checkpoint_activations: bool = False, cap: float = 1e4) -> Tensor:
-    """Meta-loss ``[P]`` of ``genomes [P, D]`` (``requires_grad``); accumulates ``genomes.grad``."""
+    """Meta-loss ``[P]`` of ``genomes [P, D]`` (``requires_grad``), returned detached after it has been
+    back-propagated: its gradient is accumulated into ``genomes.grad`` (the mean over windows when
+    ``window`` truncates the lifetime)."""
     p, k = genomes.shape[0], episodes.num_episodes
     decoded = expand_params(spec.decode(genomes), k)                        # {name: [P*K, ...]}, graph to genomes
     leaves = {n: v.detach().requires_grad_(v.requires_grad) for n, v in decoded.items()}
@@ -100,7 +102,7 @@ class MetaTrainer:
         f = self.cfg.finetune
         episodes = self.task.episodes(self.cfg.seed, Purpose.FINETUNE, self.step_count, f.episodes, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = meta_gradient(self.learner, self.spec, self.genomes, episodes, window=f.bptt_window,
+        loss = meta_loss_backward(self.learner, self.spec, self.genomes, episodes, window=f.bptt_window,
                              checkpoint_activations=f.checkpoint_activations,
                              cap=self.cfg.evaluation.loss_cap)
         grad = self.genomes.grad

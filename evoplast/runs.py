@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, from_dict, merge_overrides
+from .config import Config, from_dict, merge_overrides, upgrade
 from .tracking import Tracker
 
 
@@ -61,7 +61,7 @@ def config_of_run(tracker: Tracker, run_id: str, overrides: list[str] | tuple[st
     tracker.get_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         text = download(tracker, run_id, "config.yaml", tmp).read_text()
-    return from_dict(merge_overrides(yaml.safe_load(text), overrides))
+    return from_dict(merge_overrides(upgrade(yaml.safe_load(text)), overrides))
 
 
 def candidates_from_run(tracker: Tracker, run_id: str, top_k: int,
@@ -88,8 +88,8 @@ def candidates_from_checkpoint(path: str | Path, top_k: int,
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:
         raise RunArtifactsError(str(exc)) from None
-    cfg = from_dict(merge_overrides(yaml.safe_load(ckpt["config_yaml"]), overrides))
-    local = cfg.replace(**{"search.distributed": False, "ray.num_actors": 0})
+    cfg = from_dict(merge_overrides(upgrade(yaml.safe_load(ckpt["config_yaml"])), overrides))
+    local = cfg.replace(**{"ray.num_actors": 0})
     ev = Evaluator(local)
     trainer = EvolutionTrainer(local, ev.fitness, ev.spec.initial_vector())
     trainer.load_state_dict(ckpt["trainer"])

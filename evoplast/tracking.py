@@ -349,8 +349,9 @@ class Tracker:
         try:
             return self.client.get_run(run_id)
         except MlflowException:
-            raise TrackingUnavailable(f"no MLflow run with id {run_id!r} in {self.shown_uri}; list runs with "
-                                      f"`mlflow ui --backend-store-uri {self.shown_uri}`") from None
+            raise TrackingUnavailable(f"no MLflow run with id {run_id!r} in {self.shown_uri}; point at the store "
+                                      f"that holds it with --tracking-uri URI or MLFLOW_TRACKING_URI (list runs: "
+                                      f"`mlflow ui --backend-store-uri {self.shown_uri}`)") from None
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params (100 per call); a password in any URI among the values is written as ``***``."""

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from evoplast.benchmarking import lifetime_cost, median_seconds, plain_bmm  # noqa: E402
 from evoplast.cli import UsageError, run_main  # noqa: E402
 from evoplast.config import load_config  # noqa: E402
 from evoplast.learners import NetState, PlasticLearner  # noqa: E402
@@ -31,27 +32,9 @@ SMALL = ["network.hidden=[40,40]", "task.batches_per_task=10", "task.batch_size=
 PAPER_WIDTH = ["network.hidden=[300,300]", "task.batches_per_task=40", "task.batch_size=32"]  # 400 steps of 32
 
 
-def median_time(fn, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def lifetime_flops(cfg, steps: int) -> float:
-    """FLOP of one lifetime: forward (2 m out in) and Hebbian update (2 m out in) per plastic layer and step."""
-    from evoplast.genome import build_genome_spec
-
-    spec = build_genome_spec(cfg, cfg.task.num_tasks + 1, 1).model
-    m = cfg.task.batch_size
-    layer = [(spec.sizes[l], spec.sizes[l - 1]) for l in range(1, spec.num_layers + 1)]
-    forward = sum(2 * m * o * i for o, i in layer)
-    update = sum(2 * m * layer[l - 1][0] * layer[l - 1][1] for l in spec.plastic_layers)
-    return steps * (forward + update)
+# The model the lifetime and memory benchmarks measure (and docs/performance.md reports): oja on every layer.
+OJA_EVERY_LAYER = ["rule.name=oja", "rule.eta_scale=0.01", "rule.batch_reduction=sum", "network.plastic_layers=[]",
+                   "finetune.after_evolution=false"]
 
 
 # issue targets: (config, P, what, threshold)
@@ -102,7 +85,7 @@ def bench_lifetime(args) -> None:
     for name, overrides, populations, steps_timed in (
             ("small 11-40-40-1", SMALL + ["rule.eta_init=0.01"], (1, 16, 64, 256), None),
             ("paper width 11-300-300-1", PAPER_WIDTH + ["rule.eta_init=0.0001"], (1, 16, 64), 40)):
-        cfg = load_config(None, overrides + ["genome.evolve_init_weights=true", "evaluation.episodes=1"])
+        cfg = load_config(None, OJA_EVERY_LAYER + overrides + ["genome.evolve_init_weights=true", "evaluation.episodes=1"])
         ev = Evaluator(cfg)
         eager = PlasticLearner(ev.spec.model, fused=False)
         row_major = RowMajorLearner(ev.spec.model, fused=False)
@@ -115,7 +98,7 @@ def bench_lifetime(args) -> None:
         episodes = replace(full, stream_x=full.stream_x[:, :steps], stream_y=full.stream_y[:, :steps],
                            stream_task=full.stream_task[:, :steps], curve_steps=())
         scale = full.num_steps / steps
-        flops = lifetime_flops(cfg, steps)
+        flops = lifetime_cost(ev.spec.model, steps, cfg.task.batch_size)[0]   # forward + update matmuls
         for p in populations:
             pop = benchmark_population(ev.spec, p)
             params = ev.decode(pop)
@@ -130,14 +113,15 @@ def bench_lifetime(args) -> None:
                     if score_params(ev.learner, params, full, cap=1e9).num_nonfinite:
                         raise RuntimeError("a benchmark lifetime diverged: lower its rule.eta_init")
                 loop_reps = max(1, reps if p <= 16 else 1)
-                t_loops = {learner.fused: median_time(lambda: [score_params(learner, s, episodes, cap=1e9)
-                                                               for s in singles], loop_reps, warmup=0 if p > 16 else 1)
+                t_loops = {learner.fused: median_seconds(lambda: [score_params(learner, s, episodes, cap=1e9)
+                                                                  for s in singles],
+                                                         reps=loop_reps, warmup=0 if p > 16 else 1)
                            for learner in {ev.learner, eager}}
-                t_bmm = min(median_time(lambda: _plain_bmm(ev.spec.model, cfg.task.batch_size, p, steps, layout), reps)
-                            for layout in ("row", "column"))
+                t_bmm = min(median_seconds(plain_bmm(ev.spec.model, p, cfg.task.batch_size, steps, layout=layout),
+                                           reps=reps) for layout in ("row", "column"))
                 for label, learner, chunk in variants:
-                    t_batch = median_time(lambda: score_params(learner, params, episodes, cap=1e9, chunk=chunk),
-                                          reps, warmup=2 if label == "compiled" else 1)
+                    t_batch = median_seconds(lambda: score_params(learner, params, episodes, cap=1e9, chunk=chunk),
+                                             reps=reps, warmup=2 if label == "compiled" else 1)
                     t_loop = t_loops[learner.fused]
                     gflops = p * flops / t_batch / 1e9
                     bmm_gflops = p * flops / t_bmm / 1e9
@@ -158,33 +142,8 @@ def bench_lifetime(args) -> None:
         print(f"  {name:<26} P={p:<4} {what:<13} {value:6.2f} (target >= {threshold:g}, {label}{ceiling}): {verdict}")
 
 
-def _plain_bmm(model, m: int, p: int, steps: int, layout: str) -> None:
-    """The matmuls of a lifetime and nothing else: per step and layer one forward and one outer-product bmm.
-
-    ``layout``: "row" = weights ``[p, out, in]`` contiguous (forward through a transposed view), "column" =
-    stored ``[p, in, out]`` (forward and update on contiguous operands, the lifetime's layout). The target
-    compares with the faster of the two.
-    """
-    sizes = model.sizes
-    shapes = [(sizes[l], sizes[l - 1]) for l in range(1, len(sizes))]
-    ws = [torch.randn(p, o, i) if layout == "row" else torch.randn(p, i, o) for o, i in shapes]
-    xs = [torch.randn(p, m, i) for _, i in shapes]
-    posts = [torch.randn(p, m, o) for o, _ in shapes]
-    for _ in range(steps):
-        for l in range(len(ws)):
-            if layout == "row":
-                torch.bmm(xs[l], ws[l].transpose(1, 2))
-                if (l + 1) in model.plastic_layers:
-                    torch.bmm(posts[l].transpose(1, 2), xs[l])
-            else:
-                torch.bmm(xs[l], ws[l])
-                if (l + 1) in model.plastic_layers:
-                    torch.bmm(xs[l].transpose(1, 2), posts[l])
-
-
 def bench_evolve(args) -> None:
     import os
-    from dataclasses import replace
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if args.no_auth else None
     import ray
@@ -211,7 +170,7 @@ def bench_evolve(args) -> None:
             continue
         cfgs = {a: load_config(DEFAULT_CONFIG, overrides + [f"ray.num_actors={a}", "search.algorithm=cmaes"])
                 for a in (0, 1, 2)}
-        init_ray(replace(cfgs[2].ray, num_actors=3))           # room for the 1- and the 2-actor pool at once
+        init_ray(cfgs[2].ray.replace(num_actors=3))           # room for the 1- and the 2-actor pool at once
         pools = {a: RayPool(cfgs[a]) for a in (1, 2)}
         trainers = {}
         for a, cfg in cfgs.items():
@@ -315,9 +274,9 @@ def _measure_once(mode: str, steps: int, threads: int) -> dict:
     from evoplast.metatrain import MetaTrainer
 
     torch.set_num_threads(threads)
-    cfg = load_config(None, ["network.hidden=[40,40]", "rule.name=oja", "task.batch_size=8", "evaluation.reuse_memory=false",
+    cfg = load_config(None, [*OJA_EVERY_LAYER, "network.hidden=[40,40]", "task.batch_size=8", "evaluation.reuse_memory=false",
                              f"task.batches_per_task={steps // 10}", "search.popsize=32", "evaluation.episodes=4",
-                             "finetune.episodes=4", f"finetune.bptt_window={40 if mode == 'bptt_w40' else 0}",
+                             "finetune.episodes=4", f"finetune.bptt_window={40 if mode == 'bptt_w40' else 'null'}",
                              f"finetune.checkpoint_activations={'true' if mode == 'bptt_ckpt' else 'false'}"])
     ev = Evaluator(cfg)
     genomes = ev.spec.initial_vector() + 0.01 * torch.randn(32, ev.spec.dim)
@@ -372,7 +331,7 @@ def bench_outer(args) -> None:
     if not chosen:
         raise UsageError(f"--methods matches none of: {', '.join(names)}")
     torch.set_num_threads(args.threads)
-    base = load_config(args.config or DEFAULT_CONFIG, args.set)
+    base = load_config(args.config, args.overrides)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"outer benchmark: {len(chosen)} methods x {len(args.seeds)} seeds x regimes {', '.join(args.regimes)}; "
@@ -451,8 +410,12 @@ def _outer_plot(results, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from evoplast.cli import parser
+
+    p = parser(__doc__.splitlines()[0], "benchmark.py", config=False, tracking=False)   # one-line errors, --help-config
     p.add_argument("which", choices=["lifetime", "evolve", "memory", "allocator", "outer"])
+    p.add_argument("--config", metavar="PATH", help="outer: base config (default: the defaults, configs/default.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="outer: config overrides")
     p.add_argument("--reuse", choices=["true", "false"], help=argparse.SUPPRESS)   # allocator: one process
     p.add_argument("--rounds", type=int, default=3, help="allocator: processes per setting")
     p.add_argument("--one", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
@@ -466,15 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regimes", nargs="+", choices=["default", "long"], default=["default", "long"],
                    help="outer: the default lifetime (100 steps) and/or a long one (10x the steps)")
     p.add_argument("--methods", nargs="+", help="outer: only the methods whose name contains one of these")
-    p.add_argument("--config", help="outer: base config (default configs/default.yaml)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="outer: config overrides")
+    p.add_argument("--set", nargs="*", default=[], help=argparse.SUPPRESS)   # the old spelling of the overrides
     p.add_argument("--out-dir", default="benchmarks", help="outer: where outer.md, outer.json, outer.png go")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        if exc.code:
-            raise UsageError("bad arguments (see benchmark.py --help)") from None
-        raise
+    args = p.parse_intermixed_args(argv)      # `outer key=value --budget 5`: overrides anywhere
+    args.overrides = [*args.overrides, *args.set]
+    if args.overrides and args.which != "outer":
+        raise UsageError(f"{args.which}: config overrides apply only to the outer benchmark "
+                         f"(got {' '.join(args.overrides)})")
     if args.budget <= 0:
         raise UsageError("--budget must be > 0 seconds")
     if args.one:

@@ -17,15 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
+from evoplast.cli import UsageError, apply_tracking_uri, config_from_args, parser, require_store, run_main  # noqa: E402
 
 N_SWEEP = (5, 10, 20, 50)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("Evaluate a rule and the baselines on held-out episodes; analyses and plots.", "evaluate.py")
-    p.add_argument("--run-id", help="evolution run to evaluate (its best genome, or its latest fine-tune)")
-    p.add_argument("--which", choices=["best", "finetuned"], default="best")
+    p.add_argument("--run-id", metavar="RUN", help="evolution run to evaluate (its best genome, or its latest "
+                                                     "fine-tune); without it, the config's seed genome")
+    p.add_argument("--which", choices=["best", "finetuned"], default="best",
+                   help="with --run-id: the evolution's recommended genome (the search center, default) or the "
+                        "genome of its latest fine-tune (scripts/finetune.py, or finetune.after_evolution)")
     p.add_argument("--oml-budget", default="lifetimes", metavar="lifetimes|wallclock|N",
                    help="meta-compute of the OML baseline's meta-learned initial weights: 'lifetimes' (default: "
                         "as many lifetimes as the evolution lived, generations x popsize x episodes), 'wallclock' "
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--oml-budget {budget!r}: expected lifetimes, wallclock or a number of meta-steps >= 0")
     if budget == "wallclock" and not args.run_id:
         raise UsageError("--oml-budget wallclock needs --run-id of a finished evolution run (its duration)")
+    cfg = None if args.run_id else config_from_args(args)    # checked before the heavy imports below
+    apply_tracking_uri(args)
 
     import torch
     import yaml
@@ -66,17 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     # 1. the genome and its config
     if args.run_id:
         check_finetune_overrides(args.overrides)
+        require_store(resolve_tracking_uri(), args.run_id)      # never a new empty mlflow.db
         tracker = Tracker(resolve_tracking_uri())
         run = tracker.get_run(args.run_id)
         saved, _ = genome_of_run(tracker, args.run_id, args.which)
-        from evoplast.config import merge_overrides
+        from evoplast.config import merge_overrides, upgrade
 
-        cfg = from_dict(merge_overrides(yaml.safe_load(saved["config_yaml"]), args.overrides))
+        cfg = from_dict(merge_overrides(upgrade(yaml.safe_load(saved["config_yaml"])), args.overrides))
         evo_spec, _ = train_spec_of(cfg)
         spec = evo_spec.with_evolved(set(saved["trained"])) if "trained" in saved else evo_spec
         genome = saved["genome"].float()
     else:
-        cfg = config_from_args(args, str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml"))
         spec, genome = None, None
         tracker = Tracker(resolve_tracking_uri())     # after the config is known good: a bad one leaves no store
     ev = Evaluator(cfg, spec=spec)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evolve a plasticity rule: ``python scripts/evolve.py [--config PATH] [key=value ...] [--resume RUN]``.
+"""Evolve a plasticity rule: ``python scripts/evolve.py [--config PATH] [key=value ...] [--run-id RUN]``.
 
 Reads top to bottom: config -> (resume) -> run the evolution (local Ray or in-process, MLflow run,
 a line per generation, checkpoints) -> a summary on held-out episodes -> how to look at it in MLflow.
@@ -12,33 +12,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from evoplast.cli import config_from_args, parser, run_main  # noqa: E402
-from evoplast.describe import CENTER  # noqa: E402
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+from evoplast.cli import UsageError, apply_tracking_uri, config_from_args, parser, require_store, run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command; ``argv`` without the program name (default: ``sys.argv[1:]``)."""
-    p = parser("Evolve local plasticity rules and feedback weights with an evolution strategy.", "evolve.py")
-    p.add_argument("--resume", metavar="RUN", help="MLflow run id or checkpoint path to continue")
+    p = parser("Evolve local plasticity rules and feedback weights with an evolution strategy.", "evolve.py",
+               run_id="MLflow run to resume from its latest checkpoint (its own config; overrides apply)")
+    p.add_argument("--resume", metavar="RUN|PATH", help="MLflow run id or checkpoint path to continue")
     p.add_argument("--print-every", type=int, default=0, metavar="N",
                    help="one progress line every N generations (default: about 50 lines per run)")
     args = p.parse_args(argv)
+    if args.run_id is not None and args.resume is not None and args.run_id != args.resume:
+        raise UsageError("--run-id and --resume name two runs; give one (--run-id RUN resumes RUN)")
+    args.resume = args.resume or args.run_id
+    if args.resume and args.config:
+        raise UsageError("--resume/--run-id take the config from the checkpoint; drop --config")
+    cfg = None if args.resume else config_from_args(args)   # checked before the heavy imports below
 
+    if args.resume:
+        apply_tracking_uri(args)
+        path_like = "/" in args.resume or args.resume.endswith(".pt") or Path(args.resume).exists()
+        if not path_like and not (Path("checkpoints") / args.resume / "latest.pt").is_file():
+            # a run id without a local checkpoint: read from the store, which must exist (never a new empty one)
+            from evoplast.tracking import resolve_tracking_uri
+
+            require_store(resolve_tracking_uri(), args.resume)
+
+    from evoplast.describe import CENTER
     from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
 
     # 1. the experiment: YAML + overrides, or the checkpoint's own config when resuming
     checkpoint = None
     if args.resume:
-        if args.config:
-            raise SystemExit(print("evoplast: error: --resume takes the config from the checkpoint; "
-                                   "drop --config", file=sys.stderr) or 2)
         checkpoint, source = resolve_resume(args.resume)
-        cfg = resume_config(checkpoint, args.overrides)
+        overrides = [*args.overrides, *([f"tracking.tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])]
+        cfg = resume_config(checkpoint, overrides)
         print(f"evoplast: resuming from {source}")
-    else:
-        cfg = config_from_args(args, str(DEFAULT_CONFIG))
 
     # 2. the evolution (prints a line per generation; Ctrl-C checkpoints and stops cleanly)
     print_every = args.print_every or max(1, cfg.search.generations // 50)
@@ -110,12 +120,11 @@ def print_next(run_id: str, finetuned: bool, cfg) -> None:
 def finetune_center(cfg, result) -> bool:
     """4. the hybrid (finetune.after_evolution): BPTT from the search center, nested under the run; at equal
     time ES then BPTT beat either alone on the default task (docs/outer-trainers.md)."""
-    from dataclasses import replace
-
+    from evoplast.describe import CENTER
     from evoplast.finetune import run_finetune
 
     steps = cfg.finetune.after_evolution_steps or cfg.finetune.steps
-    ft_cfg = replace(cfg, finetune=replace(cfg.finetune, steps=steps))
+    ft_cfg = cfg.replace(**{"finetune.steps": steps})
     print()
     ft = run_finetune(ft_cfg, result.center.reshape(1, -1), [CENTER], parent_run_id=result.run_id,
                       print_every=max(1, steps // 5))

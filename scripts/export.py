@@ -10,26 +10,35 @@ step -> log the same file to MLflow (pytorch flavour) in a run nested under RUN 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evoplast.cli import UsageError, run_main  # noqa: E402
+from evoplast.cli import UsageError, apply_tracking_uri, parser, require_store, run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evoplast.cli import _Parser
-    from evoplast.export import check_writable
-
-    p = _Parser(prog="export.py", description="Export a learned rule as a torch.export (.pt2) file.")
-    p.add_argument("--run-id", required=True, help="evolution run (or a fine-tune run) to export from")
+    p = parser("Export a learned rule as a torch.export (.pt2) file.", "export.py", config=False,
+               run_id="evolution run (or a fine-tune run) to export from (required)")
+    p.add_argument("--config", help=argparse.SUPPRESS)   # refused below: the config is the run's own
     p.add_argument("--which", choices=["best", "finetuned"], default="best",
                    help="the evolution's best genome, or its latest fine-tuned genome")
     p.add_argument("--out", required=True, help="output file (.pt2)")
     p.add_argument("--name", default=None, help="Model Registry name (default: export.registered_model)")
     p.add_argument("--no-mlflow-model", action="store_true", help="write the file only")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if args.config is not None or any("=" in a and not a.startswith("-") for a in extra):
+        raise UsageError("export.py takes the config from the run (--run-id); --config and key=value overrides "
+                         "do not apply")
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not args.run_id or not args.run_id.strip():
+        raise UsageError("--run-id RUN is required: the evolution or fine-tune run to export from")
+    apply_tracking_uri(args)
+    from evoplast.export import check_writable
+
     if not args.out.endswith(".pt2"):
         raise UsageError(f"--out {args.out!r} should end in .pt2 (a torch.export archive)")
     if Path(args.out).is_dir():
@@ -41,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    from evoplast.config import from_dict
+    from evoplast.config import from_dict, upgrade
     from evoplast.export import RuleStep, export_rule, load_rule
     from evoplast.genome import build_genome_spec
     from evoplast.runs import genome_of_run
@@ -49,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     from evoplast.tracking import Tracker, resolve_tracking_uri
 
     # 1. the genome: best_genome.pt of the run, or finetuned_genome.pt of its latest nested fine-tune
+    require_store(resolve_tracking_uri(), args.run_id)       # never a new empty mlflow.db
     tracker = Tracker(resolve_tracking_uri())
     run = tracker.get_run(args.run_id)
     genome, source_run = genome_of_run(tracker, args.run_id, args.which)
-    cfg = from_dict(yaml.safe_load(genome["config_yaml"]))
+    cfg = from_dict(upgrade(yaml.safe_load(genome["config_yaml"])))
     task = make_task(cfg.task)
     spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
     model = spec.model

@@ -16,16 +16,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
+from evoplast.cli import UsageError, apply_tracking_uri, config_from_args, parser, require_store, run_main  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = parser("Fine-tune evolved genomes by backpropagation through their lifetimes.", "finetune.py")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run-id", help="evolution run whose best genomes to fine-tune")
     source.add_argument("--checkpoint", help="evolution checkpoint file to take the genomes from")
     p.add_argument("--top-k", type=int, default=None, metavar="N", help="how many genomes (default finetune.top_k)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+
+    if not (args.run_id or args.checkpoint):
+        cfg = config_from_args(args)       # checked before the heavy imports below
+    apply_tracking_uri(args)
 
     from evoplast.finetune import check_finetune_overrides, run_finetune
     from evoplast.runs import candidates_from_checkpoint, candidates_from_run
@@ -40,6 +44,7 @@ def main() -> int:
         check_finetune_overrides(args.overrides)
         top_k = args.top_k
         if args.run_id:
+            require_store(resolve_tracking_uri(), args.run_id)      # never a new empty mlflow.db
             tracker = Tracker(resolve_tracking_uri())
             c = candidates_from_run(tracker, args.run_id, top_k or 1, args.overrides)
         else:
@@ -49,7 +54,6 @@ def main() -> int:
                  else candidates_from_checkpoint(args.checkpoint, c.cfg.finetune.top_k, args.overrides))
         cfg, genomes, labels, parent = c.cfg, c.genomes, c.labels, c.run_id
     else:
-        cfg = config_from_args(args, str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml"))
         genomes, labels, parent = None, [], None
 
     # 2. meta-train, nested under the evolution run

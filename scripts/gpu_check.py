@@ -33,7 +33,6 @@ line says so and nothing runs (so a CI job on a CPU machine can tell "not checke
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -43,6 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
+
+from evoplast.benchmarking import (copy_bytes_per_second, lifetime_cost, median_seconds,  # noqa: E402
+                                   plain_bmm_seconds_per_step)
 
 RTOL, ATOL = 1e-3, 1e-4
 PAPER_STREAM = ["task.num_tasks=10", "task.batches_per_task=40", "task.batch_size=32"]     # 400 steps of 32
@@ -104,27 +106,16 @@ def throughput_configs(quick: bool) -> list[tuple[str, str | None, list[str], li
     ]
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: str, reps: int = 3) -> float:
-    fn()                                  # warm-up: kernels chosen, memory allocated, graphs captured
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+# The model the configs without a file are checked with (chosen before the defaults became configs/default.yaml):
+# every layer plastic, oja unless a row names a rule, a sum over the batch, fixed initial weights.
+NO_FILE = ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.01", "rule.batch_reduction=sum",
+           "genome.evolve_init_weights=false", "search.algorithm=cmaes", "finetune.after_evolution=false"]
 
 
 def config(path: str | None, overrides: list[str], *extra: str):
     from evoplast.config import load_config
 
-    return load_config(path, [*overrides, *extra])
+    return load_config(path, [*(NO_FILE if path is None else []), *overrides, *extra])
 
 
 def population(ev, p: int, seed: int = 0, std: float = 0.01) -> torch.Tensor:
@@ -186,51 +177,6 @@ def cpu_purpose():
     return Purpose.TRAIN
 
 
-def lifetime_cost(model, steps: int, m: int, query_rows: int) -> tuple[float, float]:
-    """``(FLOP, bytes)`` lower bounds of one lifetime (see the module docstring)."""
-    layers = [(model.sizes[l], model.sizes[l - 1]) for l in range(1, model.num_layers + 1)]
-    plastic = [layers[l - 1] for l in model.plastic_layers]
-    forward = sum(2 * m * o * i for o, i in layers)
-    update = sum(2 * m * o * i for o, i in plastic)
-    flops = steps * (forward + update) + sum(2 * query_rows * o * i for o, i in layers)
-    bytes_ = steps * sum(8 * o * i for o, i in plastic)
-    return float(flops), float(bytes_)
-
-
-def plain_bmm_seconds_per_step(model, b: int, m: int, device: str, steps: int = 40) -> float:
-    """Seconds per step of the lifetime's matmuls alone: per layer a forward bmm, per plastic layer
-    an outer-product bmm, over ``b`` lifetimes; on a GPU the faster of eager and a CUDA graph."""
-    sizes = model.sizes
-    ws = [torch.randn(b, sizes[l - 1], sizes[l], device=device).transpose(1, 2) for l in range(1, len(sizes))]
-    xs = [torch.randn(b, m, sizes[l - 1], device=device) for l in range(1, len(sizes))]
-    posts = [torch.randn(b, m, sizes[l], device=device) for l in range(1, len(sizes))]
-    outs = [torch.empty(b, m, sizes[l], device=device) for l in range(1, len(sizes))]
-    grads = [torch.empty(b, sizes[l - 1], sizes[l], device=device) for l in range(1, len(sizes))]
-
-    def run():
-        for _ in range(steps):
-            for l in range(len(ws)):
-                torch.bmm(xs[l], ws[l].transpose(1, 2), out=outs[l])
-                if (l + 1) in model.plastic_layers:
-                    torch.bmm(xs[l].transpose(1, 2), posts[l], out=grads[l])
-
-    best = median_seconds(run, device)
-    if device == "cuda":
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run()
-        best = min(best, median_seconds(graph.replay, device))
-    return best / steps
-
-
-def copy_bytes_per_second(numel: int, device: str) -> float:
-    """Bytes/s of a plain fp32 copy of ``numel`` numbers (read + write)."""
-    src = torch.randn(numel, device=device)
-    dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: [dst.copy_(src) for _ in range(5)], device) / 5
-    return 8.0 * numel / seconds
-
-
 def measure_throughput(device: str, quick: bool, results: dict) -> None:
     from evoplast.evaluation import Evaluator, score_params
     from evoplast.graphs import GraphedScorer
@@ -256,12 +202,10 @@ def measure_throughput(device: str, quick: bool, results: dict) -> None:
                 graphed = GraphedScorer(lambda pr, ep: score_params(ev.learner, pr, ep, cap=cfg.evaluation.loss_cap))
                 modes.append(("graph", lambda: graphed(params, episodes)))
             with torch.no_grad():
-                timed = [(mode, median_seconds(fn, device), 0.0) for mode, fn in modes]
+                timed = [(mode, median_seconds(fn, device=device), 0.0) for mode, fn in modes]
                 if (device == "cuda" and model.sizes[1] >= 300) or quick:
                     timed += lower_precision(ev, params, episodes, cfg.evaluation.loss_cap, device)
-                bmm_flops_per_step = sum(2 * m * model.sizes[l] * model.sizes[l - 1] *
-                                         (2 if l in model.plastic_layers else 1)
-                                         for l in range(1, model.num_layers + 1))
+                bmm_flops_per_step = lifetime_cost(model, 1, m)[0]      # the forward and update matmuls
                 bmm_rate = b * bmm_flops_per_step / plain_bmm_seconds_per_step(model, b, m, device)
                 weights = sum(model.sizes[l] * model.sizes[l - 1] for l in model.plastic_layers)
                 copy_rate = copy_bytes_per_second(b * weights, device)
@@ -304,7 +248,7 @@ def lower_precision(ev, params, episodes, cap: float, device: str = "cuda") -> l
                                                                                 "query_y")})
         scorer = GraphedScorer(lambda a, b: score_params(ev.learner, a, b, cap=cap)) if device == "cuda" else \
             (lambda a, b: score_params(ev.learner, a, b, cap=cap))
-        seconds = median_seconds(lambda: scorer(pr, ep), device)
+        seconds = median_seconds(lambda: scorer(pr, ep), device=device)
         error = max_rel(scorer(pr, ep).loss.float(), fp32)
         out.append((mode, seconds, error))
     torch.set_float32_matmul_precision("highest")
@@ -335,7 +279,7 @@ def measure_generations(device: str, quick: bool, results: dict) -> None:
             ev = Evaluator(config(path, overrides, *extra), dev)
             genomes = population(ev, p)
             gen = iter(range(1000))
-            timings[label] = median_seconds(lambda: ev.fitness(genomes, next(gen)), dev)
+            timings[label] = median_seconds(lambda: ev.fitness(genomes, next(gen)), device=dev)
         rows.append({"case": name, **{f"{k} s": v for k, v in timings.items()}})
         print(f"   {name:<46} " + "  ".join(f"{k} {v * 1e3:9.1f} ms" for k, v in timings.items()), flush=True)
 
@@ -368,10 +312,11 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import datetime
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from evoplast.cli import parser
+
+    ap = parser(__doc__.splitlines()[0], "gpu_check.py", config=False, tracking=False)   # one-line errors, --help-config
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                     help="device under test (cpu: compare the CPU with itself, to check this script)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes instead of the paper-scale ones")
@@ -419,4 +364,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from evoplast.cli import run_main
+
+    run_main(main)

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 def judge(cfg, cfg_seed, center, oml_budget: str) -> dict:
@@ -73,7 +72,7 @@ def one_seed(cfg, seed: int, parent_id: str, oml_budget: str, threads: int = 0, 
     return {"seed": seed, "run_id": result.run_id, "report": report}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = parser("Run one config over several seeds; means and paired differences with 95% CIs.", "seeds.py")
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="S", help="seeds (at least 2)")
     p.add_argument("--parallel", choices=["auto", "inprocess", "ray"], default="auto",
@@ -85,7 +84,7 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", default=None, metavar="RUN",
                    help="judge the genomes of these finished evolution runs (one per seed, their own configs) "
                         "instead of evolving: the aggregate again, e.g. after the baselines changed")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     # `--seeds 0 1 2 key=value ...`: the overrides after the seeds are overrides, not seeds
     args.overrides = [a for a in args.seeds if "=" in a] + args.overrides
     try:
@@ -106,7 +105,7 @@ def main() -> int:
         if len(set(seeds)) < 2:
             raise UsageError("--runs needs runs of at least 2 different seeds")
     else:
-        cfg, judged = config_from_args(args, str(DEFAULT_CONFIG)), None
+        cfg, judged = config_from_args(args), None
         seeds = list(dict.fromkeys(args.seeds))
 
     from evoplast.config import flatten
@@ -119,7 +118,9 @@ def main() -> int:
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     cfg = cfg.replace(**{"tracking.tracking_uri": uri, "checkpoint.dir": str(Path(cfg.checkpoint.dir).resolve()),
                          "seed": seeds[0]})
-    actors = max(1, cfg.ray.num_actors)
+    # CPUs one seed's evolution uses: its actors, or one (in-process, or ray.num_actors=auto: each seed's run
+    # decides its own placement inside its task)
+    actors = cfg.ray.num_actors if isinstance(cfg.ray.num_actors, int) and cfg.ray.num_actors > 0 else 1
     parallel = args.parallel
     if parallel == "auto":
         parallel = "ray" if (os.cpu_count() or 1) >= len(seeds) * actors else "inprocess"
@@ -173,7 +174,7 @@ def _judge_runs(run_ids, oml_budget):
     of the first run's seed."""
     import yaml
 
-    from evoplast.config import from_dict
+    from evoplast.config import from_dict, upgrade
     from evoplast.runs import genome_of_run
     from evoplast.tracking import Tracker, resolve_tracking_uri
 
@@ -181,7 +182,7 @@ def _judge_runs(run_ids, oml_budget):
     loaded = []
     for run_id in run_ids:
         saved, _ = genome_of_run(tracker, run_id, "best")
-        loaded.append((run_id, from_dict(yaml.safe_load(saved["config_yaml"])), saved["genome"].float()))
+        loaded.append((run_id, from_dict(upgrade(yaml.safe_load(saved["config_yaml"]))), saved["genome"].float()))
     shared = loaded[0][1]
     results = []
     for run_id, cfg_run, genome in loaded:

@@ -3,40 +3,28 @@
 Run in-process through ``scripts/evolve.py``'s ``main(argv)`` (no 20 s of imports per case).
 """
 
-import importlib.util
 import os
 import tempfile
 import time
 
 import pytest
 
-from evoplast.cli import run_main
 from evoplast.config import ConfigError, load_config
 from evoplast.preflight import check_memory, memory_estimate
 
-from .conftest import REPO
+from . import scripts
+from .conftest import small_config
 from .test_evolution import TINY
 
 BOMB = "a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{','.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))   # 9^9 values
 
 
-def _evolve_main():
-    spec = importlib.util.spec_from_file_location("evolve_script", f"{REPO}/scripts/evolve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-
-
 def run_evolve(argv, capsys):
     """``(exit code, stdout, stderr)`` of ``scripts/evolve.py argv`` run in this process."""
-    main = _evolve_main()
-    with pytest.raises(SystemExit) as info:
-        run_main(lambda: main(argv))
+    code = scripts.run("evolve", argv)
     out, err = capsys.readouterr()
-    return info.value.code, out, err
+    return code, out, err
 
 
 @pytest.fixture
@@ -101,12 +89,12 @@ def test_memory_estimate_matches_the_genome_and_is_a_lower_bound():
 
     for extra in ([], ["genome.evolve_init_weights=true", "rule.granularity=synapse"], ["rule.name=abcd"],
                   ["rule.name=terms", "rule.granularity=neuron", "network.plastic_layers=[]"]):
-        cfg = load_config(None, TINY + extra)
+        cfg = small_config(TINY + extra)
         spec = Evaluator(cfg).spec
         est = memory_estimate(cfg)
         assert est.genome == spec.dim, extra
         assert est.model == sum(s.numel for s in spec.segments), extra
-    cfg = load_config(None, ["network.hidden=[300,300]", "search.popsize=64", "ray.num_actors=0"])
+    cfg = small_config(["network.hidden=[300,300]", "search.popsize=64", "ray.num_actors=0"])
     assert check_memory(cfg, available=1 << 30).evaluator == (64 * memory_estimate(cfg).model
                                                               + 2 * 64 * 4 * memory_estimate(cfg).weights) * 4
     with pytest.raises(ConfigError, match="or set evaluation.chunk_size"):

@@ -1,9 +1,6 @@
 """Class-incremental classification: loaders, the protocol, baselines and analyses."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,14 +8,15 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from evoplast.analysis import forgetting_matrix, oml_init, oml_spec, score_oml, update_gradient_cosine
-from evoplast.config import ConfigError, load_config
+from evoplast.config import ConfigError
 from evoplast.evaluation import Evaluator
 from evoplast.learners import GradientLearner
 from evoplast.network import ModelSpec, forward
 from evoplast.seeding import Purpose
 from evoplast.tasks.images import DatasetError, digits, glyphs, omniglot
 
-from .conftest import REPO
+from . import scripts
+from .conftest import small_config
 from .test_evolution import quiet
 
 GLYPHS = ["task.name=glyphs", "task.glyph_classes=40", "task.images_per_class=12", "task.image_size=12",
@@ -31,7 +29,7 @@ GLYPHS = ["task.name=glyphs", "task.glyph_classes=40", "task.images_per_class=12
 
 
 def glyph_cfg(*extra):
-    return load_config(None, GLYPHS + list(extra))
+    return small_config(GLYPHS + list(extra))
 
 
 def _write_omniglot(root, alphabets=2, characters=3, drawings=6, size=105):
@@ -59,7 +57,7 @@ def test_omniglot_loader_reads_the_distributed_layout(tmp_path):
     # the vertical stroke moves with the character: classes differ, drawings of one class agree on it
     col = data.train[:, 0].mean(1)                           # [classes, 28] column profile
     assert col[0].argmax() != col[1].argmax()
-    cfg = load_config(None, ["task.name=omniglot", f"task.data_dir={tmp_path}", "task.num_tasks=3",
+    cfg = small_config(["task.name=omniglot", f"task.data_dir={tmp_path}", "task.num_tasks=3",
                              "task.batches_per_task=2", "task.batch_size=1", "task.query_size=3"])
     eps = Evaluator(cfg).episodes(Purpose.HELDOUT, 0, 2)
     assert eps.stream_x.shape == (2, 6, 1, 28 * 28)
@@ -90,12 +88,9 @@ def test_omniglot_problems_are_one_line_with_what_to_do(tmp_path, damage, fragme
     assert "\n" not in str(info.value)
 
 
-def test_script_with_missing_omniglot_exits_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, f"{REPO}/scripts/evolve.py", "task.name=omniglot",
-                           f"task.data_dir={tmp_path}/nothing", "search.generations=1"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
-    assert proc.returncode == 1 and "Omniglot" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+def test_script_with_missing_omniglot_exits_with_one_line(store, tmp_path, capsys):
+    code = scripts.run("evolve", ["task.name=omniglot", f"task.data_dir={tmp_path}/nothing", "search.generations=1"])
+    assert code == 1 and "Omniglot" in scripts.error_line(capsys.readouterr().err)
 
 
 def test_glyphs_are_deterministic_and_digits_split_images():
@@ -163,13 +158,13 @@ def test_sgd_classification_step_is_autograd_cross_entropy():
 
 def test_rule_with_exact_error_feedback_points_along_the_negative_gradient():
     """The delta-rule genome's update is an SGD step of the output layer: cosine with -grad is 1."""
-    cfg = load_config(None, ["network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_scale=0.005",
+    cfg = small_config(["network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_scale=0.005",
                              "rule.eta_init=1.0", "genome.beta_init=30"])
     ev = Evaluator(cfg)
     cos = update_gradient_cosine(ev, ev.spec.initial_vector(), ev.episodes(Purpose.HELDOUT, 0, 3))
     assert cos.shape == (100, 1)
     torch.testing.assert_close(cos, torch.ones_like(cos), atol=1e-4, rtol=0)
-    oja = Evaluator(load_config(None, ["rule.name=oja", "rule.eta_init=1.0", "network.plastic_layers=[1,3]"]))
+    oja = Evaluator(small_config(["rule.name=oja", "rule.eta_init=1.0", "network.plastic_layers=[1,3]"]))
     cos = update_gradient_cosine(oja, oja.spec.initial_vector(), oja.episodes(Purpose.HELDOUT, 0, 3))
     assert cos.shape == (100, 2) and (cos.abs() <= 1 + 1e-5).all() and (cos[:, 0].abs() < 0.99).all()
 
@@ -205,7 +200,7 @@ def test_oml_baseline_meta_learns_an_init_for_sgd_of_the_head():
 def test_conv_features_shared_and_per_genome_agree_and_train_by_bptt():
     cfg = glyph_cfg("network.features=conv", "network.conv_channels=[4,8]", "finetune.train=['features.*']")
     from evoplast.finetune import train_spec_of
-    from evoplast.metatrain import meta_gradient
+    from evoplast.metatrain import meta_loss_backward
 
     evo, spec = train_spec_of(cfg)
     assert evo.model.sizes[0] == 8 * 9 and "features.conv1.weight" in spec.by_name
@@ -217,7 +212,7 @@ def test_conv_features_shared_and_per_genome_agree_and_train_by_bptt():
     per_genome = ev.score(g2).loss
     torch.testing.assert_close(shared, per_genome, rtol=1e-4, atol=1e-5)
     g = g[:1].clone().requires_grad_(True)
-    meta_gradient(ev.learner, spec, g, ev.episodes(Purpose.FINETUNE, 0, 2))
+    meta_loss_backward(ev.learner, spec, g, ev.episodes(Purpose.FINETUNE, 0, 2))
     assert spec.split(g.grad)["features.conv1.weight"].abs().sum() > 0
 
 
@@ -231,23 +226,21 @@ def test_evolving_a_rule_on_glyphs_learns_in_its_lifetime(store):
     assert r["accuracy_plasticity_off"] < 0.4                        # labels are re-mapped: no free lunch
 
 
-def test_evaluate_script_runs_protocol_baselines_and_analyses(tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    evo = subprocess.run([sys.executable, f"{REPO}/scripts/evolve.py", *GLYPHS, "search.generations=10",
-                          "task.output_classes=8"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert evo.returncode == 0, evo.stderr[-2000:]
-    run_id = evo.stdout.split("MLflow run ")[1].split(":")[0]
-    proc = subprocess.run([sys.executable, f"{REPO}/scripts/evaluate.py", "--run-id", run_id, "--oml-steps", "5",
-                           "--out", "ev"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+def test_evaluate_script_runs_protocol_baselines_and_analyses(store, tmp_path, capsys):
+    code = scripts.run("evolve", [*GLYPHS, "search.generations=10", "task.output_classes=8"])
+    evo_out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    run_id = evo_out.split("MLflow run ")[1].split(":")[0]
+    code = scripts.run("evaluate", ["--run-id", run_id, "--oml-steps", "5", "--out", "ev"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
     for line in ("evolved rule", "same genome, plasticity off", "online SGD of the plastic weights only, same init",
                  "online SGD of every weight and bias, same init", "prototypes (nearest class mean)", "feedback alignment",
                  "OML: meta-learned init", "Accuracy vs N", "N=4", "N=5", "Mean cosine", "Forgetting (evolved rule)"):
         assert line in out, line
     for f in ("forgetting.png", "cosine.png", "accuracy_vs_n.png", "loss_vs_tasks_seen.png", "evaluation.json"):
         assert (tmp_path / "ev" / f).is_file(), f
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(store)
     child = client.get_run(out.split("MLflow run ")[-1].split()[0])
     assert child.data.tags["mlflow.parentRunId"] == run_id and child.data.tags["outer"] == "evaluation"
     with open(client.download_artifacts(child.info.run_id, "evaluation.json", str(tmp_path))) as f:

@@ -26,7 +26,7 @@ from evoplast.config import RayConfig, load_config
 from evoplast.evolution.ray_pool import RayUnavailable, init_ray
 from evoplast.evolution.run import run_evolution
 
-from .conftest import REPO
+from .conftest import REPO, small_config
 from .test_evolution import TINY, quiet
 
 AWS_YAML = Path(REPO) / "cluster" / "aws.yaml"
@@ -166,14 +166,43 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2():
     assert "Traceback" not in proc.stderr
 
 
-def test_gpu_check_steps_run_on_the_cpu(tmp_path):
-    """The check's own code, on the CPU with tiny shapes (compares the CPU with itself), in-process."""
+def _gpu_check():
     import importlib.util
-    import json
 
     spec = importlib.util.spec_from_file_location("gpu_check", f"{REPO}/scripts/gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_gpu_check_reports_a_device_that_disagrees_and_exits_1(monkeypatch, capsys):
+    """The comparison can fail: the device under test's eager evaluator (the one built with
+    evaluation.cuda_graph=false) made 1% off, and every row says MISMATCH, the exit code is 1."""
+    from evoplast.evaluation import Evaluator
+
+    fitness = Evaluator.fitness
+
+    def off_by_one_percent(self, genomes, generation):
+        f, bad = fitness(self, genomes, generation)
+        return (f * 1.01 if not self.cfg.evaluation.cuda_graph else f), bad
+
+    monkeypatch.setattr(Evaluator, "fitness", off_by_one_percent)
+    gpu_check = _gpu_check()
+    monkeypatch.setattr(gpu_check, "correctness_configs", lambda quick: [
+        ("hebb", None, gpu_check.QUICK_STREAM + ["network.hidden=[8]", "rule.name=hebb"], 4, 2)])
+    results = {}
+    assert gpu_check.check_correctness("cpu", True, results) is False
+    (row,) = results["correctness"]
+    assert not row["ok"] and row["rel_eager"] == pytest.approx(0.01, rel=1e-3) and row["rel_graph"] == 0
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_gpu_check_steps_run_on_the_cpu(tmp_path):
+    """The check's own code, on the CPU with tiny shapes, in-process: every part runs and writes its
+    tables (the CPU compared with itself agrees exactly; the test above shows a disagreement is caught)."""
+    import json
+
+    gpu_check = _gpu_check()
     assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = results["correctness"]
@@ -219,7 +248,7 @@ def two_nodes():
 
 
 def on_cluster(nodes, *extra: str, base: list[str] = TINY):
-    return load_config(None, base + [f"ray.address='{nodes.address}'", *extra])
+    return small_config(["ray.num_actors=auto", *base, f"ray.address='{nodes.address}'", *extra])
 
 
 def actor_nodes(store_uri: str, run_id: str, actors: int) -> list[str]:
@@ -232,7 +261,7 @@ FITNESS = ("best", "mean", "median", "worst")
 
 
 def test_actors_spread_over_both_workers_and_fitness_equals_one_process(two_nodes, store):
-    alone = run_evolution(load_config(None, TINY + ["search.generations=6", "ray.num_actors=0"]), out=quiet)
+    alone = run_evolution(small_config(TINY + ["search.generations=6", "ray.num_actors=0"]), out=quiet)
     spread = run_evolution(on_cluster(two_nodes, "search.generations=6", "ray.num_actors=2"), out=quiet)
     assert sorted(actor_nodes(store, spread.run_id, 2)) == sorted(w.node_id for w in two_nodes.workers)
     # tolerance: exact, as for 0/1/2 local actors (tests/test_ray.py): each genome's lifetime does not

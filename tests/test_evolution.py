@@ -7,20 +7,22 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evoplast.checkpoint import load_checkpoint
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
 from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
 from evoplast.evolution.searchers import SEARCHERS
+from .conftest import small_config
 
 TINY = ["task.num_tasks=3", "task.batches_per_task=8", "task.batch_size=4", "task.query_size=8",
         "network.hidden=[12,12]", "network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_init=1.0",
         "rule.eta_scale=0.03",
         "genome.evolve_init_weights=true", "evaluation.episodes=4", "evaluation.heldout_episodes=8",
-        "search.popsize=16", "search.stdev_init=0.05", "tracking.gain_every=5", "checkpoint.every=5"]
+        "search.popsize=16", "search.stdev_init=0.05", "tracking.gain_every=5", "checkpoint.every=5",
+        "finetune.after_evolution=false"]   # the scripts' evolutions end without the (minutes of) BPTT fine-tune
 
 
 def tiny(*extra):
-    return load_config(None, TINY + list(extra))
+    return small_config(TINY + list(extra))
 
 
 def quiet(_line):

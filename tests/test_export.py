@@ -11,14 +11,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
 from evoplast.export import RuleExportError, export_rule, load_rule
 from evoplast.learners import state_predict
 from evoplast.lifetime import expand_params, run_lifetime
 from evoplast.seeding import Purpose
 
-from .conftest import REPO
+from . import scripts
+from .conftest import REPO, small_config
 from .test_evolution import TINY, quiet
 
 REPLAY = textwrap.dedent("""
@@ -48,7 +49,7 @@ REPLAY = textwrap.dedent("""
 
 
 def _genome(*extra):
-    cfg = load_config(None, TINY + ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.003", *extra])
+    cfg = small_config(TINY + ["network.plastic_layers=[]", "rule.name=oja", "rule.eta_scale=0.003", *extra])
     ev = Evaluator(cfg)
     g = ev.spec.initial_vector() + 0.05 * torch.randn(ev.spec.dim, generator=torch.Generator().manual_seed(3))
     return cfg, ev, g
@@ -141,36 +142,41 @@ def test_bad_export_files_give_one_line(tmp_path):
         assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
-def _script(name, args, tmp_path):
-    return subprocess.run([sys.executable, f"{REPO}/scripts/{name}", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+def _script(name, args, capsys):
+    """``(exit code, stdout, stderr)`` of ``scripts/<name>.py args``, in this process."""
+    code = scripts.run(name, args)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
-    evo = _script("evolve.py", TINY + ["search.generations=20", "finetune.after_evolution=false"], tmp_path)
-    assert evo.returncode == 0, evo.stderr[-2000:]
-    run_id = evo.stdout.split("MLflow run ")[1].split(":")[0]
-    missing = _script("export.py", ["--run-id", run_id, "--which", "finetuned", "--out", "r.pt2"], tmp_path)
-    assert missing.returncode == 1 and "has no finished fine-tune" in missing.stderr, missing.stderr[-2000:]
-    ft = _script("finetune.py", ["--run-id", run_id, "--top-k", "2", "finetune.steps=10"], tmp_path)
-    assert ft.returncode == 0, ft.stderr[-2000:]
-    assert "<- kept" in ft.stdout and "population #1" in ft.stdout
-    first = _script("export.py", ["--run-id", run_id, "--out", "best.pt2"], tmp_path)
-    second = _script("export.py", ["--run-id", run_id, "--which", "finetuned", "--out", "tuned.pt2", "--name", "my-rule"], tmp_path)
-    third = _script("export.py", ["--run-id", run_id, "--which", "finetuned", "--out", "tuned2.pt2", "--name", "my-rule"], tmp_path)
-    for proc in (first, second, third):
-        assert proc.returncode == 0, proc.stderr[-2000:]
+def test_evolve_finetune_export_end_to_end_with_registry(store, capsys):
+    code, out, err = _script("evolve", TINY + ["search.generations=20", "finetune.after_evolution=false"], capsys)
+    assert code == 0, err[-2000:]
+    run_id = out.split("MLflow run ")[1].split(":")[0]
+    code, _, err = _script("export", ["--run-id", run_id, "--which", "finetuned", "--out", "r.pt2"], capsys)
+    assert code == 1 and "has no finished fine-tune" in scripts.error_line(err), err[-2000:]
+    code, out, err = _script("finetune", ["--run-id", run_id, "--top-k", "2", "finetune.steps=10"], capsys)
+    assert code == 0, err[-2000:]
+    assert "<- kept" in out and "population #1" in out
+    runs = [_script("export", ["--run-id", run_id, "--out", "best.pt2"], capsys),
+            _script("export", ["--run-id", run_id, "--which", "finetuned", "--out", "tuned.pt2", "--name", "my-rule"],
+                    capsys),
+            _script("export", ["--run-id", run_id, "--which", "finetuned", "--out", "tuned2.pt2", "--name", "my-rule"],
+                    capsys)]
+    for code, _, err in runs:
+        assert code == 0, err[-2000:]
+    first, third = runs[0][1], runs[2][1]
     assert "registered as 'evoplast-rule' version 1" in first.stdout
     assert "registered as 'my-rule' version 2" in third.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(store)
     versions = client.search_model_versions("name='my-rule'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     # the registered model loads through MLflow and computes the same step as the file
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(store)
     model = mlflow.pytorch.load_model("models:/my-rule/2")
-    step, manifest = load_rule(tmp_path / "tuned2.pt2")
+    step, manifest = load_rule("tuned2.pt2")
     assert manifest["transforms_applied"]["layer3.beta"] == {"transform": "sigmoid", "scale": 1.0}
     assert manifest["granularity"] == "layer" and manifest["feedback_activation"]["layer3"] == "linear"
     state = step.get_buffer("initial_state").expand(2, -1).clone()
@@ -180,18 +186,21 @@ def test_evolve_finetune_export_end_to_end_with_registry(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--run-id", "feedbeef", "--out", "r.pt2"], "no MLflow run with id 'feedbeef'"),
+    (["--run-id", "feedbeef", "--out", "r.pt2"], "run 'feedbeef': no MLflow store at sqlite:///"),
     (["--run-id", "x", "--out", "r.txt"], "should end in .pt2"),
 ])
-def test_export_bad_input_is_one_line(tmp_path, args, fragment):
-    proc = _script("export.py", args, tmp_path)
-    assert proc.returncode in (1, 2) and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+def test_export_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, err = _script("export", args, capsys)
+    assert code in (1, 2) and fragment in scripts.error_line(err), err
+    assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_run_without_genomes_is_one_line(tmp_path, store):
+def test_run_without_genomes_is_one_line(store, capsys):
     from evoplast.evolution.run import run_evolution
 
-    part = run_evolution(load_config(None, TINY + ["search.generations=10"]), out=quiet, stop_after=2)
-    for script, extra in (("export.py", ["--out", "r.pt2"]), ("finetune.py", [])):
-        proc = _script(script, ["--run-id", part.run_id, *extra], tmp_path)
-        assert proc.returncode == 1 and "has no artifact 'best_genome.pt'" in proc.stderr, proc.stderr[-2000:]
+    part = run_evolution(small_config(TINY + ["search.generations=10"]), out=quiet, stop_after=2)
+    for script, extra in (("export", ["--out", "r.pt2"]), ("finetune", [])):
+        code, _, err = _script(script, ["--run-id", part.run_id, *extra], capsys)
+        assert code == 1 and "has no artifact 'best_genome.pt'" in scripts.error_line(err), err[-2000:]

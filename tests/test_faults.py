@@ -233,10 +233,11 @@ def test_sigterm_during_the_final_report_keeps_every_generation_and_resumes(tmp_
 # runs started at the same moment on a fresh sqlite store
 
 RACE = """
-import sys, time
+import os, sys, time
 from evoplast.tracking import Tracker
-start = float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))           # every process reaches the store at the same moment
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):               # every process reaches the store at the same moment
+    time.sleep(0.005)
 t = Tracker(sys.argv[1])
 print(t.start_run("race"))
 t.end("FINISHED")
@@ -246,10 +247,13 @@ t.end("FINISHED")
 @pytest.mark.slow
 def test_runs_started_at_once_on_a_fresh_store_all_start(tmp_path):
     uri = f"sqlite:///{tmp_path}/fresh.db"
+    go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
-    start = time.time() + 25                              # after every process has imported MLflow
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, uri, str(start)], cwd=tmp_path, env=env, text=True,
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, uri, str(go)], cwd=tmp_path, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    for p in procs:                                       # wait until every process has imported MLflow
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-1500:] if p.poll() is not None else ""
+    go.touch()
     results = [p.communicate(timeout=180) + (p.returncode,) for p in procs]
     assert all(code == 0 for _, _, code in results), [err[-1500:] for _, err, _ in results]
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("race").experiment_id])

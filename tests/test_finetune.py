@@ -7,17 +7,18 @@ import psutil
 import torch
 from mlflow.tracking import MlflowClient
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
 from evoplast.finetune import run_finetune, train_spec_of
-from evoplast.metatrain import MetaTrainer, meta_gradient
+from evoplast.metatrain import MetaTrainer, meta_loss_backward
 from evoplast.seeding import Purpose
 
 from .test_evolution import TINY, quiet
+from .conftest import small_config
 
 
 def _setup(*extra):
-    cfg = load_config(None, TINY + list(extra))
+    cfg = small_config(TINY + list(extra))
     ev = Evaluator(cfg)
     g = ev.spec.initial_vector().reshape(1, -1) + 0.05 * torch.randn(1, ev.spec.dim, generator=torch.Generator().manual_seed(1))
     return cfg, ev, g, ev.episodes(Purpose.FINETUNE, 0, 3)
@@ -25,11 +26,11 @@ def _setup(*extra):
 
 def _grad(ev, g, eps, **kw):
     g = g.clone().requires_grad_(True)
-    loss = meta_gradient(ev.learner, ev.spec, g, eps, **kw)
+    loss = meta_loss_backward(ev.learner, ev.spec, g, eps, **kw)
     return loss.detach(), g.grad.detach()
 
 
-def test_meta_gradient_matches_finite_differences():
+def test_bptt_gradient_of_the_meta_loss_matches_finite_differences():
     """In float64, d(meta-loss)/d(genome) from BPTT equals central differences of the no-grad lifetime."""
     from dataclasses import replace
 
@@ -46,11 +47,11 @@ def test_meta_gradient_matches_finite_differences():
         plus[0, i] += h
         minus[0, i] -= h
         with torch.no_grad():
-            fd = (meta_gradient_value(ev, plus, eps) - meta_gradient_value(ev, minus, eps)) / (2 * h)
+            fd = (meta_loss_value(ev, plus, eps) - meta_loss_value(ev, minus, eps)) / (2 * h)
         assert torch.isclose(grad[0, i], fd, rtol=1e-4, atol=1e-8), (name, grad[0, i].item(), fd.item())
 
 
-def meta_gradient_value(ev, g, eps):
+def meta_loss_value(ev, g, eps):
     from evoplast.evaluation import score_params
 
     return score_params(ev.learner, ev.spec.decode(g), eps, cap=1e9).loss[0]
@@ -69,7 +70,7 @@ def test_window_as_long_as_the_lifetime_is_full_bptt_and_checkpointing_changes_n
 
 
 def test_meta_training_from_scratch_improves_held_out_loss():
-    cfg = load_config(None, TINY + ["finetune.lr=0.01", "finetune.episodes=4"])
+    cfg = small_config(TINY + ["finetune.lr=0.01", "finetune.episodes=4"])
     ev = Evaluator(cfg)
     start = ev.spec.initial_vector().reshape(1, -1)
     trainer = MetaTrainer(cfg, ev.spec, start)
@@ -86,7 +87,7 @@ def _rss_mb():
 
 def test_memory_is_flat_over_meta_steps():
     """No graph survives a meta-step. Negative control: keeping each step's graph alive grows memory."""
-    cfg = load_config(None, TINY + ["network.hidden=[64,64]", "network.plastic_layers=[]", "rule.name=oja",
+    cfg = small_config(TINY + ["network.hidden=[64,64]", "network.plastic_layers=[]", "rule.name=oja",
                                     "finetune.episodes=8", "task.batches_per_task=12"])
     ev = Evaluator(cfg)
     trainer = MetaTrainer(cfg, ev.spec, ev.spec.initial_vector().reshape(1, -1))
@@ -115,8 +116,8 @@ def test_memory_is_flat_over_meta_steps():
 def test_finetune_run_is_nested_and_reports_before_and_after(store):
     from evoplast.evolution.run import run_evolution
 
-    evo = run_evolution(load_config(None, TINY + ["search.generations=30"]), out=quiet)
-    cfg = load_config(None, TINY + ["search.generations=30", "finetune.steps=30", "finetune.lr=0.01",
+    evo = run_evolution(small_config(TINY + ["search.generations=30"]), out=quiet)
+    cfg = small_config(TINY + ["search.generations=30", "finetune.steps=30", "finetune.lr=0.01",
                                     "finetune.eval_every=10", "finetune.train=['layer3.*']"])
     genomes = torch.stack([evo.center, evo.center + 0.01])
     result = run_finetune(cfg, genomes, ["center", "nudged"], parent_run_id=evo.run_id, out=quiet)

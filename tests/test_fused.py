@@ -10,6 +10,7 @@ import torch
 from evoplast import fused
 from evoplast.learners import PlasticLearner
 from evoplast.network import ModelSpec
+from .conftest import small_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -279,12 +280,12 @@ def test_unavailable_kernel_warns_once_and_never_raises(monkeypatch):
 
 def test_evaluator_runs_the_kernel_and_scores_like_the_eager_ops():
     """End to end through ``Evaluator.fitness`` (the default config, which the kernel covers)."""
-    from evoplast.config import load_config
+    
     from evoplast.evaluation import Evaluator
 
     scores = {}
     for on in (True, False):
-        ev = Evaluator(load_config(None, ["search.popsize=6", "evaluation.episodes=2", "genome.evolve_init_weights=true",
+        ev = Evaluator(small_config(["search.popsize=6", "evaluation.episodes=2", "genome.evolve_init_weights=true",
                                           f"evaluation.fused_kernel={str(on).lower()}"]))
         assert ev.learner.fused is on
         genomes = ev.spec.initial_vector() + 0.01 * torch.randn(6, ev.spec.dim, generator=torch.Generator().manual_seed(0))

@@ -7,8 +7,9 @@ on a CPU the tests are reported as skipped, with the reason.
 import pytest
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
+from .conftest import small_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -19,7 +20,7 @@ def _population(ev, p, seed=0):
 
 
 def test_graphs_are_off_on_a_cpu():
-    assert Evaluator(load_config(None, ["evaluation.cuda_graph=true"]), "cpu").graphed is None
+    assert Evaluator(small_config(["evaluation.cuda_graph=true"]), "cpu").graphed is None
 
 
 @cuda
@@ -30,8 +31,8 @@ def test_graphs_are_off_on_a_cpu():
      "network.hidden=[32]", "rule.name=hebb"],
 ])
 def test_graph_replay_equals_eager_across_generations_and_shapes(overrides):
-    graphed = Evaluator(load_config(None, overrides + ["evaluation.episodes=2"]), "cuda")
-    eager = Evaluator(load_config(None, overrides + ["evaluation.episodes=2", "evaluation.cuda_graph=false"]), "cuda")
+    graphed = Evaluator(small_config(overrides + ["evaluation.episodes=2"]), "cuda")
+    eager = Evaluator(small_config(overrides + ["evaluation.episodes=2", "evaluation.cuda_graph=false"]), "cuda")
     assert graphed.graphed is not None and eager.graphed is None
     for generation, p in ((0, 8), (1, 8), (2, 5)):          # two replays of one capture, then a new shape
         genomes = _population(graphed, p, seed=generation)
@@ -44,7 +45,7 @@ def test_graph_replay_equals_eager_across_generations_and_shapes(overrides):
 
 @cuda
 def test_a_diverging_genome_is_scored_as_the_cap_in_a_replay():
-    cfg = load_config(None, ["rule.name=hebb", "rule.eta_scale=10.0", "rule.eta_init=1.0", "evaluation.episodes=2"])
+    cfg = small_config(["rule.name=hebb", "rule.eta_scale=10.0", "rule.eta_init=1.0", "evaluation.episodes=2"])
     ev = Evaluator(cfg, "cuda")
     fine = ev.spec.initial_vector().expand(3, -1).clone()
     ev.fitness(fine, 0)                                               # capture on finite genomes

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator, score_params
 from evoplast.lifetime import expand_params, run_lifetime
 from evoplast.seeding import Purpose
+from .conftest import small_config
 
 
 def _population(ev, p, std, seed=0):
@@ -63,7 +64,7 @@ def test_plasticity_off_equals_eta_zero(tiny_cfg):
 
 def _delta_rule_cfg(*extra):
     """A plastic output layer with exact error feedback and beta = 1: online SGD of the readout."""
-    return load_config(None, ["network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_scale=0.005",
+    return small_config(["network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_scale=0.005",
                               "rule.eta_init=1.0", "genome.beta_init=30", *extra])
 
 
@@ -88,7 +89,7 @@ def test_delta_rule_genome_learns_in_the_continual_protocol():
 
 
 def test_untrained_genome_and_online_sgd_give_sane_numbers():
-    ev = Evaluator(load_config())
+    ev = Evaluator(small_config())
     seed_genome = ev.spec.initial_vector().reshape(1, -1)
     untrained = ev.score(seed_genome)                 # eta = 0: the random initial network
     sgd, lr = ev.tuned_sgd(seed_genome[0])

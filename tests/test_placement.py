@@ -17,14 +17,14 @@ from evoplast.evolution import placement as pl
 from evoplast.evolution.ray_pool import START_DELAY_ENV, RayPool, RayUnavailable
 from evoplast.evolution.sampling import PopulationRecipe, checksum, recipe_of
 
-from .conftest import REPO
+from .conftest import REPO, small_config
 from .test_evolution import TINY
 
 NO_ENV: dict = {}
 
 
 def cfg(*overrides: str):
-    return load_config(None, TINY + list(overrides))
+    return small_config(["ray.num_actors=auto", *TINY, *overrides])   # placement decides
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Ray for real: a local cluster, actor-count determinism, a lost actor, impossible resources."""
 
-import math
 import os
 import threading
 import time
@@ -9,12 +8,13 @@ import pytest
 import ray
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
 from evoplast.evolution.ray_pool import RayPool, RayUnavailable
 from evoplast.evolution.run import run_evolution
 
-from .test_evolution import TINY, quiet
+from .test_evolution import TINY
+from .conftest import small_config
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
     # 'auto': no cluster to join -> in-process; "auto, ray.address=''": a private local Ray, here the
     # module's (2 CPUs) -> one actor of 2 CPUs
     for actors, extra in ((0, []), (1, []), (2, []), ("auto", []), ("auto-local", ["ray.address=''"])):
-        cfg = load_config(None, TINY + ["search.generations=12", f"ray.num_actors={str(actors)[:4]}"] + extra)
+        cfg = small_config(TINY + ["search.generations=12", f"ray.num_actors={str(actors)[:4]}"] + extra)
         lines[actors] = []
         runs[actors] = run_evolution(cfg, out=lines[actors].append)
         lines[actors] = [line for line in lines[actors] if line.startswith("evoplast: run ")]   # the first line
@@ -50,7 +50,7 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
 
 
 def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(local_ray):
-    cfg = load_config(None, ["network.hidden=[128,128]", "task.batches_per_task=200", "search.popsize=16",
+    cfg = small_config(["network.hidden=[128,128]", "task.batches_per_task=200", "search.popsize=16",
                              "evaluation.episodes=8", "ray.num_actors=2"])
     events = []
     pool = RayPool(cfg, on_event=lambda kind, details: events.append(kind))
@@ -87,7 +87,7 @@ def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
     and the fitness is the in-process fitness, bit for bit, over several generations."""
     from evoplast.evolution.trainer import EvolutionTrainer
 
-    cfg = load_config(None, TINY + [f"search.algorithm={algorithm}", "search.popsize=16", "ray.num_actors=2"])
+    cfg = small_config(TINY + [f"search.algorithm={algorithm}", "search.popsize=16", "ray.num_actors=2"])
     ev = Evaluator(cfg)
     pool = RayPool(cfg)
     sent = []
@@ -111,7 +111,7 @@ def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
 
 
 def test_impossible_resources_fail_fast_with_one_line(local_ray):
-    cfg = load_config(None, TINY + ["ray.num_actors=1", "ray.num_gpus_per_actor=4"])
+    cfg = small_config(TINY + ["ray.num_actors=1", "ray.num_gpus_per_actor=4"])
     t0 = time.perf_counter()
     with pytest.raises(RayUnavailable) as info:
         RayPool(cfg)
@@ -120,37 +120,21 @@ def test_impossible_resources_fail_fast_with_one_line(local_ray):
 
 
 def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
-    cfg = load_config(None, TINY + ["ray.num_actors=3", "ray.num_cpus_per_actor=2"])  # 2 CPUs in the cluster
+    cfg = small_config(TINY + ["ray.num_actors=3", "ray.num_cpus_per_actor=2"])  # 2 CPUs in the cluster
     t0 = time.perf_counter()
     with pytest.raises(RayUnavailable, match=r"[23] of 3 Ray actors could not be placed within 8 s: no node has room "
                                              r"for an actor of 2 CPU"):
         RayPool(cfg, start_timeout=8)
     assert time.perf_counter() - t0 < 30
     # the actors that did start were given back: a feasible pool starts afterwards
-    pool = RayPool(load_config(None, TINY + ["ray.num_actors=2"]), start_timeout=60)
+    pool = RayPool(small_config(TINY + ["ray.num_actors=2"]), start_timeout=60)
     pool.shutdown()
-
-
-def test_evotorch_distributed_mode_runs_and_resumes_exactly(local_ray, store):
-    """search.distributed: EvoTorch's own actors sample and estimate PGPE's gradient."""
-    cfg = load_config(None, TINY + ["search.algorithm=pgpe", "search.distributed=true", "ray.num_actors=2",
-                                    "search.generations=6", "tracking.gain_every=3"])
-    whole = run_evolution(cfg, out=quiet)
-    assert all(math.isfinite(h[k]) for h in whole.history for k in ("best", "median", "mean", "worst"))
-    assert whole.history[-1]["best"] >= whole.history[-1]["median"] >= whole.history[-1]["worst"]
-    part = run_evolution(cfg, out=quiet, stop_after=3)
-    from evoplast.evolution.run import resolve_resume, resume_config
-
-    checkpoint, _ = resolve_resume(part.run_id)
-    resumed = run_evolution(resume_config(checkpoint, []), resume=checkpoint, out=quiet)
-    assert [h["best"] for h in resumed.history] == [h["best"] for h in whole.history]
-    assert torch.equal(resumed.center, whole.center)
 
 
 def test_a_slice_that_keeps_losing_its_actor_stops_with_one_line(local_ray):
     from evoplast.evolution.ray_pool import ActorsLost
 
-    cfg = load_config(None, TINY + ["ray.num_actors=2"])
+    cfg = small_config(TINY + ["ray.num_actors=2"])
     pool = RayPool(cfg, max_retries=0)
     try:
         ev = Evaluator(cfg)

@@ -7,11 +7,12 @@ continual sinusoid task. "Improves" is measured on held-out episodes, against th
 import pytest
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator
 from evoplast.evolution.searchers import SEARCHERS
 from evoplast.evolution.trainer import EvolutionTrainer
 from evoplast.rules import COEFFICIENTS
+from .conftest import small_config
 
 TOY = ["task.num_tasks=3", "task.batches_per_task=6", "task.batch_size=4", "task.query_size=8",
        "network.hidden=[12,12]", "network.plastic_layers=[3]", "rule.eta_init=1.0", "rule.eta_scale=0.03",
@@ -33,7 +34,7 @@ def evolve(cfg, generations):
 @pytest.mark.parametrize("algorithm", sorted(SEARCHERS))
 def test_every_searcher_improves_the_toy_task(algorithm):
     extra = {"cmaes": [], "pgpe": ["search.center_learning_rate=0.2", "search.stdev_learning_rate=0.1"]}.get(algorithm, [])
-    cfg = load_config(None, TOY + ["rule.name=hebb", f"search.algorithm={algorithm}", *extra])
+    cfg = small_config(TOY + ["rule.name=hebb", f"search.algorithm={algorithm}", *extra])
     start, end, _, trainer = evolve(cfg, 40)
     assert end < start - 0.5, (algorithm, start, end)
     assert trainer.history[-1]["median"] > trainer.history[0]["median"], algorithm
@@ -42,7 +43,7 @@ def test_every_searcher_improves_the_toy_task(algorithm):
 @pytest.mark.parametrize("rule", sorted(COEFFICIENTS))
 def test_every_rule_improves_the_toy_task_and_learns_in_its_lifetime(rule):
     extra = ["rule.terms=[hebb,error_hebb]", "rule.term_scale=0.03"] if rule == "terms" else []
-    cfg = load_config(None, TOY + [f"rule.name={rule}", "search.algorithm=cmaes", *extra])
+    cfg = small_config(TOY + [f"rule.name={rule}", "search.algorithm=cmaes", *extra])
     start, end, ev, trainer = evolve(cfg, 40)
     assert end < start - 0.2, (rule, start, end)              # oja gains least: 4.65 -> 4.38 measured
     measures = ev.learning_measures(trainer.center())

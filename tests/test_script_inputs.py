@@ -5,28 +5,15 @@ errors into one line on stderr and an exit code), in a private MLflow store: a c
 "before any work" must leave no ``mlflow.db`` behind.
 """
 
-import importlib.util
-import os
-
 import pytest
 
-from evoplast.cli import run_main
-
-from .conftest import REPO
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from . import scripts
 
 
 def _run(capsys, name, argv):
-    with pytest.raises(SystemExit) as info:
-        run_main(lambda: _script(name).main(argv))
+    code = scripts.run(name, argv)
     err = capsys.readouterr().err.strip()
-    return info.value.code, err
+    return code, err
 
 
 @pytest.fixture
@@ -39,7 +26,13 @@ def afile(tmp_path):
 def _cases(tmp, afile):
     (tmp / "adir.pt2").mkdir()
     return [
-        ("export", ["--out", "r.pt2"], 2, "the following arguments are required: --run-id"),
+        ("export", ["--out", "r.pt2"], 2, "--run-id RUN is required"),
+        ("export", ["--run-id", "x", "--out", "r.pt2", "--config", "c.yaml"], 2, "export.py takes the config from the run"),
+        ("export", ["--run-id", "x", "--out", "r.pt2", "rule.name=oja"], 2, "key=value overrides do not apply"),
+        ("evolve", ["--run-id", "a", "--resume", "b"], 2, "--run-id and --resume name two runs"),
+        ("evolve", ["--run-id", "a", "--config", "c.yaml"], 2, "drop --config"),
+        ("evolve", ["evaluation.chunk_size=0"], 2, "evaluation.chunk_size=0 is invalid: 0 no longer means"),
+        ("benchmark", ["lifetime", "rule.name=oja"], 2, "config overrides apply only to the outer benchmark"),
         ("export", ["--run-id", "x", "--out", "r.txt"], 2, "should end in .pt2"),
         ("export", ["--run-id", "x", "--out", str(tmp / "adir.pt2")], 2, "is a directory"),
         ("export", ["--run-id", "x", "--out", "r.pt2", "--name", " "], 2, "--name is empty"),
@@ -60,7 +53,14 @@ def _cases(tmp, afile):
     ]
 
 
-def test_bad_input_is_one_line_before_any_work(tmp_path, store, capsys, afile):
+@pytest.fixture
+def no_store(tmp_path, monkeypatch):
+    """A working directory whose MLflow store does not exist yet (a check before any work leaves none)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path, no_store, capsys, afile):
     for name, argv, code, fragment in _cases(tmp_path, afile):
         got, err = _run(capsys, name, argv)
         assert (got, "\n" in err) == (code, False) and fragment in err and err.startswith("evoplast: error:"), \
@@ -70,10 +70,46 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, store, capsys, afile):
 
 
 def test_unknown_run_is_one_line(tmp_path, store, capsys):
+    from mlflow import MlflowClient
+
+    MlflowClient(store).search_experiments()          # the store exists, without that run
     for name, argv in (("export", ["--run-id", "feedbeef", "--out", "r.pt2"]),
                        ("evaluate", ["--run-id", "feedbeef", "--oml-steps", "0"])):
         code, err = _run(capsys, name, argv)   # (MLflow's own INFO lines about creating its tables come first)
         last = err.splitlines()[-1]
-        assert code == 1 and last.startswith("evoplast: error: no MLflow run with id 'feedbeef'"), (name, err)
+        assert code == 1 and last.startswith(f"evoplast: error: no MLflow run with id 'feedbeef' in {store}; point at "
+                                             f"the store that holds it with --tracking-uri URI or MLFLOW_TRACKING_URI"), err
         assert "Traceback" not in err
     assert not (tmp_path / "r.pt2").exists() and not (tmp_path / "evaluation").exists()
+
+
+SCRIPTS = ["evolve", "finetune", "export", "evaluate", "seeds", "benchmark", "gpu_check"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_prints_the_config_reference(name, capsys):
+    from evoplast.config import help_text, reference
+
+    assert scripts.run(name, ["--help-config"]) == 0
+    out = capsys.readouterr().out
+    assert out == help_text() and len(out.splitlines()) == len(reference())
+    assert "search.popsize = 32  (an integer >= 2 and <= 1,000,000)  population size" in out.splitlines()
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("export", ["--run-id", "abc123", "--out", "r.pt2"]),
+    ("finetune", ["--run-id", "abc123"]),
+    ("evaluate", ["--run-id", "abc123", "--oml-steps", "0"]),
+    ("evolve", ["--run-id", "abc123"]),
+])
+def test_a_run_id_without_its_store_is_one_line_and_creates_no_store(name, argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, err = _run(capsys, name, argv)
+    assert code == 1 and "\n" not in err, err
+    assert err == (f"evoplast: error: run 'abc123': no MLflow store at sqlite:///{tmp_path}/mlflow.db (the file does "
+                   f"not exist); point at the store that holds the run with --tracking-uri URI or MLFLOW_TRACKING_URI")
+    other = tmp_path / "elsewhere.db"
+    code, err = _run(capsys, name, [*argv, "--tracking-uri", f"sqlite:///{other}"])
+    assert code == 1 and f"no MLflow store at sqlite:///{other} " in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []          # no mlflow.db, no elsewhere.db, nothing

@@ -1,6 +1,11 @@
-"""scripts/evolve.py as a user runs it: subprocesses, signals, an MLflow server, unreachable services."""
+"""scripts/evolve.py as a user runs it: end to end in a real process, Ctrl-C and resume, an MLflow server,
+unreachable services, bad checkpoints; scripts/benchmark.py's evolve table.
+
+One true end-to-end run is a subprocess (``slow``); the rest run the script's ``main(argv)`` in this
+process (:mod:`tests.scripts`), which is what the script's ``__main__`` does after ~20 s of imports."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,12 +16,15 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import REPO
+from evoplast.evolution import run as run_module
+
+from . import scripts
+from .conftest import REPO, fresh_store
 from .test_evolution import TINY
 
 
 def _env(tmp_path, **extra):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": fresh_store(tmp_path), "PYTHONUNBUFFERED": "1"}
     env.update(extra)
     return env
 
@@ -32,11 +40,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_evolve_script_end_to_end_prints_progress_and_summary(tmp_path):
-    proc = _evolve(TINY + ["search.generations=40", "--print-every", "10"], tmp_path)
+    """The one run of scripts/evolve.py as a real process: start-up, progress, summary, exit code 0."""
+    proc = _evolve(TINY + ["search.generations=20", "--print-every", "5"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert out.count("evals/s") == 4 and "gen   40/40 | best" in out
+    assert out.count("evals/s") == 4 and "gen   20/20 | best" in out
     for line in ("evolved rule (search center)", "same genome, plasticity off",
                  "online SGD on the plastic weights only, same initial weights",
                  "online SGD on every weight and bias, same initial weights", "best input-only predictor",
@@ -48,35 +58,42 @@ def test_evolve_script_end_to_end_prints_progress_and_summary(tmp_path):
     assert run.info.status == "FINISHED"
 
 
-def test_sigint_checkpoints_and_resume_finishes_the_same_run(tmp_path):
-    args = TINY + ["search.generations=400", "checkpoint.every=1000", "tracking.gain_every=1000", "--print-every", "1"]
-    proc = subprocess.Popen([sys.executable, f"{REPO}/scripts/evolve.py", *args], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
-    lines = []
-    for line in proc.stdout:                      # wait until it is evolving, then Ctrl-C
-        lines.append(line)
-        if line.startswith("gen   20/400"):
-            proc.send_signal(signal.SIGINT)
-            break
-    out, err = proc.communicate(timeout=120)
-    out = "".join(lines) + out
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
+def test_sigint_checkpoints_and_resume_finishes_the_same_run(store, monkeypatch, capsys):
+    """Ctrl-C (a real SIGINT to this process, sent when generation 20 is printed) lets the generation in
+    flight finish, checkpoints, exits 130; ``--resume RUN`` finishes the same run, every generation once."""
+    real = run_module.run_evolution
+
+    def interrupted_at_20(cfg, **kw):
+        def out(line):
+            print(line)
+            if line.startswith("gen   20/60"):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(cfg, **kw, out=out)
+
+    monkeypatch.setattr(run_module, "run_evolution", interrupted_at_20)
+    args = TINY + ["search.generations=60", "checkpoint.every=1000", "tracking.gain_every=1000", "ray.num_actors=0",
+                   "--print-every", "1"]
+    code = scripts.run("evolve", args)
+    out, err = capsys.readouterr()
+    assert code == 130 and "Traceback" not in err, err[-2000:]
     run_id = out.split("evoplast: run ")[1].split()[0]
     assert f"continue with --resume {run_id}" in out
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(store)
     assert client.get_run(run_id).info.status == "KILLED"
     stopped_at = int(out.split("stopped at generation ")[1].split()[0])
-    assert 20 <= stopped_at < 400
-    resumed = _evolve(["--resume", run_id], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed at generation {stopped_at}" in resumed.stdout
+    assert 20 <= stopped_at < 60
+    monkeypatch.setattr(run_module, "run_evolution", real)
+    code = scripts.run("evolve", ["--resume", run_id])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    assert f"resumed at generation {stopped_at}" in out
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "fitness/best"))
-    assert steps == list(range(1, 401))             # every generation once, across the interruption
+    assert steps == list(range(1, 61))              # every generation once, across the interruption
 
 
-def test_against_an_mlflow_server_on_localhost(tmp_path):
+@pytest.mark.slow
+def test_against_an_mlflow_server_on_localhost(tmp_path, monkeypatch, capsys):
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -93,16 +110,18 @@ def test_against_an_mlflow_server_on_localhost(tmp_path):
             except OSError:
                 assert time.time() < deadline and server.poll() is None, "MLflow server did not start"
                 time.sleep(0.5)
-        proc = _evolve(TINY + ["search.generations=6", "tracking.experiment=server-test"], tmp_path,
-                       MLFLOW_TRACKING_URI=uri)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        run_id = proc.stdout.split("MLflow run ")[1].split(":")[0]
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        code = scripts.run("evolve", TINY + ["search.generations=6", "tracking.experiment=server-test"])
+        out, err = capsys.readouterr()
+        assert code == 0, err[-2000:]
+        run_id = out.split("MLflow run ")[1].split(":")[0]
         client = MlflowClient(uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run_id, "fitness/best")) == 6
         assert "best_genome.pt" in {a.path for a in client.list_artifacts(run_id)}
-        assert f"open {uri}/#/experiments/" in proc.stdout
+        assert f"open {uri}/#/experiments/" in out
         assert not (tmp_path / "mlflow.db").exists()  # the server was used, not the default file
     finally:
         os.killpg(server.pid, signal.SIGTERM)        # the server and its workers, by process group id
@@ -115,41 +134,59 @@ def test_against_an_mlflow_server_on_localhost(tmp_path):
     (["--resume", "0123456789abcdef"], {}, "no MLflow run with id '0123456789abcdef'"),
     (["--resume", "missing/latest.pt"], {}, "checkpoint 'missing/latest.pt' does not exist"),
 ])
-def test_unreachable_services_and_bad_resume_are_one_line_before_any_compute(tmp_path, args, env, fragment):
+def test_unreachable_services_and_bad_resume_are_one_line_before_any_compute(store, monkeypatch, capsys, args, env,
+                                                                           fragment):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     t0 = time.time()
-    proc = _evolve(TINY + args if not args or not args[0].startswith("--") else args, tmp_path, timeout=120, **env)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("evoplast:")]
-    assert len(lines) == 1 and fragment in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and "gen " not in proc.stdout
+    code = scripts.run("evolve", TINY + args if not args or not args[0].startswith("--") else args)
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert fragment in scripts.error_line(err) and "gen " not in out
     assert time.time() - t0 < 60
-    if (tmp_path / "mlflow.db").exists():           # no run was left behind
-        assert not MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["0", "1"])
+    if env.get("MLFLOW_TRACKING_URI", store) == store and os.path.exists("mlflow.db"):   # no run was left behind
+        assert not MlflowClient(store).search_runs(["0", "1"])
 
 
-def test_truncated_checkpoint_is_one_line(tmp_path):
+def test_truncated_checkpoint_is_one_line(store, tmp_path, capsys):
     bad = tmp_path / "latest.pt"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
-    proc = _evolve(["--resume", str(bad)], tmp_path)
-    assert proc.returncode == 1 and "is corrupt or truncated" in proc.stderr and "Traceback" not in proc.stderr
+    code = scripts.run("evolve", ["--resume", str(bad)])
+    assert code == 1 and "is corrupt or truncated" in scripts.error_line(capsys.readouterr().err)
 
 
-def test_evolve_benchmark_prints_the_ray_targets_with_a_verdict(tmp_path):
-    """scripts/benchmark.py evolve, one generation per setting: every row and both targets with pass/short."""
-    proc = subprocess.run([sys.executable, f"{REPO}/scripts/benchmark.py", "evolve", "--generations", "1",
-                           "--no-auth", "--threads", "1"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env=_env(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith(("light:", "heavy:"))]
-    assert [(r.split(":")[0], int(r[34:41])) for r in rows] == [(c, a) for c in ("light", "heavy") for a in (0, 1, 2)], \
-        proc.stdout
-    for target in ("2 actors vs 1 actor", "Ray overhead per generation"):
-        line = next(line for line in proc.stdout.splitlines() if target in line)
-        assert line.endswith(("pass", "short")), line
+ROW = re.compile(r"^(light|heavy): .+?\s+(\d)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x")
+TARGET = re.compile(r"^  (2 actors vs 1 actor|Ray overhead per generation)[^\d-]+(-?[\d.]+)(x|%) \(target (>=|<) ([\d.]+)%?\): "
+                    r"(pass|short)$")
 
 
-def test_benchmark_bad_arguments_are_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, f"{REPO}/scripts/benchmark.py", "lifetimes"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("evoplast: error: bad arguments")
+def test_evolve_benchmark_prints_every_row_and_verdicts_that_follow_the_numbers(tmp_path, monkeypatch, capsys):
+    """scripts/benchmark.py evolve, one generation per setting, in this process (a throwaway local Ray,
+    shut down by the script): a row per configuration and actor count whose numbers agree with each other,
+    and each target's verdict is what its number says. The heavy configuration is shrunk (the table's
+    logic is under test, not the machine)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setattr(scripts.load("benchmark"), "PAPER_WIDTH",
+                        ["network.hidden=[32,32]", "task.batches_per_task=10", "task.batch_size=8"])
+    assert scripts.run("benchmark", ["evolve", "--generations", "1", "--no-auth", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ROW.match(line).groups() for line in out.splitlines() if line.startswith(("light:", "heavy:"))]
+    assert [(c, int(a)) for c, a, *_ in rows] == [(c, a) for c in ("light", "heavy") for a in (0, 1, 2)], out
+    popsize = {"light": 32, "heavy": 8}
+    for config, actors, gen_per_s, evals_per_s, vs_0 in rows:
+        assert float(evals_per_s) == pytest.approx(popsize[config] * float(gen_per_s), rel=0.02, abs=0.1), out
+        if actors == "0":
+            assert vs_0 == "1.00", out
+    targets = {m.group(1): m.groups() for m in map(TARGET.match, out.splitlines()) if m}
+    assert set(targets) == {"2 actors vs 1 actor", "Ray overhead per generation"}, out
+    for _, value, _, op, threshold, verdict in targets.values():
+        met = float(value) >= float(threshold) if op == ">=" else float(value) < float(threshold)
+        assert verdict == ("pass" if met else "short"), out
+
+
+def test_benchmark_bad_arguments_are_one_line_and_exit_2(capsys):
+    assert scripts.run("benchmark", ["lifetimes"]) == 2
+    assert scripts.error_line(capsys.readouterr().err) == (
+        "evoplast: error: argument which: invalid choice: 'lifetimes' (choose from 'lifetime', 'evolve', 'memory', "
+        "'allocator', 'outer') (see benchmark.py --help)")

@@ -1,12 +1,13 @@
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.seeding import Purpose
 from evoplast.tasks import SinusoidTask
+from .conftest import small_config
 
 
 def _task(*overrides):
-    return SinusoidTask(load_config(None, list(overrides)).task)
+    return SinusoidTask(small_config(list(overrides)).task)
 
 
 def test_shapes_and_blocked_order():

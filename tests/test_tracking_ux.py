@@ -1,6 +1,5 @@
 """What a researcher sees: run names, tags, descriptions, grouped metrics, system metrics, plots, progress."""
 
-import importlib.util
 import io
 import os
 import re
@@ -16,23 +15,17 @@ from evoplast.plots import fitness_curve, mse_vs_tasks_seen
 from evoplast.progress import Progress, format_seconds
 from evoplast.tracking import Tracker
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import scripts
+
 TINY = ["task.num_tasks=3", "task.batches_per_task=4", "task.batch_size=4", "task.query_size=8",
         "network.hidden=[8,8]", "evaluation.episodes=2", "evaluation.heldout_episodes=4", "search.popsize=8",
         "search.generations=6", "tracking.gain_every=3", "checkpoint.every=3", "ray.num_actors=0",
         "finetune.after_evolution_steps=2", "evaluation.sgd_lrs=[0.01,0.1]"]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_run_describes_itself_in_mlflow(store, capsys, monkeypatch):
     monkeypatch.setattr(Tracker, "system_metrics_seconds", 0.2)
-    assert _script("evolve").main(TINY) == 0
+    assert scripts.load("evolve").main(TINY) == 0
     out = capsys.readouterr().out
     run_id = out.split("MLflow run ")[1].split(":")[0]
     client = MlflowClient(store)
@@ -74,7 +67,7 @@ def test_a_run_describes_itself_in_mlflow(store, capsys, monkeypatch):
     tail = out.split("Next:\n", 1)[1]
     assert f"python scripts/export.py --run-id {run_id}" in tail and f"scripts/evaluate.py --run-id {run_id}" in tail
     # a registered version carries a description (the rule) and tags
-    assert _script("export").main(["--run-id", run_id, "--out", "rule.pt2"]) == 0
+    assert scripts.load("export").main(["--run-id", run_id, "--out", "rule.pt2"]) == 0
     version = client.get_model_version("evoplast-rule", "1")
     assert f"ΔW3 = {eta:.3g}" in version.description and run_id in version.description
     assert version.tags["task"] == "sinusoid" and version.tags["source_run"] == run_id

@@ -7,11 +7,12 @@ import io
 import pytest
 import torch
 
-from evoplast.config import load_config
+
 from evoplast.evaluation import Evaluator, cap_loss
 from evoplast.learners import PlasticLearner
 from evoplast.lifetime import expand_params, query, run_lifetime, tile
 from evoplast.trainers import METRICS, OuterTrainer, PESTrainer, make_trainer
+from .conftest import small_config
 
 TINY = ["task.num_tasks=3", "task.batches_per_task=4", "task.batch_size=4", "task.query_size=8",
         "network.hidden=[8,8]", "network.plastic_layers=[3]", "rule.name=hebb", "rule.eta_transform=identity",
@@ -31,7 +32,7 @@ KINDS = {
 
 
 def tiny(*extra):
-    return load_config(None, TINY + list(extra))
+    return small_config(TINY + list(extra))
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -136,11 +137,11 @@ def test_pes_is_unbiased_over_a_lifetime_where_truncation_is_not():
     assert cos > 0.97 and 0.9 < ratio < 1.1, (cos, ratio)
 
     # truncated BPTT on the same sum (graph cut at the plastic weights between truncations) is biased
-    from evoplast.metatrain import meta_gradient
+    from evoplast.metatrain import meta_loss_backward
 
     t = theta.clone().reshape(1, -1).requires_grad_(True)
-    meta_gradient(PlasticLearner(pes.spec.model), pes.spec, t, episodes, window=window, cap=cfg.evaluation.loss_cap)
-    truncated = t.grad[0] * (-(-T // window))                             # meta_gradient averages the windows
+    meta_loss_backward(PlasticLearner(pes.spec.model), pes.spec, t, episodes, window=window, cap=cfg.evaluation.loss_cap)
+    truncated = t.grad[0] * (-(-T // window))                             # meta_loss_backward averages the windows
     cos_truncated = torch.nn.functional.cosine_similarity(truncated, true, dim=0).item()
     print(f"PES cosine {cos:.4f} norm ratio {ratio:.4f}; truncated BPTT cosine {cos_truncated:.4f}")
     assert cos_truncated < cos - 0.02, (cos_truncated, cos)

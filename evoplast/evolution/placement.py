@@ -65,9 +65,9 @@ class Placement:
 
     def apply(self, cfg: Config) -> Config:
         """``cfg`` with ``ray.*`` as decided (integers, the address to init): what the pool is built from."""
-        return replace(cfg, ray=replace(cfg.ray, num_actors=self.num_actors or 0, address=self.address,
-                                        num_cpus_per_actor=self.num_cpus_per_actor,
-                                        num_gpus_per_actor=self.num_gpus_per_actor))
+        return cfg.replace(**{"ray.num_actors": self.num_actors or 0, "ray.address": self.address,
+                              "ray.num_cpus_per_actor": self.num_cpus_per_actor,
+                              "ray.num_gpus_per_actor": self.num_gpus_per_actor})
 
 
 def detect_cluster(environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
@@ -112,11 +112,6 @@ def choose(cfg: Config, *, gflop: float, environ: Mapping[str, str] = os.environ
     cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
     local_device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
     auto = rc.num_actors == "auto"
-    if cfg.search.distributed:      # EvoTorch's own actors: the config names them (checked when loaded)
-        address = (rc.address if rc.address is not None else detect_cluster(environ)[0]) or "local"
-        return Placement("cluster" if address != "local" else "local Ray", address,
-                         int(rc.num_actors), rc.num_cpus_per_actor, rc.num_gpus_per_actor,
-                         "search.distributed: EvoTorch's actors")
     if rc.num_actors == 0:
         return Placement("in-process", "", 0, 0.0, 0.0, "ray.num_actors=0", local_device)
     if rc.address is None:

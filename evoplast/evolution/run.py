@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml
+from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
 from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, learner_curves,
                         rule_equations, rule_legend, run_name, run_tags, summary_table)
@@ -106,7 +106,7 @@ def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, 
     if missing:
         raise CheckpointError(f"the checkpoint has no {', '.join(missing)}: it cannot be resumed (start a new run)")
     try:
-        data = yaml.safe_load(checkpoint["config_yaml"])
+        data = upgrade(yaml.safe_load(checkpoint["config_yaml"]))
         from_dict(data)
     except (ConfigError, yaml.YAMLError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"the checkpoint's config does not load with this evoplast "
@@ -404,24 +404,20 @@ class _StopAfter(Exception):
 
 def _make_evaluate(cfg: Config, placement: Placement, tracker: Tracker, evaluator: Evaluator,
                    out: Callable[[str], None]):
-    """``(evaluate, pool, placement)``: in-process, a Ray pool, or (distributed) EvoTorch's own actors.
+    """``(evaluate, pool, placement)``: in-process or a Ray pool.
     On a cluster the placement is completed from its nodes (:func:`~evoplast.evolution.placement.size`)."""
     if placement.where == "in-process":
         return evaluator.fitness, None, placement
-    from dataclasses import replace
-
     import ray
 
     from .ray_pool import RayPool, RayUnavailable, init_ray
 
-    init_ray(replace(cfg.ray, address=placement.address))
+    init_ray(cfg.ray.replace(address=placement.address))
     if placement.where == "cluster":
         try:
             placement = size(placement, ray.nodes(), cpus_per_gpu_actor=cfg.ray.num_cpus_per_actor)
         except ValueError as exc:
             raise RayUnavailable(f"{exc} (cluster {placement.address})") from None
-    if cfg.search.distributed:
-        return None, None, placement
 
     def on_event(kind: str, details: dict) -> None:
         # one tag per event: evoplast.event.<kind>.<generation>.<actor>.<retry> = the details as JSON

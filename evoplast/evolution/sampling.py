@@ -53,7 +53,7 @@ def supported(searcher: Any) -> bool:
     dist = getattr(searcher, "_distribution", None)
     kinds = (SeparableGaussian, SymmetricSeparableGaussian, ExpSeparableGaussian)   # mu + sigma * N(0, 1)
     return (isinstance(searcher, GaussianSearchAlgorithm) and type(dist) in kinds
-            and getattr(searcher, "_num_interactions", None) is None and not getattr(searcher, "_distributed", False))
+            and getattr(searcher, "_num_interactions", None) is None)
 
 
 def recipe_of(searcher: Any, popsize: int, seed: int) -> Optional[PopulationRecipe]:

@@ -39,13 +39,13 @@ def _pgpe(problem, cfg: SearchConfig, center: torch.Tensor) -> SearchAlgorithm:
     return PGPE(problem, popsize=cfg.popsize, center_learning_rate=lr,
                 stdev_learning_rate=cfg.stdev_learning_rate if cfg.stdev_learning_rate is not None else 0.1,
                 stdev_init=cfg.stdev_init, optimizer=cfg.optimizer, optimizer_config=optimizer_config,
-                ranking_method=_ranking(cfg, "centered"), center_init=center, distributed=cfg.distributed)
+                ranking_method=_ranking(cfg, "centered"), center_init=center)
 
 
 def _snes(problem, cfg: SearchConfig, center: torch.Tensor) -> SearchAlgorithm:
     return SNES(problem, stdev_init=cfg.stdev_init, popsize=cfg.popsize,
                 center_learning_rate=cfg.center_learning_rate, stdev_learning_rate=cfg.stdev_learning_rate,
-                ranking_method=_ranking(cfg, "nes"), center_init=center, distributed=cfg.distributed)
+                ranking_method=_ranking(cfg, "nes"), center_init=center)
 
 
 def _xnes(problem, cfg: SearchConfig, center: torch.Tensor) -> SearchAlgorithm:
@@ -56,7 +56,7 @@ def _xnes(problem, cfg: SearchConfig, center: torch.Tensor) -> SearchAlgorithm:
 
 def _cem(problem, cfg: SearchConfig, center: torch.Tensor) -> SearchAlgorithm:
     return CEM(problem, popsize=cfg.popsize, parenthood_ratio=cfg.elite_ratio, stdev_init=cfg.stdev_init,
-               center_init=center, distributed=cfg.distributed)
+               center_init=center)
 
 
 SEARCHERS: dict[str, Callable[[Any, SearchConfig, torch.Tensor], SearchAlgorithm]] = {

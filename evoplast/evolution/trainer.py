@@ -8,7 +8,7 @@ generation, so restoring that state continues a run exactly as if it had never s
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -22,8 +22,7 @@ class EvolutionTrainer:
 
     Args:
         cfg: the run's config.
-        evaluate: fitness function ``(genomes [P, D], generation) -> (fitness [P], nonfinite [P])``;
-            ignored in EvoTorch's distributed mode, where EvoTorch's actors evaluate.
+        evaluate: fitness function ``(genomes [P, D], generation) -> (fitness [P], nonfinite [P])``.
         center: ``[D]`` initial center of the search distribution.
         recipes: ``evaluate`` also takes ``recipe=`` (a :class:`~evoplast.evolution.ray_pool.RayPool`):
             for searchers that sample from a separable Gaussian (PGPE, SNES, CEM) each generation is
@@ -31,14 +30,11 @@ class EvolutionTrainer:
             actors regenerate their slices instead of receiving them.
     """
 
-    def __init__(self, cfg: Config, evaluate: Optional[EvaluateFn], center: torch.Tensor, *, recipes: bool = False):
+    def __init__(self, cfg: Config, evaluate: EvaluateFn, center: torch.Tensor, *, recipes: bool = False):
         self.cfg = cfg
-        distributed = cfg.search.distributed
-        self.problem = LifetimeProblem(cfg, center.numel(), None if distributed else evaluate,
-                                       num_actors=cfg.ray.num_actors if distributed else None,
-                                       num_gpus_per_actor=cfg.ray.num_gpus_per_actor if distributed else None)
+        self.problem = LifetimeProblem(cfg, center.numel(), evaluate)
         self.searcher = make_searcher(self.problem, cfg.search, center.to(torch.float32))
-        if recipes and not distributed:
+        if recipes:
             from .sampling import recipe_of
 
             self.problem.recipe_source = lambda popsize, seed: recipe_of(self.searcher, popsize, seed)
@@ -52,11 +48,7 @@ class EvolutionTrainer:
         t0 = time.perf_counter()
         self.searcher.step()
         seconds = time.perf_counter() - t0
-        population = getattr(self.searcher, "population", None)
-        if population is not None and len(population) > 0:
-            evals = population.evals[:, 0].detach().cpu().as_subclass(torch.Tensor)
-        else:  # EvoTorch's distributed mode keeps no population here; the actors sent their fitness
-            evals = self.problem.last_fitness
+        evals = self.searcher.population.evals[:, 0].detach().cpu().as_subclass(torch.Tensor)   # [P]
         n = len(evals)
         best, worst = float(evals.max()), float(evals.min())
         mean, median = float(evals.mean()), float(evals.median())

@@ -1,14 +1,13 @@
 """BPTT as an outer trainer: Adam on one genome through the lifetime (full, truncated or checkpointed).
 
 The meta-step is :class:`evoplast.metatrain.MetaTrainer`'s: ``finetune.episodes`` fresh episodes per step
-(derived from ``(seed, step)``), full BPTT (``finetune.bptt_window = 0``), truncated BPTT (window W) or
+(derived from ``(seed, step)``), full BPTT (``finetune.bptt_window = null``), truncated BPTT (window W) or
 activation checkpointing (``finetune.checkpoint_activations``).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from typing import Any, Optional
 
@@ -25,7 +24,7 @@ from .base import optimizer_state
 def with_finetune(cfg: Config, **changes) -> Config:
     """``cfg`` with some ``finetune.*`` fields replaced (None values are left as they are)."""
     changes = {k: v for k, v in changes.items() if v is not None}
-    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, **changes)) if changes else cfg
+    return cfg.replace(**{f"finetune.{k}": v for k, v in changes.items()}) if changes else cfg
 
 
 class BPTTTrainer:
