@@ -1,7 +1,6 @@
 """What a researcher sees: run names, tags, descriptions, grouped metrics, system metrics, plots, progress."""
 
 import io
-import os
 import re
 
 import pytest
