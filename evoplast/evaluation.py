@@ -43,6 +43,7 @@ class Scores:
                  episode k, mean over k (or None)
     nonfinite_episodes: [P, K] bool, which episodes diverged (NaN/Inf)
     accuracy_per_episode: [P, K] query accuracy of each episode (classification) or None
+    curve_per_episode: [P, K, C] the curve of each episode (for bands over episodes), or None
     """
 
     loss: Tensor
@@ -53,6 +54,7 @@ class Scores:
     episode_gain: Optional[Tensor] = None
     nonfinite_episodes: Optional[Tensor] = None
     accuracy_per_episode: Optional[Tensor] = None
+    curve_per_episode: Optional[Tensor] = None
 
     @property
     def fitness(self) -> Tensor:
@@ -76,18 +78,19 @@ def score_params(learner: Learner, params: dict[str, Tensor], episodes: Episodes
                               learn=learn, curve=curve, episode_gain=episode_gain) for i in range(0, p, chunk)]
         return Scores(*(None if getattr(parts[0], f) is None else torch.cat([getattr(x, f) for x in parts])
                         for f in ("loss", "per_episode", "nonfinite", "accuracy", "curve", "episode_gain",
-                                  "nonfinite_episodes", "accuracy_per_episode")))
+                                  "nonfinite_episodes", "accuracy_per_episode", "curve_per_episode")))
     k = episodes.num_episodes
     expanded = expand_params(params, k)
     out = run_lifetime(learner, expanded, episodes, p, learn=learn, curve=curve)
     per_episode, bad = cap_loss(out.query_loss.mean(-1).reshape(p, k), cap)
     acc_pk = None if out.query_acc is None else out.query_acc.mean(-1).reshape(p, k)
     accuracy = None if acc_pk is None else acc_pk.mean(-1)
-    curve_pc = None
+    curve_pc = curve_pkc = None
     if curve:
         seen = tile(episodes.seen_mask(), p).to(out.curve.dtype)           # [B, C, n]
         seen_loss = (out.curve * seen).sum(-1) / seen.sum(-1)              # [B, C]
-        curve_pc = cap_loss(seen_loss, cap)[0].reshape(p, k, -1).mean(1)  # [P, C]
+        curve_pkc = cap_loss(seen_loss, cap)[0].reshape(p, k, -1)         # [P, K, C]
+        curve_pc = curve_pkc.mean(1)                                       # [P, C]
     gain = None
     if episode_gain:
         if k < 2:
@@ -96,7 +99,7 @@ def score_params(learner: Learner, params: dict[str, Tensor], episodes: Episodes
         other, _ = query(learner, out.final, rolled.query_x, rolled.query_y, p, expanded)
         other_pk = cap_loss(other.mean(-1).reshape(p, k), cap)[0]
         gain = (other_pk - per_episode).mean(-1)
-    return Scores(per_episode.mean(-1), per_episode, bad.any(-1), accuracy, curve_pc, gain, bad, acc_pk)
+    return Scores(per_episode.mean(-1), per_episode, bad.any(-1), accuracy, curve_pc, gain, bad, acc_pk, curve_pkc)
 
 
 class Evaluator:
@@ -301,11 +304,11 @@ class Evaluator:
         g = genome.reshape(1, -1)
         seed_genome = self.spec.initial_vector()
         on = self.score(g, curve=True, episode_gain=True, order=order)
-        off = self.score(g, learn=False, order=order)
+        off = self.score(g, learn=False, order=order, curve=True)
         same, same_lr = self.tuned_sgd(genome, order=order, curve=True, plastic_only=True, refine=True)
         sgd, sgd_lr = self.tuned_sgd(genome, order=order, curve=True)
-        fa, fa_lr = self.tuned_sgd(genome, feedback="alignment", order=order)
-        iid, iid_lr = self.tuned_sgd(genome, order="iid")
+        fa, fa_lr = self.tuned_sgd(genome, feedback="alignment", order=order, curve=True)
+        iid, iid_lr = self.tuned_sgd(genome, order="iid", curve=True)
         sgd_seed, seed_lr = self.tuned_sgd(seed_genome, order=order, curve=True)
         held = self.episodes(Purpose.HELDOUT, 0, self.cfg.evaluation.heldout_episodes, order)
         input_loss, input_acc = self.input_only(held)
@@ -326,6 +329,8 @@ class Evaluator:
             "curve_sgd_same_init": sgd.curve[0].tolist(),
             "curve_sgd_seed_init": sgd_seed.curve[0].tolist(),
             "per_episode": {k: v.per_episode[0].tolist() for k, v in scores.items()},
+            "curves_per_episode": {k: v.curve_per_episode[0].tolist() for k, v in scores.items()
+                                   if v.curve_per_episode is not None},                 # {key: [K][C]}
         }
         if on.accuracy is None:
             report["input_only"] = float(input_loss.mean())

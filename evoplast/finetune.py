@@ -8,7 +8,6 @@ paper's own method, the baseline for evolution.
 from __future__ import annotations
 
 import fnmatch
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from .genome import GenomeSpec, build_genome_spec
 from .metatrain import MetaTrainer
 from .seeding import Purpose
 from .tasks import make_task
+from .describe import applicable_params, finetune_description, rule_equations, rule_legend, run_name, run_tags
+from .progress import LineStream, Progress, quiet_libraries
 from .tracking import Tracker, environment_params, resolve_tracking_uri
 
 # what may change when fine-tuning a run's genomes (anything else changes the genome's meaning)
@@ -71,17 +72,23 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
     labels = labels if genomes is not None else ["initial genome"]
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     ev = Evaluator(cfg, device, spec=spec)
+    quiet_libraries()
     tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
+    flat = flatten(cfg)
     if parent_run_id:
         parent = tracker.get_run(parent_run_id)
         experiment = tracker.client.get_experiment(parent.info.experiment_id).name
+        name = f"{parent.info.run_name}-finetune" if parent.info.run_name else run_name(flat, "finetune")
     else:
         experiment = cfg.tracking.experiment
-    tracker.start_run(experiment, "finetune" if parent_run_id else "meta-train from scratch",
-                      parent_run_id=parent_run_id)
+        name = f"{flat.get('task.name')}-{flat.get('rule.name')}-bptt-s{flat.get('seed')}"
+    tracker.start_run(experiment, name, parent_run_id=parent_run_id,
+                      tags=run_tags(flat, "es+bptt" if parent_run_id else "bptt"), source="scripts/finetune.py",
+                      system_metrics=True)
     status = "FAILED"
     try:
-        tracker.log_params({**flatten(cfg), **environment_params(), "finetune.source": parent_run_id or "scratch",
+        tracker.log_params({**applicable_params(flat), **environment_params(),
+                            "finetune.source": parent_run_id or "scratch",
                             "finetune.genomes": ", ".join(labels), "finetune.trained_segments": len(spec.evolved)})
         out(f"evoplast: fine-tune run {tracker.run_id}" + (f" (nested under {parent_run_id})" if parent_run_id else "")
             + f" | {len(labels)} genome(s), {spec.dim} trained numbers | "
@@ -89,34 +96,43 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
             + (", activation checkpointing" if cfg.finetune.checkpoint_activations else ""))
         before = [ev.learning_measures(g) for g in start]
         for i, b in enumerate(before):
-            tracker.log_metrics({f"heldout.loss.g{i}": b["loss"]}, step=0)
+            tracker.log_metrics({f"heldout/loss_g{i}": b["loss"]}, step=0)
         trainer = MetaTrainer(cfg, spec, start, device)
         steps = cfg.finetune.steps
         print_every = print_every or max(1, steps // 20)
         history: list[dict[str, float]] = []
         t0 = time.perf_counter()
+        progress = Progress(steps, "meta-step", stream=None if out is print else LineStream(out), every=print_every)
+        heldout_text = f"{min(b['loss'] for b in before):.3f}"
         for s in range(1, steps + 1):
             t = time.perf_counter()
             r = trainer.step()
             row = {"step": s, "meta_loss": r.loss.mean().item(), "grad_norm": r.grad_norm.mean().item(),
                    "skipped": float(r.skipped), "seconds": time.perf_counter() - t}
             history.append(row)
-            tracker.log_metrics({"meta_loss": row["meta_loss"], "grad_norm": row["grad_norm"],
-                                 "skipped_steps": trainer.skipped, "step_seconds": row["seconds"]}
-                                | {f"meta_loss.g{i}": v for i, v in enumerate(r.loss.tolist())}, step=s)
+            tracker.log_metrics({"meta/loss": row["meta_loss"], "meta/grad_norm": row["grad_norm"],
+                                 "meta/skipped_steps": trainer.skipped, "speed/step_seconds": row["seconds"]}
+                                | {f"meta/loss_g{i}": v for i, v in enumerate(r.loss.tolist())}, step=s)
             if s % cfg.finetune.eval_every == 0 or s == steps:
                 losses = ev.score(trainer.current()).loss                      # [k], one batched lifetime
-                tracker.log_metrics({f"heldout.loss.g{i}": v for i, v in enumerate(losses.tolist())}, step=s)
-            if s % print_every == 0 or s == steps:
-                out(f"meta-step {s:4d}/{steps} | meta-loss {row['meta_loss']:.3f} | grad norm {row['grad_norm']:.3g} "
-                    f"| {(time.perf_counter() - t0) / s:.3f} s/step | skipped {trainer.skipped}")
+                tracker.log_metrics({f"heldout/loss_g{i}": v for i, v in enumerate(losses.tolist())}, step=s)
+                heldout_text = f"{float(losses.min()):.3f}"
+            progress.update(s, {"meta-loss": f"{row['meta_loss']:.3f}", "grad norm": f"{row['grad_norm']:.3g}",
+                                "held-out": heldout_text, "s/step": f"{(time.perf_counter() - t0) / s:.3f}",
+                                "skipped": str(trainer.skipped)})
+        progress.close()
         final = trainer.current()
         after = [ev.learning_measures(g) for g in final]
         validation = ev.episodes(Purpose.VALIDATION, 1, cfg.evaluation.heldout_episodes)
         chosen = int(ev.score(final, episodes=validation).loss.argmin())
-        tracker.log_metrics({f"final.{k}": v for k, v in after[chosen].items()} |
-                            {f"before.{k}": v for k, v in before[chosen].items()}, step=steps)
         _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after)
+        tracker.log_table({"genome": list(labels), "held-out before": [b["loss"] for b in before],
+                           "held-out after": [a["loss"] for a in after],
+                           "kept": [i == chosen for i in range(len(labels))]}, "finetune_summary.json")
+        tracker.set_description(finetune_description(
+            run_id=tracker.run_id, parent_run_id=parent_run_id, labels=labels, before=before, after=after,
+            chosen=chosen, steps=steps, equations=rule_equations(spec.model, spec.decode(final[chosen].float())),
+            legend=rule_legend(spec.model), uri=tracker.shown_uri))
         status = "FINISHED"
         return FinetuneResult(tracker.run_id, parent_run_id, labels, before, after, chosen, final[chosen],
                               [s.name for s in spec.evolved], history, tracker.ui_command())
@@ -139,8 +155,7 @@ def _log_artifacts(tracker: Tracker, cfg: Config, spec: GenomeSpec, genome: torc
                     "segments": {k: v.contiguous() for k, v in values.items()},
                     "config_yaml": to_yaml(cfg), "parent_run_id": parent_run_id or "", "label": label},
                    d / "finetuned_genome.pt")
-        (d / "config.yaml").write_text(to_yaml(cfg))
-        (d / "finetune_report.json").write_text(json.dumps({"before": before, "after": after}, indent=1))
-        finetune_curve(history, before, after, d / "finetune_curve.png")
-        for name in ("finetuned_genome.pt", "config.yaml", "finetune_report.json", "finetune_curve.png"):
-            tracker.log_artifact(d / name)
+        tracker.log_artifact(d / "finetuned_genome.pt")
+    tracker.log_text(to_yaml(cfg), "config.yaml")
+    tracker.log_dict({"before": list(before), "after": list(after)}, "finetune_report.json")
+    tracker.log_figure(finetune_curve(history, before, after), "finetune_curve.png")

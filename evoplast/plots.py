@@ -22,43 +22,126 @@ def _save(fig, path: str | Path, *axes) -> Path:
     return Path(path)
 
 
-def fitness_curve(history: Sequence[dict], path: str | Path, heldout: Sequence[dict] = ()) -> Path:
-    """Best / mean / median fitness per generation (training episodes), and held-out center loss points."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` and close it."""
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _smooth(values: Sequence[float], window: int) -> tuple[list[float], list[float]]:
+    """Running mean and standard deviation over the last ``window`` finite values (``[G]`` each)."""
+    means, stds, buf = [], [], []
+    for v in values:
+        if math.isfinite(v):
+            buf.append(v)
+        buf = buf[-window:]
+        if buf:
+            m = sum(buf) / len(buf)
+            means.append(m)
+            stds.append(math.sqrt(sum((x - m) ** 2 for x in buf) / len(buf)))
+        else:
+            means.append(float("nan"))
+            stds.append(float("nan"))
+    return means, stds
+
+
+def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, baselines: dict[str, float] | None = None,
+                  center_name: str = "search center"):
+    """The figure of a search: best fitness so far, the population's mean fitness smoothed over a window
+    with a ±1 s.d. band (training episodes), the held-out loss of the search center (negated, as fitness),
+    and the baselines' held-out losses as dashed reference lines.
+
+    The y-range is set from the smoothed curves and the references (robust to a few capped genomes at the
+    loss cap: one −100 does not stretch it). Returns the matplotlib figure (``save_figure`` / ``log_figure``).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     gens = [h["generation"] + 1 for h in history]
+    best = [h["best"] for h in history]
+    so_far, top = [], float("-inf")
+    for b in best:
+        top = max(top, b) if math.isfinite(b) else top
+        so_far.append(top if math.isfinite(top) else float("nan"))
+    window = max(1, min(len(history) // 10, max(3, len(history) // 25)))
+    mean, std = _smooth([h["mean"] for h in history], window)
     shown: list[float] = []
-    for key, style in (("best", "-"), ("median", "--"), ("mean", ":")):
-        values = [h[key] for h in history]
-        if any(math.isfinite(v) for v in values):   # EvoTorch's distributed mode reports no median
-            ax.plot(gens, values, style, label=f"{key} fitness (training episodes)")
-            shown += [v for v in values if math.isfinite(v)]
+    if history:
+        ax.fill_between(gens, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="C0",
+                        alpha=0.2, lw=0)
+        ax.plot(gens, mean, color="C0", lw=1.2, label=f"population mean (training, {window}-generation mean ± s.d.)")
+        ax.plot(gens, so_far, color="C3", lw=1.6, label="best so far (training episodes)")
+        finite_mean = sorted(v for v in mean if math.isfinite(v))
+        if finite_mean:   # the mean's early dips (and capped genomes) do not set the range: its 5th percentile
+            shown += [finite_mean[len(finite_mean) // 20], finite_mean[-1]]
+        shown += [v for v in so_far if math.isfinite(v)]
     if heldout:
-        ax.plot([h["generation"] for h in heldout], [-h["loss"] for h in heldout], "o-", color="k", ms=3,
-                label="-held-out MSE of the search center")
+        ax.plot([h["generation"] for h in heldout], [-h["loss"] for h in heldout], "o-", color="k", ms=4, lw=1.2,
+                label=f"{center_name}, held-out (−loss)")
         shown += [-h["loss"] for h in heldout]
+    lo, hi = (min(shown), max(shown)) if shown else (-1.0, 0.0)
+    span = hi - lo or 1.0
+    for i, (name, value) in enumerate((baselines or {}).items()):
+        if not math.isfinite(value):
+            continue
+        inside = lo - span <= -value <= hi + span      # a reference far off the search's scale is named, not drawn
+        ax.axhline(-value if inside else float("nan"), ls="--", lw=1, color=f"C{(i + 2) % 10}",
+                   label=f"{name}, held-out (−loss)" + ("" if inside else f": {-value:.3g}, off the scale"))
+        if inside:
+            lo, hi = min(lo, -value), max(hi, -value)
     ax.set_xlabel("generation")
-    ax.set_ylabel("fitness = -query MSE")
-    if shown:  # the first generations of a search can be far below the rest: keep the scale readable
-        ax.set_ylim(bottom=max(min(shown), -20))
-    return _save(fig, path, ax)
+    ax.set_ylabel("fitness = −query loss")
+    pad = 0.08 * (hi - lo or 1.0)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
-def mse_vs_tasks_seen(curves: dict[str, Sequence[float]], path: str | Path, title: str = "",
-                      ylabel: str = "query MSE") -> Path:
-    """Query loss over the tasks seen so far, one line per learner (the continual-learning curve)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, curve in curves.items():
-        ax.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=label)
+def mse_vs_tasks_seen(curves: dict[str, Sequence], title: str = "", ylabel: str = "query MSE"):
+    """Query loss over the tasks seen so far, one line per learner, each with a 95% band over episodes.
+
+    ``curves``: ``{learner: [K, C] per-episode values}`` (a band from :func:`evoplast.stats.mean_ci` over the K
+    episodes at each of the C points) or ``[C]`` (a mean curve, no band). Returns the figure.
+    """
+    from .stats import mean_ci
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    means: list[float] = []
+    for i, (label, curve) in enumerate(curves.items()):
+        rows = [list(map(float, r)) for r in curve] if curve and isinstance(curve[0], (list, tuple)) else None
+        if rows:
+            cis = [mean_ci([r[c] for r in rows]) for c in range(len(rows[0]))]
+            mean = [iv.mean for iv in cis]
+            half = [0.0 if iv.half_width != iv.half_width else iv.half_width for iv in cis]
+            xs = range(1, len(mean) + 1)
+            ax.fill_between(xs, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                            color=f"C{i % 10}", alpha=0.15, lw=0)
+            ax.plot(xs, mean, "o-", ms=3, color=f"C{i % 10}", label=label)
+        else:
+            mean = list(map(float, curve))
+            ax.plot(range(1, len(curve) + 1), mean, "o-", ms=3, color=f"C{i % 10}", label=label)
+        means += [v for v in mean if math.isfinite(v)]
+    if means:   # the range follows the means (a diverged learner's band does not flatten the others)
+        lo, hi = min(means), max(means)
+        if lo > 0 and hi / lo > 5:
+            ax.set_yscale("log")
+            ax.set_ylim(lo / 1.5, hi * 1.5)
+        else:
+            pad = 0.15 * (hi - lo or abs(hi) or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("tasks seen")
-    ax.set_ylabel(f"{ylabel} over the tasks seen")
+    ax.set_ylabel(f"{ylabel} over the tasks seen (95% CI over episodes)")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path, ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
-def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Sequence[dict],
-                   path: str | Path) -> Path:
-    """Meta-loss per meta-step, with each genome's held-out MSE before and after fine-tuning."""
+def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Sequence[dict]):
+    """Meta-loss per meta-step, with each genome's held-out MSE before and after fine-tuning (the figure)."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
     ax.plot([h["step"] for h in history], [h["meta_loss"] for h in history], lw=1)
     ax.set_xlabel("meta-step")
@@ -72,9 +155,7 @@ def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Seque
     bx.set_ylabel("held-out query MSE")
     bx.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 def accuracy_vs_n(by_n: dict[int, dict[str, float]], path: str | Path) -> Path:

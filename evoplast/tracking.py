@@ -141,6 +141,24 @@ def environment_params() -> dict[str, str]:
     return out
 
 
+def source_tags(source: str = "") -> dict[str, str]:
+    """MLflow's own tags that ``mlflow.start_run`` would set and the low-level client does not: the script
+    (``mlflow.source.name``), ``mlflow.source.type``, the evoplast checkout's git commit, and the user."""
+    import getpass
+    import sys
+
+    tags = {"mlflow.source.type": "LOCAL",
+            "mlflow.source.name": source or (Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python")}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    env = environment_params()
+    if "git.commit" in env:
+        tags["mlflow.source.git.commit"] = env["git.commit"]
+    return tags
+
+
 def _metric_name(name: str) -> str:
     """MLflow allows letters, digits, ``_ - . : /`` and spaces in metric names; anything else goes."""
     return re.sub(r"[^\w\-. :/]", "", name)
@@ -236,30 +254,87 @@ class Tracker:
         self.run_id: Optional[str] = None
         self.lost = False                 # the store stopped answering during this run
         self.experiment_id: Optional[str] = None
+        self._monitor = None              # MLflow's system metrics sampler, while a run records them
         self._pending: list = []          # metrics not yet written (one write per ~2 s, not per step)
         self._last_flush = time.monotonic()
         self.flush_seconds = 2.0
 
     def start_run(self, experiment: str, run_name: str = "", *, parent_run_id: str | None = None,
-                  tags: dict[str, str] | None = None) -> str:
-        """Create a new run (nested under ``parent_run_id`` if given) and address it from now on."""
+                  tags: dict[str, str] | None = None, source: str = "", system_metrics: bool = False) -> str:
+        """Create a new run (nested under ``parent_run_id`` if given) and address it from now on.
+
+        It carries MLflow's source, git and user tags (:func:`source_tags`; ``source`` names the script);
+        with ``system_metrics`` it records ``system/...`` metrics until :meth:`end`."""
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(experiment)
         if exp is not None:
             self.experiment_id = exp.experiment_id
         else:
-            try:
-                self.experiment_id = self.client.create_experiment(experiment)
+            try:   # the UI shows it as model training (charts, params), not as a GenAI experiment
+                self.experiment_id = self.client.create_experiment(
+                    experiment, tags={"mlflow.experimentKind": "custom_model_development"})
             except MlflowException as exc:   # another run created it a moment ago
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
-        tags = dict(tags or {})
+        tags = {**source_tags(source), **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         self.run_id = self.client.create_run(self.experiment_id, run_name=run_name or None, tags=tags).info.run_id
+        if system_metrics:
+            self.start_system_metrics()
         return self.run_id
+
+    system_metrics_seconds = 5.0         # how often system metrics are sampled
+
+    def start_system_metrics(self, interval: float | None = None) -> None:
+        """Sample CPU, memory, disk and network (and GPUs, where MLflow can) into ``system/...`` metrics of
+        this run every ``interval`` seconds, until :meth:`end`. Skipped quietly where psutil is missing."""
+        try:
+            import psutil  # noqa: F401
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            return
+        import logging
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval or self.system_metrics_seconds,
+                                             samples_before_logging=1,
+                                             tracking_uri=self.uri)
+        self._monitor.start()
+
+    def stop_system_metrics(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            try:
+                monitor.finish()
+            except Exception:   # the store may be gone: the run's status matters more
+                pass
+
+    def set_description(self, markdown: str) -> None:
+        """The run's description on its page in the MLflow UI (``mlflow.note.content``, markdown)."""
+        self.client.set_tag(self.run_id, "mlflow.note.content", markdown[:60000])
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        """``data`` as a JSON (or YAML, by the file's extension) artifact, written without a temporary file."""
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib figure as an image artifact; the figure is closed afterwards."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 110})
+        finally:
+            plt.close(figure)
+
+    def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
+        """A table (``{column: values}``) that the MLflow UI shows in its evaluation view."""
+        self.client.log_table(self.run_id, columns, artifact_file)
 
     def resume_run(self, run_id: str) -> str:
         """Continue an existing run (its status goes back to RUNNING)."""
@@ -267,12 +342,6 @@ class Tracker:
         self.run_id, self.experiment_id = run_id, run.info.experiment_id
         self.client.update_run(run_id, status="RUNNING")
         return run_id
-
-    @classmethod
-    def start(cls, uri: str, experiment: str, run_name: str = "", **kw) -> "Tracker":
-        t = cls(uri)
-        t.start_run(experiment, run_name, **kw)
-        return t
 
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
@@ -326,10 +395,8 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def download_artifact(self, artifact_path: str, dst: str | Path) -> Path:
-        return Path(self.client.download_artifacts(self.run_id, artifact_path, str(dst)))
-
     def end(self, status: str = "FINISHED", *, flush: bool = True) -> None:
+        self.stop_system_metrics()
         try:
             if flush:
                 self.flush()

@@ -59,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from evoplast.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
+    from evoplast.describe import (CENTER, applicable_params, learner_curves, rule_equations, run_name, run_tags,
+                                   table_markdown)
     from evoplast.evaluation import Evaluator
     from evoplast.finetune import check_finetune_overrides, train_spec_of
-    from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen
+    from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
     from evoplast.runs import genome_of_run
     from evoplast.seeding import Purpose
     from evoplast.tracking import Tracker, environment_params, resolve_tracking_uri
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = Evaluator(cfg, spec=spec)
     genome = ev.spec.initial_vector() if genome is None else genome
     classification = ev.task.kind == "classification"
+    genome_values = ev.spec.decode(genome.reshape(1, -1).float())
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"evoplast: evaluating {'run ' + args.run_id + ' (' + args.which + ')' if args.run_id else 'the seed genome'} "
           f"on {cfg.evaluation.heldout_episodes} held-out episodes of {cfg.task.name}")
@@ -188,30 +191,37 @@ def main(argv: list[str] | None = None) -> int:
 
     plots = [forgetting_heatmaps({k: v[fm_key] for k, v in forgetting.items()}, out_dir / "forgetting.png", fm_key),
              cosine_curves(cosine, ev.spec.model.plastic_layers, held.curve_steps, out_dir / "cosine.png")]
-    curves = {"evolved rule": report["curve"], "online SGD of the plastic weights, same init":
-              report["curve_sgd_plastic_weights"], "online SGD of every weight, same init": report["curve_sgd_same_init"],
-              "online SGD, random init": report["curve_sgd_seed_init"]}
     if oml is not None:
-        curves["OML"] = report["curve_oml"]
-    plots.append(mse_vs_tasks_seen(curves, out_dir / "loss_vs_tasks_seen.png",
-                                   title=f"held-out episodes, {cfg.task.order} stream",
-                                   ylabel="query MSE" if not classification else "query cross-entropy"))
+        report["curves_per_episode"]["oml"] = o.curve_per_episode[0].tolist()
+    plots.append(save_figure(mse_vs_tasks_seen(learner_curves(report, "fine-tuned rule" if args.which == "finetuned" else CENTER), title=f"held-out episodes, {cfg.task.order} stream",
+                                               ylabel="query MSE" if not classification else "query cross-entropy"),
+                             out_dir / "loss_vs_tasks_seen.png"))
     if by_n:
         plots.append(accuracy_vs_n(by_n, out_dir / "accuracy_vs_n.png"))
     result = {"report": report, "accuracy_vs_n": by_n, "cosine_per_step": cosine.tolist(),
               "forgetting": {k: {m: v.tolist() for m, v in fm.items()} for k, fm in forgetting.items()}}
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
 
+    flat = flatten(cfg)
+    name = (f"{run.info.run_name}-evaluate-{args.which}" if args.run_id and run.info.run_name
+            else run_name(flat, f"evaluate-{args.which}"))
     tracker.start_run(cfg.tracking.experiment if not args.run_id else
                       tracker.client.get_experiment(run.info.experiment_id).name,
-                      f"evaluate {args.which}" if args.run_id else "evaluate config", parent_run_id=args.run_id)
+                      name, parent_run_id=args.run_id, tags=run_tags(flat, "evaluation"),
+                      source="scripts/evaluate.py", system_metrics=True)
     try:
-        tracker.log_params({**flatten(cfg), **environment_params(), "evaluate.which": args.which})
-        tracker.log_metrics({k: v for k, v in report.items() if isinstance(v, float)}, step=0)
+        tracker.log_params({**applicable_params(flat), **environment_params(), "evaluate.which": args.which})
+        tracker.log_table({"learner": [n for n, _ in rows], ("accuracy" if classification else "query MSE"):
+                           [float(report[k]) for _, k in rows]}, "heldout_summary.json")
+        tracker.set_description("\n".join([f"Evaluation of the {args.which} genome" +
+                                            (f" of run `{args.run_id}`" if args.run_id else "") + ".", "",
+                                            "```", *rule_equations(ev.spec.model, genome_values), "```", "",
+                                            table_markdown([(n, float(report[k])) for n, k in rows],
+                                                           ("learner", "accuracy" if classification else "query MSE"))]))
         for n, row in by_n.items():
-            tracker.log_metrics({f"accuracy_vs_n.{name}": v for name, v in row.items()}, step=n)
+            tracker.log_metrics({f"accuracy_vs_n/{name}": v for name, v in row.items()}, step=n)
         for i, row in enumerate(cosine.tolist()):
-            tracker.log_metrics({f"cosine.layer{l}": c for l, c in zip(ev.spec.model.plastic_layers, row)}, step=i)
+            tracker.log_metrics({f"cosine/layer{l}": c for l, c in zip(ev.spec.model.plastic_layers, row)}, step=i)
         for f in [*plots, out_dir / "evaluation.json"]:
             tracker.log_artifact(f)
         tracker.end("FINISHED")

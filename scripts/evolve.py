@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
             require_store(resolve_tracking_uri(), args.resume)
 
+    from evoplast.describe import CENTER
     from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
 
     # 1. the experiment: YAML + overrides, or the checkpoint's own config when resuming
@@ -59,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     r = result.report
     first = result.history[0]
     print()
+    best = max(h["best"] for h in result.history)
     print(f"MLflow run {result.run_id}: {result.generations} generations, best training fitness "
-          f"{first['best']:.3f} (generation 1) -> {result.history[-1]['best']:.3f} (last)")
+          f"{first['best']:.3f} (generation 1) -> {best:.3f} (best so far)")
     metric = "MSE" if cfg.task.name == "sinusoid" else "cross-entropy and accuracy, meta-test classes"
     print(f"Held-out episodes ({cfg.evaluation.heldout_episodes}, {cfg.task.order} stream), query {metric} "
           f"(baselines: learning rate tuned on validation episodes):")
     rows = [
-        ("evolved rule (search center)", "", ""),
+        (CENTER, "", ""),
         ("same genome, plasticity off", "_plasticity_off", ""),
         ("online SGD on the plastic weights only, same initial weights", "sgd_plastic_weights",
          r["sgd_plastic_weights_lr"]),
@@ -98,29 +100,44 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  learning gain (plasticity off - on)                              {r['learning_gain']:+7.3f}")
     print(f"  episode-specific gain (other episode's tasks - own tasks)        {r['episode_gain']:+7.3f}")
     print(f"Checkpoint: {result.checkpoint}")
-    if cfg.finetune.after_evolution:
-        finetune_center(cfg, result)
+    finetuned = finetune_center(cfg, result) if cfg.finetune.after_evolution else False
     print(f"Look at it: {result.ui_command}")
+    print_next(result.run_id, finetuned, cfg)
     return 0
 
 
-def finetune_center(cfg, result) -> None:
+def print_next(run_id: str, finetuned: bool, cfg) -> None:
+    """The "Next:" block: the commands that continue from this run, its id filled in."""
+    from evoplast.describe import next_commands
+    from evoplast.tracking import redact_uri, resolve_tracking_uri
+
+    print("Next:")
+    for command in next_commands(run_id, finetuned=finetuned,
+                                 uri=redact_uri(resolve_tracking_uri(cfg.tracking.tracking_uri))):
+        print(f"  {command}")
+
+
+def finetune_center(cfg, result) -> bool:
     """4. the hybrid (finetune.after_evolution): BPTT from the search center, nested under the run; at equal
     time ES then BPTT beat either alone on the default task (docs/outer-trainers.md)."""
+    from evoplast.describe import CENTER
     from evoplast.finetune import run_finetune
 
     steps = cfg.finetune.after_evolution_steps or cfg.finetune.steps
     ft_cfg = cfg.replace(**{"finetune.steps": steps})
     print()
-    ft = run_finetune(ft_cfg, result.center.reshape(1, -1), ["search center"], parent_run_id=result.run_id,
+    ft = run_finetune(ft_cfg, result.center.reshape(1, -1), [CENTER], parent_run_id=result.run_id,
                       print_every=max(1, steps // 5))
     b, a = ft.before[0], ft.after[0]
     print(f"Fine-tuned by BPTT ({steps} meta-steps, MLflow run {ft.run_id} nested under {result.run_id}): "
           f"held-out {'MSE' if cfg.task.name == 'sinusoid' else 'cross-entropy'} {b['loss']:.3f} -> {a['loss']:.3f}, "
           f"episode-specific gain {b['episode_gain']:+.3f} -> {a['episode_gain']:+.3f}")
     better = a["loss"] <= b["loss"]
-    print(f"The rule to use: {'ES then BPTT (the fine-tuned genome)' if better else 'ES alone (the search center; fine-tuning did not help on held-out episodes)'}; "
-          f"export it: python scripts/export.py --run-id {result.run_id} --which {'finetuned' if better else 'best'} --out rule.pt2")
+    print(f"The rule to use: {'ES then BPTT (the fine-tuned genome)' if better else 'ES alone (the ' + CENTER + '; fine-tuning did not help on held-out episodes)'}")
+    from evoplast.evolution.run import add_finetune_to_description
+
+    add_finetune_to_description(cfg, result.run_id, ft.run_id, b["loss"], a["loss"], better)
+    return better
 
 
 if __name__ == "__main__":

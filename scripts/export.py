@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
         name = args.name or cfg.export.registered_model
         mlflow.set_tracking_uri(tracker.uri)
-        with mlflow.start_run(experiment_id=run.info.experiment_id, run_name=f"export {args.which}",
+        with mlflow.start_run(experiment_id=run.info.experiment_id,
+                              run_name=f"{run.info.run_name or args.run_id[:8]}-export-{args.which}",
                               tags={"mlflow.parentRunId": args.run_id}) as export_run:
             mlflow.log_params({"source_run": source_run, "which": args.which, "rule": manifest["rule"]})
             mlflow.log_artifact(str(out))
@@ -99,11 +100,36 @@ def main(argv: list[str] | None = None) -> int:
                 input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
                 signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=name)
+        describe_version(tracker, name, info.registered_model_version, manifest, genome, cfg, model, source_run,
+                         args.run_id, args.which)
         print(f"MLflow: model {info.model_uri} in run {export_run.info.run_id}, registered as "
               f"'{name}' version {info.registered_model_version}")
     print(f"Load it anywhere with PyTorch (check a received file first, see docs/safe_rule_files.md):  "
           f"step = torch.export.load('{args.out}').module()")
     return 0
+
+
+def describe_version(tracker, name: str, version, manifest: dict, genome: dict, cfg, model, source_run: str,
+                     evolution_run: str, which: str) -> None:
+    """The registered version's description (the rule written out, where it came from, its held-out score)
+    and tags (task, rule, source run, held-out score)."""
+    from evoplast.describe import rule_equations, rule_legend
+
+    heldout = genome.get("heldout_loss")
+    if heldout is None:   # a fine-tuned genome: its run's latest held-out loss (of the genome it kept)
+        metrics = tracker.get_run(source_run).data.metrics
+        losses = [v for k, v in metrics.items() if k.startswith("heldout/loss")]
+        heldout = min(losses) if losses else None
+    score = f"{float(heldout):.4f}" if heldout is not None else "not recorded"
+    text = "\n".join([f"The {which} genome of evolution run `{evolution_run}` (genome from run `{source_run}`): "
+                      f"the {manifest['rule']} rule on layers {manifest['plastic_layers']} of {manifest['sizes']}, "
+                      f"task {cfg.task.name}; held-out query loss {score}.", "", "```",
+                      *rule_equations(model, genome["segments"]), "```", rule_legend(model)])
+    client = tracker.client
+    client.update_model_version(name, str(version), description=text)
+    for key, value in {"task": cfg.task.name, "rule": manifest["rule"], "source_run": source_run,
+                       "evolution_run": evolution_run, "which": which, "heldout_loss": score}.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
 
 
 def _same_file_flavor(rule_file: Path):

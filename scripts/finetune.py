@@ -69,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         mark = "  <- kept (best on validation episodes)" if i == result.chosen else ""
         print(f"  {label:<18} {b['loss']:8.3f} {a['loss']:8.3f} {b['episode_gain']:20.3f} {a['episode_gain']:7.3f}{mark}")
     print(f"Fine-tuned genome: artifact finetuned_genome.pt of run {result.run_id}")
-    print(f"Export it: python scripts/export.py --run-id {parent or result.run_id} --which finetuned --out rule.pt2")
     print(f"Look at it: {result.ui_command}")
+    from evoplast.describe import next_commands
+    from evoplast.tracking import redact_uri
+
+    print("Next:")
+    for command in next_commands(parent or result.run_id, finetuned=True,
+                                 uri=redact_uri(resolve_tracking_uri(cfg.tracking.tracking_uri))):
+        print(f"  {command}")
     return 0
 
 

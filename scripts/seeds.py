@@ -58,7 +58,8 @@ def one_seed(cfg, seed: int, parent_id: str, oml_budget: str, threads: int = 0, 
 
     if threads:
         torch.set_num_threads(threads)
-    cfg_seed = cfg.replace(**{"seed": seed, "tracking.run_name": cfg.tracking.run_name or f"seed {seed}"})
+    # unnamed: each seed's run gets the default name task-rule-searcher-sSEED
+    cfg_seed = cfg.replace(**{"seed": seed, "tracking.run_name": cfg.tracking.run_name and f"{cfg.tracking.run_name}-s{seed}"})
     out = (lambda line: None) if quiet else (lambda line: print(f"[seed {seed}] {line}", flush=True))
     result = run_evolution(cfg_seed, out=out, print_every=max(1, cfg.search.generations // 10))
     tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
@@ -67,8 +68,7 @@ def one_seed(cfg, seed: int, parent_id: str, oml_budget: str, threads: int = 0, 
         raise KeyboardInterrupt
     report = judge(cfg, cfg_seed, result.center, oml_budget)
     tracker.run_id = result.run_id
-    tracker.log_metrics({f"shared.{k}": v for k, v in report.items() if isinstance(v, float)}, step=result.generations)
-    tracker.flush()
+    tracker.log_dict(report, "shared_report.json")   # judged on the held-out episodes every seed shares
     return {"seed": seed, "run_id": result.run_id, "report": report}
 
 

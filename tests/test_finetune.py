@@ -124,8 +124,8 @@ def test_finetune_run_is_nested_and_reports_before_and_after(store):
     client = MlflowClient(store)
     run = client.get_run(result.run_id)
     assert run.data.tags["mlflow.parentRunId"] == evo.run_id and run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(result.run_id, "meta_loss")] == list(range(1, 31))
-    assert len(client.get_metric_history(result.run_id, "heldout.loss.g1")) == 4   # before, 10, 20, 30
+    assert [m.step for m in client.get_metric_history(result.run_id, "meta/loss")] == list(range(1, 31))
+    assert len(client.get_metric_history(result.run_id, "heldout/loss_g1")) == 4   # before, 10, 20, 30
     assert result.after[result.chosen]["loss"] < result.before[0]["loss"]
     # the evolution's held-out number and the fine-tune's "before" are measured on the same episodes
     assert abs(result.before[0]["loss"] - evo.report["loss"]) < 1e-5

@@ -77,5 +77,5 @@ def test_evolve_fine_tunes_the_center_at_the_end_by_default_and_says_which_metho
     run_id = out.split("MLflow run ")[1].split(":")[0]
     assert "Fine-tuned by BPTT (3 meta-steps" in out and "The rule to use: " in out
     child = MlflowClient(store).search_runs(["1"], f"tags.mlflow.parentRunId = '{run_id}'")
-    assert len(child) == 1 and child[0].data.metrics["meta_loss"] > 0
+    assert len(child) == 1 and child[0].data.metrics["meta/loss"] > 0
     assert f"--run-id {run_id} --which " in out

@@ -88,7 +88,7 @@ def test_sigint_checkpoints_and_resume_finishes_the_same_run(store, monkeypatch,
     assert code == 0, err[-2000:]
     assert f"resumed at generation {stopped_at}" in out
     assert client.get_run(run_id).info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(run_id, "fitness.best"))
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "fitness/best"))
     assert steps == list(range(1, 61))              # every generation once, across the interruption
 
 
@@ -119,7 +119,7 @@ def test_against_an_mlflow_server_on_localhost(tmp_path, monkeypatch, capsys):
         client = MlflowClient(uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run_id, "fitness.best")) == 6
+        assert len(client.get_metric_history(run_id, "fitness/best")) == 6
         assert "best_genome.pt" in {a.path for a in client.list_artifacts(run_id)}
         assert f"open {uri}/#/experiments/" in out
         assert not (tmp_path / "mlflow.db").exists()  # the server was used, not the default file

@@ -22,7 +22,10 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
+from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, learner_curves,
+                        rule_equations, rule_legend, run_name, run_tags, summary_table)
 from ..plots import fitness_curve, mse_vs_tasks_seen
+from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
 from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 from .placement import Placement, choose, generation_gflop, size
@@ -153,10 +156,21 @@ class _StopFlag:
         return False
 
 
-def _format_stats(s: dict[str, float], total: int) -> str:
-    return (f"gen {s['generation'] + 1:4d}/{total} | best {s['best']:8.3f}  mean {s['mean']:8.3f}  "
-            f"median {s['median']:8.3f} | step {s['stepsize']:.3g} | {s['evals_per_s']:7.1f} evals/s "
-            f"({s['lifetimes_per_s']:.0f} lifetimes/s) | non-finite {int(s['nonfinite'])}")
+def _format_stats(s: dict[str, float], best_so_far: float, heldout: str) -> dict[str, str]:
+    """The values of one progress line (after ``gen   40/1000``): the best fitness so far (it never goes
+    down, unlike a generation's best), this generation's median, the latest held-out loss of the center."""
+    return {"best so far": f"{best_so_far:8.3f}", "median": f"{s['median']:8.3f}", "held-out": heldout,
+            "evals/s": f"{s['evals_per_s']:.1f}", "non-finite": f"{int(s['nonfinite'])}"}
+
+
+def metric_row(stats: dict[str, float], best_so_far: float) -> dict[str, float]:
+    """One generation's MLflow metrics, grouped by prefix: ``fitness/`` (training episodes), ``search/``
+    (the search distribution), ``speed/``. A NaN (no median in some modes) is left out."""
+    row = {f"fitness/{k}": stats[k] for k in ("best", "mean", "median", "worst")} | {
+        "fitness/best_so_far": best_so_far, "fitness/nonfinite": stats["nonfinite"],
+        "search/stepsize": stats["stepsize"], "speed/evals_per_s": stats["evals_per_s"],
+        "speed/lifetimes_per_s": stats["lifetimes_per_s"], "speed/generation_seconds": stats["seconds"]}
+    return {k: v for k, v in row.items() if v == v and v not in (float("inf"), float("-inf"))}
 
 
 def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
@@ -196,6 +210,7 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
 def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[[str], None], print_every: int,
          stop_after: Optional[int], stop: _StopFlag) -> EvolutionResult:
     # ---- checks before any compute: tracking store, Ray and its actors; only then an MLflow run ----
+    quiet_libraries()
     tracker = Tracker(uri)
     out(f"evoplast: setting up ({'resuming run ' + str(resume.get('mlflow_run_id')) if resume is not None else 'a new run'}, "
         f"tracking in {tracker.shown_uri})")
@@ -253,13 +268,13 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
             status = "FAILED"
             tracker.restore_pending_metrics(resume.get("pending_metrics", []))
         else:
-            tracker.start_run(cfg.tracking.experiment, cfg.tracking.run_name)
+            flat = flatten(cfg)
+            tracker.start_run(cfg.tracking.experiment, run_name(flat), tags=run_tags(flat, "es"),
+                              source="scripts/evolve.py", system_metrics=True)
             status = "FAILED"
-            tracker.log_params({**flatten(cfg), **environment_params()})
+            tracker.log_params({**applicable_params(flat), **environment_params()})
             tracker.log_params(placement.params())
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / "config.yaml").write_text(to_yaml(cfg))
-                tracker.log_artifact(Path(tmp) / "config.yaml")
+            tracker.log_text(to_yaml(cfg), "config.yaml")
         ckpt_path = Path(cfg.checkpoint.dir) / tracker.run_id / "latest.pt"
         if resume is not None:   # a resumed run may be placed elsewhere: its params stay the first placement's
             tracker.set_tags({f"evoplast.placement.resumed.{resume['trainer']['generation']}":
@@ -281,8 +296,14 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         if resume is not None:
             out(f"evoplast: resumed at generation {trainer.generation}")
 
+        if resume is not None:
+            tracker.start_system_metrics()
         total = cfg.search.generations
         last = min(total, stop_after) if stop_after is not None else total
+        stream = None if out is print else LineStream(out)
+        progress = Progress(total, "gen", stream=stream, every=print_every or total + 1, start=trainer.generation)
+        best_so_far = max((h["best"] for h in trainer.history if h["best"] == h["best"]), default=float("-inf"))
+        latest = f"{heldout[-1]['loss']:.3f}" if heldout else "-"
         stop.immediate = False          # from here a signal lets the generation in flight finish
         while trainer.generation < last and stop.signal is None:
             try:
@@ -300,22 +321,25 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                          else "no checkpoint was written yet; start the run again")
                 raise ActorsLost(f"{exc}; {where}") from None
             g = trainer.generation
-            tracker.log_metrics({f"fitness.{k}": stats[k] for k in ("best", "mean", "median", "worst")
-                                 if stats[k] == stats[k]} |
-                                {k: stats[k] for k in ("stepsize", "evals_per_s", "lifetimes_per_s",
-                                                       "nonfinite")} | {"generation_seconds": stats["seconds"]},
-                                step=g)
-            if print_every and (g % print_every == 0 or g == last):
-                out(_format_stats(stats, total))
+            if stats["best"] == stats["best"]:
+                best_so_far = max(best_so_far, stats["best"])
+            tracker.log_metrics(metric_row(stats, best_so_far), step=g)
             if g % cfg.tracking.gain_every == 0 or g == total:
                 h = evaluator.learning_measures(trainer.center())
                 heldout.append({"generation": g, **h})
-                tracker.log_metrics({f"heldout.{k}": v for k, v in h.items()}, step=g)
+                tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
+                latest = f"{h['loss']:.3f}"
+            if print_every:
+                progress.update(g, _format_stats(stats, best_so_far, latest), last=last)
+            if heldout and heldout[-1]["generation"] == g and print_every:
+                h = heldout[-1]
                 metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
-                out(f"          held-out {metric} {h['loss']:.3f} | plasticity off {h['loss_plasticity_off']:.3f} "
-                    f"(learning gain {h['learning_gain']:+.3f}) | episode-specific gain {h['episode_gain']:+.3f}")
+                progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
+                              f"{h['loss_plasticity_off']:.3f} (learning gain {h['learning_gain']:+.3f}) | "
+                              f"episode-specific gain {h['episode_gain']:+.3f}")
             if g % cfg.checkpoint.every == 0 and g < total:
                 checkpoint()
+        progress.close()
         stop.immediate = True           # the report stops at once: the finished generations are saved first
         if trainer.generation < total or stop.signal is not None:   # interrupted (signal or stop_after)
             raise Interrupted(stop.signal) if stop.signal is not None else _StopAfter()
@@ -324,8 +348,6 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         center = trainer.center()
         report = evaluator.report(center)
         _log_final_artifacts(tracker, cfg, evaluator, trainer, center, report, heldout)
-        tracker.log_metrics({f"final.{k}": v for k, v in report.items() if isinstance(v, float)},
-                            step=trainer.generation)
         status = "FINISHED"
         return EvolutionResult(tracker.run_id, status, trainer.generation, center, report, trainer.history,
                                path, tracker.ui_command(), heldout)
@@ -418,6 +440,8 @@ def _actor_tag(info: dict) -> str:
 
 def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, trainer: EvolutionTrainer,
                          center: torch.Tensor, report: dict[str, Any], heldout: list[dict[str, float]]) -> None:
+    """Genome files, plots (``log_figure``), the held-out table (``log_table``), ``report.json`` (``log_dict``),
+    baselines as reference lines beside ``heldout/loss``, and the run's description."""
     with tempfile.TemporaryDirectory(prefix="evoplast-artifacts-") as tmp:
         d = Path(tmp)
         genomes, fitness = trainer.population()
@@ -428,17 +452,45 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                     "heldout_loss": report["loss"]}, d / "best_genome.pt")
         torch.save({"format": "evoplast.population", "version": 1, "genomes": genomes, "fitness": fitness,
                     "center": center, "config_yaml": to_yaml(cfg)}, d / "population.pt")
-        fitness_curve(trainer.history, d / "fitness_curve.png", heldout)
-        mse_vs_tasks_seen({"evolved rule (best genome)": report["curve"],
-                           "online SGD of the plastic weights, same initial weights":
-                               report["curve_sgd_plastic_weights"],
-                           "online SGD of every weight, same initial weights": report["curve_sgd_same_init"],
-                           "online SGD, seed's initial weights": report["curve_sgd_seed_init"]},
-                          d / "mse_vs_tasks_seen.png",
-                          title=f"held-out episodes, {cfg.task.order} stream")
-        for name in ("best_genome.pt", "population.pt", "fitness_curve.png", "mse_vs_tasks_seen.png"):
+        for name in ("best_genome.pt", "population.pt"):
             tracker.log_artifact(d / name)
-        import json
+    tracker.log_params({f"tuned_lr.{k[:-3]}": v for k, v in report.items() if k.endswith("_lr")})
+    baselines = baseline_lines(report)
+    tracker.log_figure(fitness_curve(trainer.history, heldout, baselines={BASELINES[k]: v for k, v in baselines.items()}),
+                       "fitness_curve.png")
+    tracker.log_figure(mse_vs_tasks_seen(learner_curves(report), title=f"held-out episodes, {cfg.task.order} stream",
+                                         ylabel="query MSE" if evaluator.task.kind == "regression"
+                                         else "query cross-entropy"), "mse_vs_tasks_seen.png")
+    tracker.log_dict(report, "report.json")
+    tracker.log_table(summary_table(report), "heldout_summary.json")
+    for key, value in baselines.items():   # a flat line over the run beside heldout/loss (two points)
+        tracker.log_metrics({f"baseline/{key}": value}, step=0)
+        tracker.log_metrics({f"baseline/{key}": value}, step=trainer.generation)
+    tracker.flush()
+    describe_run(tracker, cfg, evaluator, trainer.generation, report, trainer.history, values)
 
-        (d / "report.json").write_text(json.dumps(report, indent=1))
-        tracker.log_artifact(d / "report.json")
+
+def describe_run(tracker: Tracker, cfg: Config, evaluator: Evaluator, generations: int, report: dict[str, Any],
+                 history, segments, finetune: Optional[dict[str, Any]] = None) -> None:
+    """Write (or rewrite, once the fine-tune is known) the run's description: the rule, the table, next steps."""
+    tracker.set_description(evolution_description(
+        run_id=tracker.run_id, flat=flatten(cfg), generations=generations, report=report,
+        equations=rule_equations(evaluator.spec.model, segments), legend=rule_legend(evaluator.spec.model),
+        history=history, finetune=finetune, uri=tracker.shown_uri))
+
+
+def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, before: float, after: float,
+                                better: bool) -> None:
+    """Rewrite an evolution run's description once its fine-tune is done: the fine-tune's result, and the next
+    commands for the genome to use (the fine-tuned one when it is better on held-out episodes)."""
+    from ..describe import next_commands
+
+    tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
+    tracker.run_id = run_id
+    text = tracker.get_run(run_id).data.tags.get("mlflow.note.content", "")
+    head = text.split("\n### Next", 1)[0].rstrip()
+    metric = "MSE" if cfg.task.name == "sinusoid" else "cross-entropy"
+    head += (f"\n\nFine-tuned by BPTT (nested run `{finetune_run_id}`): held-out {metric} {before:.3f} → {after:.3f}; "
+             f"the genome to use: {'the fine-tuned one' if better else 'the search center (fine-tuning did not help)'}.")
+    tracker.set_description("\n".join([head, "", "### Next", "", "```",
+                                        *next_commands(run_id, finetuned=better, uri=tracker.shown_uri), "```"]))
