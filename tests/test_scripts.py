@@ -166,10 +166,9 @@ def test_evolve_benchmark_prints_every_row_and_verdicts_that_follow_the_numbers(
     and each target's verdict is what its number says. The heavy configuration is shrunk (the table's
     logic is under test, not the machine)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setattr(scripts.load("benchmark"), "PAPER_WIDTH",
                         ["network.hidden=[32,32]", "task.batches_per_task=10", "task.batch_size=8"])
-    assert scripts.run("benchmark", ["evolve", "--generations", "1", "--no-auth", "--threads", "1"]) == 0
+    assert scripts.run("benchmark", ["evolve", "--generations", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     rows = [ROW.match(line).groups() for line in out.splitlines() if line.startswith(("light:", "heavy:"))]
     assert [(c, int(a)) for c, a, *_ in rows] == [(c, a) for c in ("light", "heavy") for a in (0, 1, 2)], out
