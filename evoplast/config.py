@@ -219,7 +219,7 @@ class SearchConfig(_Section):
 
     algorithm: Literal["cmaes", "pgpe", "snes", "xnes", "cem"] = Field(
         "pgpe", description="EvoTorch searcher (a large genome: PGPE, not CMA-ES; DESIGN §4)")
-    generations: Int = Field(1000, ge=1, description="generations to run")
+    generations: Int = Field(250, ge=1, description="generations to run")
     popsize: Int = Field(32, ge=2, le=1_000_000, description="population size")
     stdev_init: Float = Field(0.1, gt=0.0, description="initial standard deviation of the search distribution")
     separable: Bool = Field(True, description="CMA-ES: adapt only the diagonal of the covariance")
@@ -279,7 +279,7 @@ class FinetuneConfig(_Section):
     """Gradient meta-training (BPTT through the same lifetime) of evolved or fresh genomes."""
 
     steps: Int = Field(200, ge=1, description="meta-steps (Adam updates)")
-    lr: Float = Field(0.003, gt=0.0, description="Adam learning rate on the unconstrained genome values")
+    lr: Float = Field(0.01, gt=0.0, description="Adam learning rate on the unconstrained genome values")
     episodes: Int = Field(8, ge=1, description="episodes per genome per meta-step")
     bptt_window: Optional[Int] = Field(None, ge=1, description="truncated BPTT window in lifetime steps; "
                                                                "null = full BPTT through the lifetime")
@@ -292,7 +292,7 @@ class FinetuneConfig(_Section):
     after_evolution: Bool = Field(True, description="scripts/evolve.py: fine-tune the search center by BPTT when "
                                                     "the evolution ends (the ES -> BPTT hybrid, which beat either "
                                                     "alone: docs/outer-trainers.md)")
-    after_evolution_steps: Optional[Int] = Field(None, ge=1, description="meta-steps of that fine-tune "
+    after_evolution_steps: Optional[Int] = Field(1000, ge=1, description="meta-steps of that fine-tune "
                                                                          "(null = finetune.steps)")
 
     _zero = field_validator("bptt_window", "after_evolution_steps", mode="before")(_no_zero)

@@ -172,7 +172,7 @@ def test_configs_stored_by_an_older_evoplast_still_load():
     old["finetune"]["after_evolution_steps"] = 0
     with pytest.raises(ConfigError, match="task.output_classes=0 is invalid: 0 no longer means all/off/the same"):
         from_dict(old)
-    assert from_dict(upgrade(old)) == load_config()
+    assert from_dict(upgrade(old)) == load_config(None, ["finetune.after_evolution_steps=null"])   # 0 meant "= steps"
     assert old["search"]["distributed"] is False                       # upgrade copies
     old["search"]["distributed"] = True                                # a run that really used it: refused
     with pytest.raises(ConfigError, match="unknown key 'search.distributed'"):
