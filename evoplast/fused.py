@@ -39,6 +39,7 @@ import os
 import platform
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -86,6 +87,33 @@ def _is_built(name: str) -> bool:
         return True
 
 
+STALE_LOCK_SECONDS = 600   # a build takes ~20-60 s; a lock this old was left by a compile that was killed
+
+
+def clear_stale_lock(name: str, *, max_age: float = STALE_LOCK_SECONDS) -> bool:
+    """Remove the build lock of extension ``name`` when it is older than ``max_age`` seconds.
+
+    torch's extension cache serialises builds with a ``lock`` file in the build directory and waits on it
+    without a timeout; a compile killed mid-way (Ctrl-C, a killed test, a lost node) leaves it behind and
+    every later process would wait forever. Returns whether a lock was removed (and says so on stderr)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        age = time.time() - lock.stat().st_mtime
+    except Exception:  # noqa: BLE001 - no lock (the usual case), or torch's private helper changed
+        return False
+    if age <= max_age:
+        return False
+    try:
+        lock.unlink()
+    except OSError:
+        return False
+    print(f"evoplast: removed a stale build lock {lock} ({age / 60:.0f} min old, left by a compile that was "
+          f"interrupted)", file=sys.stderr, flush=True)
+    return True
+
+
 def available() -> bool:
     """Whether the kernel can run here: compiles it on the first call (seconds; cached by torch on disk
     afterwards). On failure warns once, saying why, and returns False; never raises."""
@@ -96,6 +124,7 @@ def available() -> bool:
                 try:
                     from torch.utils.cpp_extension import load
 
+                    clear_stale_lock(_extension_name())
                     if not _is_built(_extension_name()):
                         print("evoplast: compiling the fused CPU kernel (once per machine, ~20 s)", file=sys.stderr,
                               flush=True)

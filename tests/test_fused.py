@@ -292,3 +292,22 @@ def test_evaluator_runs_the_kernel_and_scores_like_the_eager_ops():
         scores[on] = ev.fitness(genomes, 3)[0]
     torch.testing.assert_close(scores[True], scores[False], rtol=1e-4, atol=1e-5)
     assert scores[True].std() > 0                      # six different genomes, six different scores
+
+
+def test_a_build_lock_left_by_a_killed_compile_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch, capsys):
+    """torch waits forever on the build directory's ``lock``; one older than any build is removed."""
+    import os
+    import time
+
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setattr(cpp, "_get_build_directory", lambda name, verbose=False: str(tmp_path / name))
+    (tmp_path / "ext").mkdir()
+    lock = tmp_path / "ext" / "lock"
+    lock.write_text("")
+    assert not fused.clear_stale_lock("ext") and lock.exists()          # a build in progress: left alone
+    old = time.time() - fused.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    assert fused.clear_stale_lock("ext") and not lock.exists()
+    assert "removed a stale build lock" in capsys.readouterr().err
+    assert not fused.clear_stale_lock("ext")                            # nothing left to remove
