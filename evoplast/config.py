@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "TaskConfig", "NetworkConfig", "RuleConfig", "GenomeConfig", "EvaluationConfig",
            "SearchConfig", "RayConfig", "TrackingConfig", "CheckpointConfig", "FinetuneConfig", "ExportConfig",
-           "load_config", "merge_overrides", "from_dict", "upgrade", "to_dict", "to_yaml", "flatten", "describe",
+           "load_config", "merge_overrides", "from_dict", "upgrade", "to_dict", "to_yaml", "flatten",
            "reference", "MAX_CONFIG_BYTES", "MAX_YAML_NODES", "TERM_NAMES"]
 
 MAX_CONFIG_BYTES = 1 << 20       # a config file larger than this is not a config
@@ -629,11 +629,6 @@ def _one_line(exc: ValidationError, root: type = None) -> str:
 
 def _default(field: Any) -> Any:
     return field.get_default(call_default_factory=True)
-
-
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """``[(dotted key, help, default)]`` for every field: the reference of the configuration."""
-    return [(key, help, default) for key, _, default, help in reference(cls, prefix)]
 
 
 def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
