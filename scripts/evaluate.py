@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     # 5. the table, the plots, the MLflow run
     metric = "accuracy" if classification else "MSE"
     key = (lambda k: f"{k}_accuracy" if k else "accuracy") if classification else (lambda k: k or "loss")
-    rows = [("evolved rule", key("")), ("same genome, plasticity off", "accuracy_plasticity_off" if classification
+    rule = "fine-tuned rule" if args.which == "finetuned" else "evolved rule"   # the genome under test
+    rows = [(rule, key("")), ("same genome, plasticity off", "accuracy_plasticity_off" if classification
                                         else "loss_plasticity_off"),
             ("online SGD of the plastic weights only, same init", key("sgd_plastic_weights")),
             ("online SGD of every weight and bias, same init", key("sgd_same_init")),
@@ -167,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     for k, what in (("transfer_long", "4x longer stream"), ("transfer_wide", "4x larger batches"),
                     ("transfer_both", "4x longer, 4x larger batches")):
         if k in report:
-            rows += [(f"transfer, {what}: evolved rule", k), (f"transfer, {what}: SGD of the plastic weights",
+            rows += [(f"transfer, {what}: {rule}", k), (f"transfer, {what}: SGD of the plastic weights",
                                                               f"{k}_sgd_plastic_weights")]
     print(f"\nHeld-out {metric} ({cfg.task.order} stream, {cfg.task.num_tasks} {'classes' if classification else 'sinusoids'}):")
     for name, k in rows:
         nonfinite = f"   (non-finite in {report[k + '_nonfinite']:.0%} of episodes)" if k + "_nonfinite" in report else ""
         print(f"  {name:<58s} {report[k]:7.3f}{nonfinite}")
-    print(f"  {'episode-specific gain of the evolved rule':<50s} {report['episode_gain']:+7.3f}")
+    print(f"  {'episode-specific gain of the ' + rule:<50s} {report['episode_gain']:+7.3f}")
     if by_n:
         names = list(next(iter(by_n.values())))
         print(f"\nAccuracy vs N (classes per episode), {cfg.task.batches_per_task * cfg.task.batch_size} shots:")
