@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from evoplast.config import load_config
 from evoplast.evolution import placement as pl
+from evoplast.evolution import ray_pool
 from evoplast.evolution.ray_pool import START_DELAY_ENV, RayPool, RayUnavailable
 from evoplast.evolution.sampling import PopulationRecipe, checksum, recipe_of
 
@@ -232,7 +233,7 @@ def test_evolve_joins_the_cluster_one_actor_per_gpu_with_cpu_fallback(gpu_nodes,
 @pytest.mark.slow
 def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, store, monkeypatch):
     cluster, _ = gpu_nodes
-    monkeypatch.setenv(START_DELAY_ENV, "6")
+    monkeypatch.setenv(START_DELAY_ENV, "4")
     lines = []
     c = cfg(f"ray.address='{cluster.address}'", "ray.num_actors=2")
     from evoplast.evolution.ray_pool import init_ray
@@ -242,14 +243,15 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
     # placement may take 2 s at most, but placed actors that start slowly are waited for
     pool = RayPool(c, start_timeout=2, progress=lines.append, progress_every=1.5)
     try:
-        assert time.perf_counter() - t0 >= 6
+        assert time.perf_counter() - t0 >= 4
         assert lines and all("placed and still starting" in line for line in lines), lines
         assert "waiting for a node" not in " ".join(lines)
     finally:
         pool.shutdown()
-    # and the whole command: the run waits and finishes (a delay past the pool's 10 s between progress lines,
+    # and the whole command: the run waits and finishes (a delay past the pool's time between progress lines,
     # so that a line is due however fast the machine imports)
-    monkeypatch.setenv(START_DELAY_ENV, "12")
+    monkeypatch.setattr(ray_pool, "WAIT_LINE_SECONDS", 2.0)
+    monkeypatch.setenv(START_DELAY_ENV, "5")
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     out = []
     from evoplast.evolution.run import run_evolution

@@ -68,6 +68,7 @@ def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
                              f"local Ray") from None
 
 
+WAIT_LINE_SECONDS = 10.0   # while actors start: one "waiting for Ray actors" line this often
 START_DELAY_ENV = "EVOPLAST_TEST_ACTOR_START_DELAY"   # tests only: seconds each actor sleeps as it starts
 
 
@@ -148,7 +149,7 @@ class RayPool:
     def __init__(self, cfg: Config, *, start_timeout: float = 120.0, start_bound: float = 1800.0,
                  replace_timeout: float = 900.0, max_retries: int = 3,
                  on_event: Optional[Callable[[str, dict], None]] = None,
-                 progress: Optional[Callable[[str], None]] = None, progress_every: float = 10.0):
+                 progress: Optional[Callable[[str], None]] = None, progress_every: Optional[float] = None):
         import ray
 
         self.cfg = cfg
@@ -158,7 +159,7 @@ class RayPool:
         self.max_retries = max_retries
         self.on_event = on_event or (lambda kind, details: None)
         self.progress = progress or (lambda line: None)
-        self.progress_every = progress_every
+        self.progress_every = WAIT_LINE_SECONDS if progress_every is None else progress_every
         self._cfg_dict = to_dict(cfg)
         self._start_delay = float(os.environ.get(START_DELAY_ENV, "0") or 0)
         rc = cfg.ray
