@@ -12,13 +12,13 @@ import json
 import re
 import signal
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
+from ..signals import Interrupted, StopFlag as _StopFlag
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
@@ -112,48 +112,6 @@ def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, 
         raise CheckpointError(f"the checkpoint's config does not load with this evoplast "
                               f"({str(exc).splitlines()[0][:200]}): it cannot be resumed (start a new run)") from None
     return from_dict(merge_overrides(data, overrides))
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM at a moment where the run stops at once (set-up, final report, a second SIGINT)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM for the whole run. While ``immediate`` (set-up, the final report) a signal raises
-    :class:`Interrupted` at once; in the generation loop it lets the generation finish (checkpoint, stop),
-    and a second SIGINT interrupts at once."""
-
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self.immediate = True
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def reinstall(self) -> None:
-        """Take the signals back: ``ray.init`` puts its own SIGTERM handler (which aborts) in the driver."""
-        if self._old:
-            for sig in self._old:
-                signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        first = self.signal is None
-        self.signal = signum if first else self.signal
-        if self.immediate or (not first and signum == signal.SIGINT):
-            raise Interrupted(signum)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
 
 
 def _format_stats(s: dict[str, float], best_so_far: float, heldout: str) -> dict[str, str]:
