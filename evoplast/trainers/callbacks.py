@@ -32,10 +32,13 @@ class HeldOutCallback(BaseCallback):
         evaluator: an :class:`~evoplast.evaluation.Evaluator` of the run's config (its spec is the trainer's).
         every: steps between evaluations (0: only at ``last``).
         last: the run's last step (evaluated whatever ``every``); None: none forced.
+        genomes: ``trainer -> [k, D]`` to score k genomes at once (e.g. ``lambda t: t.current()``):
+            ``heldout/loss_g{i}`` each and ``heldout/loss`` their minimum; default ``trainer.best()`` only.
     """
 
-    def __init__(self, evaluator, every: int, last: Optional[int] = None):
-        self.evaluator, self.every, self.last = evaluator, int(every), last
+    def __init__(self, evaluator, every: int, last: Optional[int] = None,
+                 genomes: Optional[Callable[[Any], Any]] = None):
+        self.evaluator, self.every, self.last, self.genomes = evaluator, int(every), last, genomes
         self.latest: Optional[float] = None      # the latest held-out loss, for the progress line
 
     def loss(self, trainer) -> float:
@@ -44,7 +47,12 @@ class HeldOutCallback(BaseCallback):
 
     def on_step(self, step, metrics, trainer):
         if (self.every > 0 and step % self.every == 0) or step == self.last:
-            self.latest = metrics["heldout/loss"] = self.loss(trainer)
+            if self.genomes is None:
+                self.latest = metrics["heldout/loss"] = self.loss(trainer)
+            else:
+                losses = self.evaluator.score(self.genomes(trainer)).loss.tolist()      # [k], one lifetime
+                metrics.update({f"heldout/loss_g{i}": v for i, v in enumerate(losses)})
+                self.latest = metrics["heldout/loss"] = min(losses)
 
 
 class ProgressCallback(BaseCallback):
@@ -70,12 +78,15 @@ class ProgressCallback(BaseCallback):
         self.progress = Progress(self.total, self.what, stream=self.stream, every=self.every, start=start)
         self.t0, self.start = time.perf_counter(), start
 
+    def values(self, step: int, metrics: dict[str, Any]) -> dict[str, str]:
+        """The line's values after the step counter (a subclass may show others)."""
+        return {"meta-loss": f"{metrics['meta_loss']:.3f}", "held-out": self.heldout,
+                "s/step": f"{(time.perf_counter() - self.t0) / max(1, step - self.start):.3f}"}
+
     def on_step(self, step, metrics, trainer):
         if "heldout/loss" in metrics:
             self.heldout = f"{metrics['heldout/loss']:.3f}"
-        values = {"meta-loss": f"{metrics['meta_loss']:.3f}", "held-out": self.heldout,
-                  "s/step": f"{(time.perf_counter() - self.t0) / max(1, step - self.start):.3f}"}
-        self.progress.update(step, values)
+        self.progress.update(step, self.values(step, metrics))
 
     def note(self, text: str) -> None:
         """A line that stays above the bar (a checkpoint, a warning)."""
