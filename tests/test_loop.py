@@ -4,6 +4,7 @@ SIGINT, every step logged once, the same metric names for every trainer, one-lin
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 
 import pytest
@@ -209,3 +210,35 @@ def test_train_script_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_train_script_missing_checkpoint_is_one_line_and_exit_1(tmp_path, capsys):
     assert run("train", ["--resume", str(tmp_path / "none.pt")]) == 1
     assert "does not exist" in error_line(capsys.readouterr().err)
+
+
+class FailAt(BaseCallback):
+    """A crash after step ``n`` was logged (the process dies between two checkpoints)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_step(self, step, metrics, trainer):
+        if step == self.n:
+            raise RuntimeError("crash")
+
+
+def test_a_crash_between_checkpoints_resumes_from_the_last_one_without_logging_a_step_twice(store):
+    from mlflow.tracking import MlflowClient
+
+    from evoplast.training import run_training
+
+    cfg = small_config(TINY)                      # checkpoint.every=3
+    quiet = lambda line: None   # noqa: E731
+    with pytest.raises(RuntimeError, match="crash"):
+        run_training(cfg, "bptt", steps=TOTAL, out=quiet, callbacks=(FailAt(4),))
+    [path] = Path("checkpoints").glob("*/latest.pt")
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["step"] == 3                # the half-done step 4 was not saved
+    client = MlflowClient(store)
+    run_id = checkpoint["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "meta/loss")) == [1, 2, 3, 4]
+    resumed = run_training(cfg, "bptt", resume=checkpoint, out=quiet)
+    assert (resumed.status, resumed.step) == ("FINISHED", TOTAL)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "meta/loss")) == [1, 2, 3, 4, 5]
