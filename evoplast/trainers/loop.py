@@ -85,12 +85,12 @@ def run_outer(trainer: OuterTrainer, *, steps: int, start: int = 0, callbacks: I
                 cb.on_step(step, metrics, trainer)
             history.append({"step": step, **metrics})
         status = "FINISHED" if step >= steps else "STOPPED"
+        if stop is not None and immediate is not None:
+            stop.immediate = immediate    # after an exception it stays False: the clean-up is not cut short
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        if stop is not None and immediate is not None:
-            stop.immediate = immediate
         _end_all(callbacks, status, step, trainer)
     return history
 
