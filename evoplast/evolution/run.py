@@ -29,6 +29,7 @@ from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
 from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 from .placement import Placement, choose, generation_gflop, size
+from ..trainers.loop import BaseCallback, run_outer
 from .trainer import EvolutionTrainer
 
 # Keys that may change when a run is resumed; anything else would make it a different experiment.
@@ -262,41 +263,55 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         progress = Progress(total, "gen", stream=stream, every=print_every or total + 1, start=trainer.generation)
         best_so_far = max((h["best"] for h in trainer.history if h["best"] == h["best"]), default=float("-inf"))
         latest = f"{heldout[-1]['loss']:.3f}" if heldout else "-"
-        stop.immediate = False          # from here a signal lets the generation in flight finish
-        while trainer.generation < last and stop.signal is None:
-            try:
-                in_step = True
-                stats = trainer.step()
-                in_step = False
-            except Exception as exc:
-                from .ray_pool import ActorsLost
 
-                if not isinstance(exc, ActorsLost):
-                    raise
-                # a half-done generation is never checkpointed; the last whole one is resumable
-                where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
-                         f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
-                         else "no checkpoint was written yet; start the run again")
-                raise ActorsLost(f"{exc}; {where}") from None
-            g = trainer.generation
-            if stats["best"] == stats["best"]:
-                best_so_far = max(best_so_far, stats["best"])
-            tracker.log_metrics(metric_row(stats, best_so_far), step=g)
-            if g % cfg.tracking.gain_every == 0 or g == total:
-                h = evaluator.learning_measures(trainer.center())
-                heldout.append({"generation": g, **h})
-                tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
-                latest = f"{h['loss']:.3f}"
-            if print_every:
-                progress.update(g, _format_stats(stats, best_so_far, latest), last=last)
-            if heldout and heldout[-1]["generation"] == g and print_every:
-                h = heldout[-1]
-                metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
-                progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
-                              f"{h['loss_plasticity_off']:.3f} (learning gain {h['learning_gain']:+.3f}) | "
-                              f"episode-specific gain {h['episode_gain']:+.3f}")
-            if g % cfg.checkpoint.every == 0 and g < total:
-                checkpoint()
+        class Generations:
+            """The trainer's step for :func:`run_outer`: marks a generation in flight, says where to resume
+            when actors are lost."""
+
+            def step(self) -> dict[str, float]:
+                nonlocal in_step
+                try:
+                    in_step = True
+                    stats = trainer.step()
+                    in_step = False
+                except Exception as exc:
+                    from .ray_pool import ActorsLost
+
+                    if not isinstance(exc, ActorsLost):
+                        raise
+                    # a half-done generation is never checkpointed; the last whole one is resumable
+                    where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
+                             f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
+                             else "no checkpoint was written yet; start the run again")
+                    raise ActorsLost(f"{exc}; {where}") from None
+                return stats
+
+        class Report(BaseCallback):
+            """Metrics, held-out evaluations, progress lines and checkpoints of each generation."""
+
+            def on_step(self, g, stats, _):
+                nonlocal best_so_far, latest
+                if stats["best"] == stats["best"]:
+                    best_so_far = max(best_so_far, stats["best"])
+                tracker.log_metrics(metric_row(stats, best_so_far), step=g)
+                if g % cfg.tracking.gain_every == 0 or g == total:
+                    h = evaluator.learning_measures(trainer.center())
+                    heldout.append({"generation": g, **h})
+                    tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
+                    latest = f"{h['loss']:.3f}"
+                if print_every:
+                    progress.update(g, _format_stats(stats, best_so_far, latest), last=last)
+                if heldout and heldout[-1]["generation"] == g and print_every:
+                    h = heldout[-1]
+                    metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
+                    progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
+                                  f"{h['loss_plasticity_off']:.3f} (learning gain {h['learning_gain']:+.3f}) | "
+                                  f"episode-specific gain {h['episode_gain']:+.3f}")
+                if g % cfg.checkpoint.every == 0 and g < total:
+                    checkpoint()
+
+        # a signal lets the generation in flight finish (run_outer); the report below stops at once
+        run_outer(Generations(), steps=last, start=trainer.generation, callbacks=[Report()], stop=stop)
         progress.close()
         stop.immediate = True           # the report stops at once: the finished generations are saved first
         if trainer.generation < total or stop.signal is not None:   # interrupted (signal or stop_after)
