@@ -19,12 +19,14 @@ import torch
 from .config import Config, ConfigError, flatten, to_yaml
 from .evaluation import Evaluator
 from .genome import GenomeSpec, build_genome_spec
-from .metatrain import MetaTrainer
 from .seeding import Purpose
 from .tasks import make_task
 from .describe import applicable_params, finetune_description, rule_equations, rule_legend, run_name, run_tags
-from .progress import LineStream, Progress, quiet_libraries
+from .progress import LineStream, quiet_libraries
 from .tracking import Tracker, environment_params, resolve_tracking_uri
+from .trainers.bptt import BPTTTrainer
+from .trainers.callbacks import HeldOutCallback, ProgressCallback, TrackingCallback
+from .trainers.loop import run_outer
 
 # what may change when fine-tuning a run's genomes (anything else changes the genome's meaning)
 FINETUNE_OVERRIDABLE = ("finetune.", "tracking.", "evaluation.", "device", "export.")
@@ -97,30 +99,15 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         before = [ev.learning_measures(g) for g in start]
         for i, b in enumerate(before):
             tracker.log_metrics({f"heldout/loss_g{i}": b["loss"]}, step=0)
-        trainer = MetaTrainer(cfg, spec, start, device)
+        trainer = BPTTTrainer(cfg, start, spec=spec, device=device)               # [k, D], k at once
         steps = cfg.finetune.steps
         print_every = print_every or max(1, steps // 20)
-        history: list[dict[str, float]] = []
-        t0 = time.perf_counter()
-        progress = Progress(steps, "meta-step", stream=None if out is print else LineStream(out), every=print_every)
-        heldout_text = f"{min(b['loss'] for b in before):.3f}"
-        for s in range(1, steps + 1):
-            t = time.perf_counter()
-            r = trainer.step()
-            row = {"step": s, "meta_loss": r.loss.mean().item(), "grad_norm": r.grad_norm.mean().item(),
-                   "skipped": float(r.skipped), "seconds": time.perf_counter() - t}
-            history.append(row)
-            tracker.log_metrics({"meta/loss": row["meta_loss"], "meta/grad_norm": row["grad_norm"],
-                                 "meta/skipped_steps": trainer.skipped, "speed/step_seconds": row["seconds"]}
-                                | {f"meta/loss_g{i}": v for i, v in enumerate(r.loss.tolist())}, step=s)
-            if s % cfg.finetune.eval_every == 0 or s == steps:
-                losses = ev.score(trainer.current()).loss                      # [k], one batched lifetime
-                tracker.log_metrics({f"heldout/loss_g{i}": v for i, v in enumerate(losses.tolist())}, step=s)
-                heldout_text = f"{float(losses.min()):.3f}"
-            progress.update(s, {"meta-loss": f"{row['meta_loss']:.3f}", "grad norm": f"{row['grad_norm']:.3g}",
-                                "held-out": heldout_text, "s/step": f"{(time.perf_counter() - t0) / s:.3f}",
-                                "skipped": str(trainer.skipped)})
-        progress.close()
+        heldout = HeldOutCallback(ev, cfg.finetune.eval_every, last=steps, genomes=lambda t: t.current())
+        progress = _FinetuneProgress(steps, "meta-step", stream=None if out is print else LineStream(out),
+                                     every=print_every)
+        progress.heldout = f"{min(b['loss'] for b in before):.3f}"
+        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, TrackingCallback(tracker, end_run=False)])
+        history = [{k: r[k] for k in ("step", "meta_loss", "grad_norm", "skipped", "seconds")} for r in rows]
         final = trainer.current()
         after = [ev.learning_measures(g) for g in final]
         validation = ev.episodes(Purpose.VALIDATION, 1, cfg.evaluation.heldout_episodes)
@@ -141,6 +128,15 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         raise
     finally:
         tracker.end(status)
+
+
+class _FinetuneProgress(ProgressCallback):
+    """The fine-tune's progress line: meta-loss, gradient norm, held-out, s/step, skipped updates."""
+
+    def values(self, step, metrics):
+        return {"meta-loss": f"{metrics['meta_loss']:.3f}", "grad norm": f"{metrics['grad_norm']:.3g}",
+                "held-out": self.heldout, "s/step": f"{(time.perf_counter() - self.t0) / max(1, step):.3f}",
+                "skipped": str(int(metrics["skipped_steps"]))}
 
 
 def _log_artifacts(tracker: Tracker, cfg: Config, spec: GenomeSpec, genome: torch.Tensor, label: str,

@@ -12,13 +12,13 @@ import json
 import re
 import signal
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
+from ..signals import Interrupted, StopFlag as _StopFlag
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
@@ -29,6 +29,7 @@ from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
 from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 from .placement import Placement, choose, generation_gflop, size
+from ..trainers.loop import BaseCallback, run_outer
 from .trainer import EvolutionTrainer
 
 # Keys that may change when a run is resumed; anything else would make it a different experiment.
@@ -112,48 +113,6 @@ def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, 
         raise CheckpointError(f"the checkpoint's config does not load with this evoplast "
                               f"({str(exc).splitlines()[0][:200]}): it cannot be resumed (start a new run)") from None
     return from_dict(merge_overrides(data, overrides))
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM at a moment where the run stops at once (set-up, final report, a second SIGINT)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM for the whole run. While ``immediate`` (set-up, the final report) a signal raises
-    :class:`Interrupted` at once; in the generation loop it lets the generation finish (checkpoint, stop),
-    and a second SIGINT interrupts at once."""
-
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self.immediate = True
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def reinstall(self) -> None:
-        """Take the signals back: ``ray.init`` puts its own SIGTERM handler (which aborts) in the driver."""
-        if self._old:
-            for sig in self._old:
-                signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        first = self.signal is None
-        self.signal = signum if first else self.signal
-        if self.immediate or (not first and signum == signal.SIGINT):
-            raise Interrupted(signum)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
 
 
 def _format_stats(s: dict[str, float], best_so_far: float, heldout: str) -> dict[str, str]:
@@ -304,41 +263,55 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         progress = Progress(total, "gen", stream=stream, every=print_every or total + 1, start=trainer.generation)
         best_so_far = max((h["best"] for h in trainer.history if h["best"] == h["best"]), default=float("-inf"))
         latest = f"{heldout[-1]['loss']:.3f}" if heldout else "-"
-        stop.immediate = False          # from here a signal lets the generation in flight finish
-        while trainer.generation < last and stop.signal is None:
-            try:
-                in_step = True
-                stats = trainer.step()
-                in_step = False
-            except Exception as exc:
-                from .ray_pool import ActorsLost
 
-                if not isinstance(exc, ActorsLost):
-                    raise
-                # a half-done generation is never checkpointed; the last whole one is resumable
-                where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
-                         f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
-                         else "no checkpoint was written yet; start the run again")
-                raise ActorsLost(f"{exc}; {where}") from None
-            g = trainer.generation
-            if stats["best"] == stats["best"]:
-                best_so_far = max(best_so_far, stats["best"])
-            tracker.log_metrics(metric_row(stats, best_so_far), step=g)
-            if g % cfg.tracking.gain_every == 0 or g == total:
-                h = evaluator.learning_measures(trainer.center())
-                heldout.append({"generation": g, **h})
-                tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
-                latest = f"{h['loss']:.3f}"
-            if print_every:
-                progress.update(g, _format_stats(stats, best_so_far, latest), last=last)
-            if heldout and heldout[-1]["generation"] == g and print_every:
-                h = heldout[-1]
-                metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
-                progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
-                              f"{h['loss_plasticity_off']:.3f} (learning gain {h['learning_gain']:+.3f}) | "
-                              f"episode-specific gain {h['episode_gain']:+.3f}")
-            if g % cfg.checkpoint.every == 0 and g < total:
-                checkpoint()
+        class Generations:
+            """The trainer's step for :func:`run_outer`: marks a generation in flight, says where to resume
+            when actors are lost."""
+
+            def step(self) -> dict[str, float]:
+                nonlocal in_step
+                try:
+                    in_step = True
+                    stats = trainer.step()
+                    in_step = False
+                except Exception as exc:
+                    from .ray_pool import ActorsLost
+
+                    if not isinstance(exc, ActorsLost):
+                        raise
+                    # a half-done generation is never checkpointed; the last whole one is resumable
+                    where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
+                             f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
+                             else "no checkpoint was written yet; start the run again")
+                    raise ActorsLost(f"{exc}; {where}") from None
+                return stats
+
+        class Report(BaseCallback):
+            """Metrics, held-out evaluations, progress lines and checkpoints of each generation."""
+
+            def on_step(self, g, stats, _):
+                nonlocal best_so_far, latest
+                if stats["best"] == stats["best"]:
+                    best_so_far = max(best_so_far, stats["best"])
+                tracker.log_metrics(metric_row(stats, best_so_far), step=g)
+                if g % cfg.tracking.gain_every == 0 or g == total:
+                    h = evaluator.learning_measures(trainer.center())
+                    heldout.append({"generation": g, **h})
+                    tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
+                    latest = f"{h['loss']:.3f}"
+                if print_every:
+                    progress.update(g, _format_stats(stats, best_so_far, latest), last=last)
+                if heldout and heldout[-1]["generation"] == g and print_every:
+                    h = heldout[-1]
+                    metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
+                    progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
+                                  f"{h['loss_plasticity_off']:.3f} (learning gain {h['learning_gain']:+.3f}) | "
+                                  f"episode-specific gain {h['episode_gain']:+.3f}")
+                if g % cfg.checkpoint.every == 0 and g < total:
+                    checkpoint()
+
+        # a signal lets the generation in flight finish (run_outer); the report below stops at once
+        run_outer(Generations(), steps=last, start=trainer.generation, callbacks=[Report()], stop=stop)
         progress.close()
         stop.immediate = True           # the report stops at once: the finished generations are saved first
         if trainer.generation < total or stop.signal is not None:   # interrupted (signal or stop_after)

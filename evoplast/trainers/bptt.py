@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config import Config
-from ..genome import build_genome_spec
+from ..genome import GenomeSpec, build_genome_spec
 from ..metatrain import MetaTrainer
 from ..tasks import make_task
 from .base import optimizer_state
@@ -28,32 +28,51 @@ def with_finetune(cfg: Config, **changes) -> Config:
 
 
 class BPTTTrainer:
-    """Gradient meta-training of one genome ``[D]`` (the config's genome spec: its evolved segments).
+    """Gradient meta-training of one genome ``[D]`` or ``k`` at once ``[k, D]`` (each its own Adam state
+    and episodes; the config's genome spec, i.e. its evolved segments, unless ``spec`` is given).
 
     Args:
         cfg: the run's config; ``finetune.lr``, ``episodes``, ``bptt_window``, ``checkpoint_activations``,
             ``grad_clip`` set the meta-steps (the keyword arguments override them).
-        genome: ``[D]`` starting genome (default: the spec's initial vector, i.e. from scratch).
+        genome: ``[D]`` or ``[k, D]`` starting genome(s) (default: the spec's initial vector, from scratch).
+        spec: the genome spec to train in (e.g. with more segments trained, :func:`evoplast.finetune.train_spec_of`).
+        device: where to meta-train.
+
+    Its metrics are the mean over the k genomes, plus ``meta/loss_g{i}`` per genome when given ``[k, D]``, and
+    ``skipped_steps`` (updates skipped for a non-finite gradient so far).
     """
 
     name = "bptt"
 
     def __init__(self, cfg: Config, genome: Optional[Tensor] = None, *, window: Optional[int] = None,
-                 checkpoint: Optional[bool] = None, lr: Optional[float] = None, episodes: Optional[int] = None):
+                 checkpoint: Optional[bool] = None, lr: Optional[float] = None, episodes: Optional[int] = None,
+                 spec: Optional[GenomeSpec] = None, device: str = "cpu"):
         self.cfg = with_finetune(cfg, bptt_window=window, checkpoint_activations=checkpoint, lr=lr, episodes=episodes)
-        task = make_task(cfg.task)
-        self.spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
+        if spec is None:
+            task = make_task(cfg.task)
+            spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
+        self.spec = spec
         genome = self.spec.initial_vector() if genome is None else genome
-        self.inner = MetaTrainer(self.cfg, self.spec, genome.reshape(1, -1))
+        self.inner = MetaTrainer(self.cfg, self.spec, genome.reshape(-1, self.spec.dim), device)
+        self.k = self.inner.genomes.shape[0]
+        self.per_genome = genome.dim() == 2          # [k, D] given: meta/loss_g{i} per genome, even for k = 1
 
     def step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         r = self.inner.step()
-        return {"meta_loss": float(r.loss[0]), "grad_norm": float(r.grad_norm[0]), "skipped": float(r.skipped),
-                "lifetimes": float(self.cfg.finetune.episodes), "seconds": time.perf_counter() - t0}
+        m = {"meta_loss": float(r.loss.mean()), "grad_norm": float(r.grad_norm.mean()), "skipped": float(r.skipped),
+             "skipped_steps": float(self.inner.skipped), "lifetimes": float(self.cfg.finetune.episodes * self.k),
+             "seconds": time.perf_counter() - t0}
+        if self.per_genome:
+            m |= {f"meta/loss_g{i}": float(v) for i, v in enumerate(r.loss.tolist())}
+        return m
+
+    def current(self) -> Tensor:
+        """``[k, D]`` the genomes now."""
+        return self.inner.current()
 
     def best(self) -> Tensor:
-        """``[D]`` the genome now."""
+        """``[D]`` the (first) genome now."""
         return self.inner.current()[0]
 
     def state_dict(self) -> dict[str, Any]:
