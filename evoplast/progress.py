@@ -108,6 +108,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("EVOTORCH_VERBOSE_LEVEL", "0")      # read when evotorch is first imported
     for name in ("ray", "evotorch", "mlflow", "alembic", "urllib3"):   # and where it was imported already
         logging.getLogger(name).setLevel(logging.WARNING)
+    # system metrics are best-effort: a sample lost to a busy sqlite store or a lost server is not worth a
+    # warning (a lost server is reported by the run itself, in one line)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
 
 
 class LineStream:
