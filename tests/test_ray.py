@@ -122,9 +122,9 @@ def test_impossible_resources_fail_fast_with_one_line(local_ray):
 def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
     cfg = small_config(TINY + ["ray.num_actors=3", "ray.num_cpus_per_actor=2"])  # 2 CPUs in the cluster
     t0 = time.perf_counter()
-    with pytest.raises(RayUnavailable, match=r"[23] of 3 Ray actors could not be placed within 8 s: no node has room "
+    with pytest.raises(RayUnavailable, match=r"[23] of 3 Ray actors could not be placed within 4 s: no node has room "
                                              r"for an actor of 2 CPU"):
-        RayPool(cfg, start_timeout=8)
+        RayPool(cfg, start_timeout=4)
     assert time.perf_counter() - t0 < 30
     # the actors that did start were given back: a feasible pool starts afterwards
     pool = RayPool(small_config(TINY + ["ray.num_actors=2"]), start_timeout=60)
