@@ -99,6 +99,17 @@ def candidates_from_checkpoint(path: str | Path, top_k: int,
     return Candidates(cfg, genomes, labels, ckpt.get("mlflow_run_id"))
 
 
+def genome_record(genome: torch.Tensor, spec, cfg: Config, generation: int, heldout_loss: Optional[float]) -> dict:
+    """What ``best_genome.pt`` holds (``torch.save`` it; :func:`load_genome_file` reads it back): the flat
+    genome ``[D]``, its segments by name (``spec.decode``), the config and where the run was."""
+    from .config import to_yaml
+
+    values = spec.decode(genome.to(torch.float32))
+    return {"format": "evoplast.genome", "version": 1, "genome": genome,
+            "segments": {k: v.contiguous() for k, v in values.items()}, "config_yaml": to_yaml(cfg),
+            "generation": generation, "heldout_loss": heldout_loss}
+
+
 def load_genome_file(path: str | Path, what: str) -> dict:
     """A ``best_genome.pt`` / ``finetuned_genome.pt`` file: ``segments`` by name, ``config_yaml``, ..."""
     data = _safe_load(path, what)

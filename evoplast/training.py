@@ -19,13 +19,14 @@ from .config import Config, flatten, to_yaml
 from .evaluation import Evaluator
 from .describe import applicable_params, run_tags
 from .progress import LineStream, quiet_libraries
+from .runs import genome_record
 from .signals import Interrupted, StopFlag
 from .tracking import Tracker, environment_params, resolve_tracking_uri
-from .trainers import make_trainer
+from .trainers import TRAINERS, make_trainer
 from .trainers.callbacks import CheckpointCallback, HeldOutCallback, ProgressCallback, TrackingCallback
 from .trainers.loop import run_outer
 
-OUTERS = ("es", "bptt", "pes", "hybrid")
+OUTERS = tuple(TRAINERS)          # es, bptt, pes, hybrid (scripts/train.py lists them too, before any import)
 CHECKPOINT_FORMAT = "evoplast.outer_run"   # the checkpoint's "kind": not an evolve.py checkpoint
 
 
@@ -125,12 +126,9 @@ def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume
 def _log_genome(tracker: Tracker, cfg: Config, ev: Evaluator, genome: torch.Tensor, heldout: Optional[float],
                 step: int) -> None:
     """``best_genome.pt`` (as evolve.py writes it, so export.py / evaluate.py read it) and the held-out loss."""
-    values = ev.spec.decode(genome.float())
     with tempfile.TemporaryDirectory(prefix="evoplast-train-") as tmp:
         f = Path(tmp) / "best_genome.pt"
-        torch.save({"format": "evoplast.genome", "version": 1, "genome": genome,
-                    "segments": {k: v.contiguous() for k, v in values.items()}, "config_yaml": to_yaml(cfg),
-                    "generation": step, "heldout_loss": heldout}, f)
+        torch.save(genome_record(genome, ev.spec, cfg, step, heldout), f)
         tracker.log_artifact(f)
 
 

@@ -15,7 +15,7 @@ from evoplast.trainers import METRICS
 from evoplast.trainers.callbacks import CheckpointCallback, metric_name
 from evoplast.trainers.loop import BaseCallback, run_outer
 from .conftest import small_config
-from .scripts import error_line, run
+from .scripts import error_line, load, run
 
 TINY = ["task.num_tasks=3", "task.batches_per_task=4", "task.batch_size=4", "task.query_size=8",
         "network.hidden=[8,8]", "evaluation.episodes=3", "evaluation.heldout_episodes=4", "search.popsize=8",
@@ -205,6 +205,13 @@ def test_train_script_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert run("train", argv) == 2
     line = error_line(capsys.readouterr().err)
     assert message in line, line
+
+
+def test_train_script_offers_every_trainer():
+    from evoplast.trainers import TRAINERS
+    from evoplast.training import OUTERS
+
+    assert load("train").OUTERS == OUTERS == tuple(TRAINERS) == ("es", "bptt", "pes", "hybrid")
 
 
 def test_train_script_missing_checkpoint_is_one_line_and_exit_1(tmp_path, capsys):

@@ -27,6 +27,7 @@ from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_
 from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
+from ..runs import genome_record
 from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 from .placement import Placement, choose, generation_gflop, size
 from ..trainers.loop import BaseCallback, run_outer
@@ -418,11 +419,8 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
     with tempfile.TemporaryDirectory(prefix="evoplast-artifacts-") as tmp:
         d = Path(tmp)
         genomes, fitness = trainer.population()
-        values = evaluator.spec.decode(center.to(torch.float32))
-        torch.save({"format": "evoplast.genome", "version": 1, "genome": center,
-                    "segments": {k: v.contiguous() for k, v in values.items()},
-                    "config_yaml": to_yaml(cfg), "generation": trainer.generation,
-                    "heldout_loss": report["loss"]}, d / "best_genome.pt")
+        torch.save(genome_record(center, evaluator.spec, cfg, trainer.generation, report["loss"]),
+                   d / "best_genome.pt")
         torch.save({"format": "evoplast.population", "version": 1, "genomes": genomes, "fitness": fitness,
                     "center": center, "config_yaml": to_yaml(cfg)}, d / "population.pt")
         for name in ("best_genome.pt", "population.pt"):
@@ -440,7 +438,8 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
         tracker.log_metrics({f"baseline/{key}": value}, step=0)
         tracker.log_metrics({f"baseline/{key}": value}, step=trainer.generation)
     tracker.flush()
-    describe_run(tracker, cfg, evaluator, trainer.generation, report, trainer.history, values)
+    describe_run(tracker, cfg, evaluator, trainer.generation, report, trainer.history,
+                 evaluator.spec.decode(center.to(torch.float32)))
 
 
 def describe_run(tracker: Tracker, cfg: Config, evaluator: Evaluator, generations: int, report: dict[str, Any],
