@@ -26,6 +26,7 @@ from evoplast.config import RayConfig, load_config
 from evoplast.evolution.ray_pool import RayUnavailable, init_ray
 from evoplast.evolution.run import run_evolution
 
+from . import scripts
 from .conftest import REPO, small_config
 from .test_evolution import TINY, quiet
 
@@ -167,12 +168,7 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2():
 
 
 def _gpu_check():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", f"{REPO}/scripts/gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    return gpu_check
+    return scripts.load("gpu_check")
 
 
 def test_gpu_check_reports_a_device_that_disagrees_and_exits_1(monkeypatch, capsys):

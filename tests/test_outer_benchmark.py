@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 
 from evoplast.cli import UsageError
 from evoplast.trainers.compare import methods, step_peak_mb
 
-from .conftest import REPO
+from . import scripts
 
 TINY = ["task.num_tasks=2", "task.batches_per_task=2", "task.query_size=8", "network.hidden=[8,8]",
         "evaluation.heldout_episodes=4", "evaluation.episodes=2"]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", os.path.join(REPO, "scripts", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("benchmark")
 
 
 def test_outer_benchmark_prints_every_method_and_writes_table_json_and_plot(tmp_path, capsys):
@@ -63,16 +58,12 @@ def test_step_peak_memory_sees_what_a_step_holds():
     assert step_peak_mb(lambda: None) < 8
 
 
-def test_evolve_fine_tunes_the_center_at_the_end_by_default_and_says_which_method_made_the_rule(store, monkeypatch, capsys):
+def test_evolve_fine_tunes_the_center_at_the_end_by_default_and_says_which_method_made_the_rule(store, capsys):
     """configs/default.yaml: finetune.after_evolution (the hybrid won the benchmark), a nested MLflow run."""
     from mlflow import MlflowClient
 
-    spec = importlib.util.spec_from_file_location("evolve_script", os.path.join(REPO, "scripts", "evolve.py"))
-    evolve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evolve)
-    monkeypatch.setattr("sys.argv", ["evolve.py", *TINY, "ray.num_actors=0", "search.generations=5",
-                                     "finetune.after_evolution_steps=3", "tracking.gain_every=5"])
-    assert evolve.main() == 0
+    assert scripts.run("evolve", [*TINY, "ray.num_actors=0", "search.generations=5",
+                                  "finetune.after_evolution_steps=3", "tracking.gain_every=5"]) == 0
     out = capsys.readouterr().out
     run_id = out.split("MLflow run ")[1].split(":")[0]
     assert "Fine-tuned by BPTT (3 meta-steps" in out and "The rule to use: " in out

@@ -2,7 +2,6 @@
 functions; then the entry point itself (``scripts/evolve.py``'s ``main``, in-process) with no cluster,
 and on a real multi-node Ray on this machine whose nodes advertise GPUs (there is no CUDA here)."""
 
-import importlib.util
 import json
 import socket
 import time
@@ -18,6 +17,7 @@ from evoplast.evolution import ray_pool
 from evoplast.evolution.ray_pool import START_DELAY_ENV, RayPool, RayUnavailable
 from evoplast.evolution.sampling import PopulationRecipe, checksum, recipe_of
 
+from . import scripts
 from .conftest import REPO, small_config
 from .test_evolution import TINY
 
@@ -148,10 +148,7 @@ def test_searchers_without_an_o_d_recipe_send_genomes():
 
 
 def _evolve_main():
-    spec = importlib.util.spec_from_file_location("evolve_script", f"{REPO}/scripts/evolve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return scripts.load("evolve").main
 
 
 SHORT = ["--print-every", "1"] + TINY + ["search.generations=3", "tracking.gain_every=3"]

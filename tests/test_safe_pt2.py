@@ -19,6 +19,7 @@ import torch
 from evoplast.export import RuleExportError, export_rule, load_rule
 from evoplast.safe_pt2 import UnsafePt2, check_pt2
 
+from . import scripts
 from .conftest import REPO
 from .test_export import _genome
 
@@ -275,16 +276,12 @@ def test_conv_classification_terms_file_passes(tmp_path):
 def test_mlflow_model_is_the_checked_file(tmp_path, store, good):
     """mlflow.pytorch's pt2 format pickles the sample inputs (3,745 bytes here); the model scripts/export.py
     logs holds evoplast's own file instead, byte for byte, and MLflow loads it to the same step."""
-    import importlib.util
-
     import mlflow
     import mlflow.pytorch
 
     from evoplast.export import RuleStep
 
-    spec = importlib.util.spec_from_file_location("export_script", os.path.join(REPO, "scripts", "export.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = scripts.load("export")
     cfg, ev, g = _genome()
     reference = RuleStep(ev.spec.model, ev.spec.decode(g)).eval()
     step, manifest = load_rule(good)

@@ -36,6 +36,8 @@ def methods() -> dict[str, Method]:
         "PES": ("pes", [], lambda T, b: {"pairs": 64, "sigma": 0.1, "window": min(T, 100), "lr": 0.02}),
         "hybrid (ES 1/2, then BPTT)": ("hybrid", ["search.popsize=32"],
                                        lambda T, b: {"es_seconds": b / 2, "lr": 0.01}),
+        "hybrid (ES 1/8, then BPTT)": ("hybrid", ["search.popsize=32"],      # the split the default uses
+                                       lambda T, b: {"es_seconds": b / 8, "lr": 0.01}),
     }
 
 
