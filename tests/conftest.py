@@ -1,6 +1,7 @@
 import os
 import shutil
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -9,8 +10,20 @@ import torch
 
 from evoplast.config import load_config
 
-# Keep the suite's own numbers independent of how many cores the machine has.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Keep the suite's own numbers independent of how many cores the machine has; under pytest-xdist (the README's
+# `-n 2`) each worker process takes one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+
+
+def pytest_sessionstart(session):
+    """Start the fused CPU kernel's build now, in a thread (~20 s of the compiler on a fresh machine; a no-op
+    when torch's extension cache has it): the tests that use it wait for it, the others run meanwhile. Under
+    pytest-xdist only the workers, which run the tests, build."""
+    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return
+    from evoplast import fused
+
+    threading.Thread(target=fused.available, name="fused-kernel-build", daemon=True).start()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -293,7 +293,7 @@ def test_worker_node_lost_mid_generation(two_nodes, store):
                        "evaluation.episodes=8", "search.generations=4", "tracking.gain_every=100",
                        "ray.num_actors=2", base=[])
     # uninterrupted, on both workers; stop_after skips the final held-out report (not compared here)
-    whole = run_evolution(heavy, out=quiet, stop_after=3)
+    whole = run_evolution(heavy, out=quiet, stop_after=2)
     seconds = min(h["seconds"] for h in whole.history)
     assert seconds > 1.0, f"a generation takes {seconds:.2f} s: too short to lose a node in the middle of it"
 
@@ -317,15 +317,11 @@ def test_worker_node_lost_mid_generation(two_nodes, store):
         os.kill(state["pid"], signal.SIGKILL)     # the actor's process (started by this test's Ray)
         cluster.remove_node(state["victim"], allow_graceful=False)
 
-    try:
-        hit = run_evolution(heavy, out=watch, stop_after=3)
-        state["killer"].join()
-    finally:  # give the module's cluster its second worker back
-        if "victim" in state and state["victim"] not in cluster.worker_nodes:
-            two_nodes.workers.remove(state["victim"])
-            two_nodes.workers.append(cluster.add_node(num_cpus=2))
+    # the module's last test: its cluster is not given the lost worker back (a test after this one would be)
+    hit = run_evolution(heavy, out=watch, stop_after=2)
+    state["killer"].join()
     survivor = state["survivor"]
-    assert hit.run_id == state["run_id"] and hit.generations == 3
+    assert hit.run_id == state["run_id"] and hit.generations == 2
     for key in FITNESS:
         assert [h[key] for h in hit.history] == [h[key] for h in whole.history], key
     assert torch.equal(hit.center, whole.center)

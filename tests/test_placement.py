@@ -230,7 +230,7 @@ def test_evolve_joins_the_cluster_one_actor_per_gpu_with_cpu_fallback(gpu_nodes,
 @pytest.mark.slow
 def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, store, monkeypatch):
     cluster, _ = gpu_nodes
-    monkeypatch.setenv(START_DELAY_ENV, "4")
+    monkeypatch.setenv(START_DELAY_ENV, "3")
     lines = []
     c = cfg(f"ray.address='{cluster.address}'", "ray.num_actors=2")
     from evoplast.evolution.ray_pool import init_ray
@@ -238,17 +238,17 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
     init_ray(c.ray)
     t0 = time.perf_counter()
     # placement may take 2 s at most, but placed actors that start slowly are waited for
-    pool = RayPool(c, start_timeout=2, progress=lines.append, progress_every=1.5)
+    pool = RayPool(c, start_timeout=2, progress=lines.append, progress_every=1)
     try:
-        assert time.perf_counter() - t0 >= 4
+        assert time.perf_counter() - t0 >= 3
         assert lines and all("placed and still starting" in line for line in lines), lines
         assert "waiting for a node" not in " ".join(lines)
     finally:
         pool.shutdown()
     # and the whole command: the run waits and finishes (a delay past the pool's time between progress lines,
     # so that a line is due however fast the machine imports)
-    monkeypatch.setattr(ray_pool, "WAIT_LINE_SECONDS", 2.0)
-    monkeypatch.setenv(START_DELAY_ENV, "5")
+    monkeypatch.setattr(ray_pool, "WAIT_LINE_SECONDS", 1.0)
+    monkeypatch.setenv(START_DELAY_ENV, "2.5")
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     out = []
     from evoplast.evolution.run import run_evolution
