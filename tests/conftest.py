@@ -13,6 +13,11 @@ from evoplast.config import load_config
 # Keep the suite's own numbers independent of how many cores the machine has; under pytest-xdist (the README's
 # `-n 2`) each worker process takes one core.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Ray's temp dir per worker: a test's cluster writes <dir>/ray/ray_current_cluster, which ray.num_actors=auto
+    # reads as "a cluster started on this node"; another worker's cluster must not look like one
+    os.environ["RAY_TMPDIR"] = os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", f"ray-{os.environ['PYTEST_XDIST_WORKER']}")
+    os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 
 def pytest_sessionstart(session):

@@ -14,13 +14,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from evoplast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from evoplast.evolution import run as run_module
 from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
 from evoplast.tracking import TrackingUnavailable
 
+from . import scripts
 from .conftest import REPO
 from .test_bad_inputs import run_evolve
 from .test_evolution import TINY, quiet, tiny
-from .test_scripts import _env, _evolve, _free_port
+from .test_scripts import _env, _free_port
 
 SMALL = ("search.generations=6", "network.hidden=[4,4]", "search.popsize=8", "tracking.gain_every=3",
          "checkpoint.every=3")
@@ -85,13 +87,20 @@ def test_corrupt_local_checkpoint_falls_back_to_the_mlflow_copy(store):
 # a real MLflow server on 127.0.0.1, stopped by PID in the middle of a run
 
 
-def _start_server(tmp_path, port):
+def _start_server(tmp_path, port, *, wait=True):
+    """A real ``mlflow server`` on 127.0.0.1:``port`` over ``tmp_path/server.db``, in its own process group;
+    returned once it answers /health (after ~6-8 s of imports on 2 cores), or at once with ``wait=False``
+    (then :func:`_wait_for_server`)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", str(tmp_path / "art"),
          "--workers", "1"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})   # no job-runner processes to start
+    return _wait_for_server(server, port) if wait else server
+
+
+def _wait_for_server(server, port):
     deadline = time.time() + 90
     while True:
         try:
@@ -109,7 +118,10 @@ def _stop_server(server):
 
 
 @pytest.mark.slow
-def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes(tmp_path, monkeypatch):
+def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes(tmp_path, monkeypatch, capsys):
+    """A run against a real MLflow server on 127.0.0.1 (with a password in its URI) loses the server in
+    generation 40: it ends within a minute with a local checkpoint; once the server is back,
+    ``evolve.py --resume`` finishes the same run on it, exactly as if never interrupted."""
     monkeypatch.chdir(tmp_path)
     for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")):
         monkeypatch.setenv(key, value)                    # what evoplast sets; restored after the test
@@ -118,10 +130,15 @@ def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(key, raising=False)
-    server = _start_server(tmp_path, port)
+    server = _start_server(tmp_path, port, wait=False)    # it starts while the reference run runs
     cfg = tiny("search.generations=100", "checkpoint.every=1000", "tracking.gain_every=1000")
-    whole = run_evolution(cfg.replace(**{"tracking.experiment": "uninterrupted",                  # no server needed
-                                         "tracking.tracking_uri": f"sqlite:///{tmp_path}/whole.db"}), out=quiet)
+    try:
+        whole = run_evolution(cfg.replace(**{"tracking.experiment": "uninterrupted",              # no server needed
+                                             "tracking.tracking_uri": f"sqlite:///{tmp_path}/whole.db"}), out=quiet)
+        _wait_for_server(server, port)
+    except BaseException:
+        _stop_server(server)
+        raise
     lines, lost_at = [], []
 
     def out(line):
@@ -147,11 +164,19 @@ def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes
         assert "s3cr3t-pw" not in open(path, "rb").read().decode("latin-1")
         run_id = saved["mlflow_run_id"]
         server = _start_server(tmp_path, port)            # the server is back, on the same store
-        checkpoint, _ = resolve_resume(path)
-        resumed = run_evolution(resume_config(checkpoint, []), resume=checkpoint, out=quiet)
+        # the resume as the user runs it: scripts/evolve.py's main, in this process (its result kept)
+        results, real = [], run_module.run_evolution
+        monkeypatch.setattr(run_module, "run_evolution", lambda *a, **kw: results.append(real(*a, **kw)) or results[-1])
+        capsys.readouterr()
+        assert scripts.run("evolve", ["--resume", path]) == 0
+        out = capsys.readouterr().out
+        (resumed,) = results
         assert resumed.run_id == run_id and resumed.status == "FINISHED"
         assert torch.equal(resumed.center, whole.center)  # the same as never interrupted
+        assert f"open http://127.0.0.1:{port}/#/experiments/" in out and "s3cr3t-pw" not in out
+        assert not (tmp_path / "mlflow.db").exists()      # the server was used, never a default file store
         client = MlflowClient(f"http://127.0.0.1:{port}")
+        assert "best_genome.pt" in {a.path for a in client.list_artifacts(run_id)}
         steps = sorted(m.step for m in client.get_metric_history(run_id, "fitness/best"))
         assert steps == list(range(1, 101))               # every generation once, across the loss
         run = client.get_run(run_id)

@@ -18,7 +18,6 @@ def rebuilt_step(manifest: dict, tensors: dict, state, x, y):
     """
     n, m = x.shape[0], x.shape[1]
     layers = manifest["layers"]
-    L = len(layers)
     weights = []
     for row in manifest["state_layout"]:
         size = row["shape"][0] * row["shape"][1]

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from evoplast.config import load_config
 from evoplast.evolution import placement as pl
 from evoplast.evolution import ray_pool
-from evoplast.evolution.ray_pool import START_DELAY_ENV, RayPool, RayUnavailable
+from evoplast.evolution.ray_pool import START_DELAY_ENV, RayPool
 from evoplast.evolution.sampling import PopulationRecipe, checksum, recipe_of
 
 from . import scripts

@@ -19,8 +19,9 @@ from .conftest import small_config
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A throwaway local Ray (2 CPUs, no dashboard), stopped through the API at the end."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    """A throwaway local Ray (2 CPUs, no dashboard), stopped through the API at the end. ``address="local"``:
+    a new one even while another test process's cluster runs on this machine (pytest -n 2)."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -33,7 +34,7 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
     # 'auto': no cluster to join -> in-process; "auto, ray.address=''": a private local Ray, here the
     # module's (2 CPUs) -> one actor of 2 CPUs
     for actors, extra in ((0, []), (1, []), (2, []), ("auto", []), ("auto-local", ["ray.address=''"])):
-        cfg = small_config(TINY + ["search.generations=12", f"ray.num_actors={str(actors)[:4]}"] + extra)
+        cfg = small_config(TINY + ["search.generations=6", f"ray.num_actors={str(actors)[:4]}"] + extra)
         lines[actors] = []
         runs[actors] = run_evolution(cfg, out=lines[actors].append)
         lines[actors] = [line for line in lines[actors] if line.startswith("evoplast: run ")]   # the first line
@@ -55,15 +56,14 @@ def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(loc
     events = []
     pool = RayPool(cfg, on_event=lambda kind, details: events.append(kind))
     try:
-        ev = Evaluator(cfg)
-        genomes = ev.spec.initial_vector() + 0.01 * torch.randn(16, ev.spec.dim, generator=torch.Generator().manual_seed(0))
-        expected, _ = ev.fitness(genomes, 3)
-        # the kill is timed from the pool's own evaluation (in-process time says little about the actors':
-        # on a busy 2-core machine a 2-thread process can be 50x slower than two 1-thread actors)
+        spec = Evaluator(cfg).spec
+        genomes = spec.initial_vector() + 0.01 * torch.randn(16, spec.dim, generator=torch.Generator().manual_seed(0))
+        # the reference: the same generation without a loss (that it equals the in-process fitness is
+        # test_same_fitness_history_with_0_1_2_actors's); the kill is timed from it (in-process time says little
+        # about the actors': on a busy 2-core machine a 2-thread process can be 50x slower than two 1-thread actors)
         t0 = time.perf_counter()
-        first, _ = pool.evaluate(genomes, 3)
+        expected, _ = pool.evaluate(genomes, 3)
         seconds = time.perf_counter() - t0
-        assert torch.equal(first, expected)
         assert seconds > 0.5, "the workload is too light to kill an actor in the middle of it"
         victim = pool.actors[0]
         killer = threading.Timer(seconds / 4, lambda: ray.kill(victim, no_restart=True))
@@ -122,9 +122,9 @@ def test_impossible_resources_fail_fast_with_one_line(local_ray):
 def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
     cfg = small_config(TINY + ["ray.num_actors=3", "ray.num_cpus_per_actor=2"])  # 2 CPUs in the cluster
     t0 = time.perf_counter()
-    with pytest.raises(RayUnavailable, match=r"[23] of 3 Ray actors could not be placed within 4 s: no node has room "
+    with pytest.raises(RayUnavailable, match=r"[23] of 3 Ray actors could not be placed within 2 s: no node has room "
                                              r"for an actor of 2 CPU"):
-        RayPool(cfg, start_timeout=4)
+        RayPool(cfg, start_timeout=2)
     assert time.perf_counter() - t0 < 30
     # the actors that did start were given back: a feasible pool starts afterwards
     pool = RayPool(small_config(TINY + ["ray.num_actors=2"]), start_timeout=60)

@@ -5,7 +5,6 @@ continual sinusoid task. "Improves" is measured on held-out episodes, against th
 """
 
 import pytest
-import torch
 
 
 from evoplast.evaluation import Evaluator

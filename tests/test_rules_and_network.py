@@ -91,7 +91,6 @@ def test_oja_single_neuron_finds_principal_direction():
     d = 5
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
     scales = torch.tensor([3.0, 1.0, 0.7, 0.5, 0.3])
-    cov = q @ torch.diag(scales**2) @ q.T
     principal = q[:, 0]
     w = torch.randn(1, 1, d, generator=g) * 0.1
     eta = torch.full((1, 1, 1), 0.002)

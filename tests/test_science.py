@@ -9,7 +9,7 @@ import torch
 from evoplast import fused
 from evoplast.baselines import InputOnlyRidge, prototype_accuracy
 from evoplast.evaluation import Evaluator
-from evoplast.learners import GradientLearner, NetState, PlasticLearner
+from evoplast.learners import GradientLearner, PlasticLearner
 from evoplast.network import ModelSpec, forward
 from evoplast.seeding import Purpose
 

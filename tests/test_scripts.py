@@ -1,5 +1,6 @@
-"""scripts/evolve.py as a user runs it: end to end in a real process, Ctrl-C and resume, an MLflow server,
-unreachable services, bad checkpoints; scripts/benchmark.py's evolve table.
+"""scripts/evolve.py as a user runs it: end to end in a real process, Ctrl-C and resume, unreachable services,
+bad checkpoints; scripts/benchmark.py's evolve table. (A run against a real MLflow server, which it loses and
+resumes on: tests/test_faults.py.)
 
 One true end-to-end run is a subprocess (``slow``); the rest run the script's ``main(argv)`` in this
 process (:mod:`tests.scripts`), which is what the script's ``__main__`` does after ~20 s of imports."""
@@ -11,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -90,43 +90,6 @@ def test_sigint_checkpoints_and_resume_finishes_the_same_run(store, monkeypatch,
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "fitness/best"))
     assert steps == list(range(1, 61))              # every generation once, across the interruption
-
-
-@pytest.mark.slow
-def test_against_an_mlflow_server_on_localhost(tmp_path, monkeypatch, capsys):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", str(tmp_path / "art"),
-         "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})   # no job-runner processes to start
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "MLflow server did not start"
-                time.sleep(0.5)
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        code = scripts.run("evolve", TINY + ["search.generations=6", "tracking.experiment=server-test"])
-        out, err = capsys.readouterr()
-        assert code == 0, err[-2000:]
-        run_id = out.split("MLflow run ")[1].split(":")[0]
-        client = MlflowClient(uri)
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run_id, "fitness/best")) == 6
-        assert "best_genome.pt" in {a.path for a in client.list_artifacts(run_id)}
-        assert f"open {uri}/#/experiments/" in out
-        assert not (tmp_path / "mlflow.db").exists()  # the server was used, not the default file
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)        # the server and its workers, by process group id
-        server.wait(timeout=30)
 
 
 @pytest.mark.parametrize("args, env, fragment", [
