@@ -59,8 +59,10 @@ _status: bool | None = None  # None: not tried yet
 
 
 def _extension_name() -> str:
-    """A name per CPU: ``-march=native`` code must not be reused on another machine sharing the cache."""
-    cpu = platform.machine() + platform.processor()
+    """A name per CPU and per checkout: ``-march=native`` code must not be reused on another machine sharing
+    the cache, and two checkouts on one machine (their build files name their own source) would otherwise
+    rebuild it in turn, each time the other one ran."""
+    cpu = platform.machine() + platform.processor() + str(_SOURCE)
     try:
         with open("/proc/cpuinfo") as f:
             cpu += "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
@@ -87,6 +89,16 @@ def _is_built(name: str) -> bool:
         return True
 
 
+def _build_lock(name: str) -> Path | None:
+    """The lock file torch's extension cache holds while ``name`` builds (None if torch's helper moved)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return Path(_get_build_directory(name, verbose=False)) / "lock"
+    except Exception:  # noqa: BLE001 - a private helper of torch
+        return None
+
+
 STALE_LOCK_SECONDS = 600   # a build takes ~20-60 s; a lock this old was left by a compile that was killed
 
 
@@ -97,9 +109,7 @@ def clear_stale_lock(name: str, *, max_age: float = STALE_LOCK_SECONDS) -> bool:
     without a timeout; a compile killed mid-way (Ctrl-C, a killed test, a lost node) leaves it behind and
     every later process would wait forever. Returns whether a lock was removed (and says so on stderr)."""
     try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        lock = _build_lock(name)
         age = time.time() - lock.stat().st_mtime
     except Exception:  # noqa: BLE001 - no lock (the usual case), or torch's private helper changed
         return False
@@ -125,7 +135,11 @@ def available() -> bool:
                     from torch.utils.cpp_extension import load
 
                     clear_stale_lock(_extension_name())
-                    if not _is_built(_extension_name()):
+                    lock = _build_lock(_extension_name())
+                    if lock is not None and lock.exists():
+                        print(f"evoplast: waiting for the fused CPU kernel's build that another process started "
+                              f"(if none runs, delete {lock})", file=sys.stderr, flush=True)
+                    elif not _is_built(_extension_name()):
                         print("evoplast: compiling the fused CPU kernel (once per machine, ~20 s)", file=sys.stderr,
                               flush=True)
                     _module = load(_extension_name(), sources=[str(_SOURCE)],

@@ -19,17 +19,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["RAY_TMPDIR"] = os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", f"ray-{os.environ['PYTEST_XDIST_WORKER']}")
     os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
-
-def pytest_sessionstart(session):
-    """Start the fused CPU kernel's build now, in a thread (~20 s of the compiler on a fresh machine; a no-op
-    when torch's extension cache has it): the tests that use it wait for it, the others run meanwhile. Under
-    pytest-xdist only the workers, which run the tests, build."""
-    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
-        return
-    from evoplast import fused
-
-    threading.Thread(target=fused.available, name="fused-kernel-build", daemon=True).start()
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -58,6 +47,30 @@ def tiny_cfg():
         "network.hidden=[8,8]", "evaluation.episodes=3", "evaluation.heldout_episodes=4",
         "search.popsize=8", "search.generations=3",
     ])
+
+
+_BUILD: list[threading.Thread] = []
+
+
+def pytest_collection_finish(session):
+    """Start the fused CPU kernel's build now, in a thread (~20 s of the compiler on a fresh machine; a no-op
+    when torch's extension cache has it): the tests that use it wait for it, the others run meanwhile. Not
+    for ``--collect-only``, nor in pytest-xdist's controller (its workers run the tests)."""
+    if session.config.option.collectonly or not session.items:
+        return
+    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return
+    from evoplast import fused
+
+    _BUILD.append(threading.Thread(target=fused.available, name="fused-kernel-build", daemon=True))
+    _BUILD[0].start()
+
+
+def pytest_sessionfinish(session):
+    """Never leave while the build runs: a process that exits mid-build leaves torch's build lock behind, and
+    every later process would wait on it (for 10 minutes, see :func:`evoplast.fused.clear_stale_lock`)."""
+    for thread in _BUILD:
+        thread.join()
 
 
 _TEMPLATE: list[Path] = []      # an empty MLflow sqlite store, its tables made once per session

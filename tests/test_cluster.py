@@ -256,6 +256,7 @@ def actor_nodes(store_uri: str, run_id: str, actors: int) -> list[str]:
 FITNESS = ("best", "mean", "median", "worst")
 
 
+@pytest.mark.slow
 def test_actors_spread_over_both_workers_and_fitness_equals_one_process(two_nodes, store):
     alone = run_evolution(small_config(TINY + ["search.generations=6", "ray.num_actors=0"]), out=quiet)
     spread = run_evolution(on_cluster(two_nodes, "search.generations=6", "ray.num_actors=2"), out=quiet)
@@ -268,6 +269,7 @@ def test_actors_spread_over_both_workers_and_fitness_equals_one_process(two_node
     assert spread.report["loss"] == alone.report["loss"]
 
 
+@pytest.mark.slow
 def test_resources_that_no_single_node_has_fail_fast_in_one_line(two_nodes, store):
     """4 CPUs in the cluster but 2 per node: an actor of 3 CPUs would wait forever; so would a GPU one."""
     for override, fragment in (("ray.num_cpus_per_actor=3", "ray.num_cpus_per_actor=3"),
@@ -283,6 +285,7 @@ def test_resources_that_no_single_node_has_fail_fast_in_one_line(two_nodes, stor
     assert not experiments or not client.search_runs(experiments)      # no run left behind
 
 
+@pytest.mark.slow
 def test_worker_node_lost_mid_generation(two_nodes, store):
     """A worker node dies without warning while its actor computes, as when a machine is lost: the
     actor's process and the node's raylet are killed at once. The generation completes on the surviving

@@ -55,6 +55,7 @@ def _genome(*extra):
     return cfg, ev, g
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["oja", "abcd"])
 def test_exported_file_replays_the_lifetime_without_evoplast(tmp_path, rule):
     cfg, ev, g = _genome(f"rule.name={rule}", "rule.granularity=neuron")

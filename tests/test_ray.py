@@ -16,6 +16,8 @@ from evoplast.evolution.run import run_evolution
 from .test_evolution import TINY
 from .conftest import small_config
 
+pytestmark = pytest.mark.slow          # every test here uses the module's local Ray
+
 
 @pytest.fixture(scope="module")
 def local_ray():

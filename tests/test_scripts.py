@@ -124,6 +124,7 @@ TARGET = re.compile(r"^  (2 actors vs 1 actor|Ray overhead per generation)[^\d-]
                     r"(pass|short)$")
 
 
+@pytest.mark.slow
 def test_evolve_benchmark_prints_every_row_and_verdicts_that_follow_the_numbers(tmp_path, monkeypatch, capsys):
     """scripts/benchmark.py evolve, one generation per setting, in this process (a throwaway local Ray,
     shut down by the script): a row per actor count whose numbers agree with each other, and each target's
