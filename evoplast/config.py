@@ -196,7 +196,7 @@ class EvaluationConfig(_Section):
     fused_kernel: Bool = Field(True, description="on a CPU, run each lifetime step as one call of the fused C++ "
                                                  "kernel (evoplast.fused) where it covers the model (hebb / oja, eta "
                                                  "per layer or neuron, no conv stack): 2.5-5x faster at small layers; "
-                                                 "compiled once per machine (~20 s); false = PyTorch ops")
+                                                 "compiled once per machine and checkout (~20 s); false = PyTorch ops")
     reuse_memory: Bool = Field(True, description="keep memory freed between lifetime steps mapped for reuse (glibc "
                                                  "malloc setting, see evoplast.runtime): fewer page faults, 10-15% "
                                                  "faster; resident memory stays near its peak")
