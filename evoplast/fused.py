@@ -140,8 +140,8 @@ def available() -> bool:
                         print(f"evoplast: waiting for the fused CPU kernel's build that another process started "
                               f"(if none runs, delete {lock})", file=sys.stderr, flush=True)
                     elif not _is_built(_extension_name()):
-                        print("evoplast: compiling the fused CPU kernel (once per machine and checkout, ~20 s)", file=sys.stderr,
-                              flush=True)
+                        print("evoplast: compiling the fused CPU kernel (once per machine and checkout, ~20 s)",
+                              file=sys.stderr, flush=True)
                     _module = load(_extension_name(), sources=[str(_SOURCE)],
                                    extra_cflags=["-O3", "-march=native", "-fopenmp", "-Wall", "-Wextra"],
                                    extra_ldflags=["-fopenmp"], verbose=False)

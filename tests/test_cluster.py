@@ -320,7 +320,7 @@ def test_worker_node_lost_mid_generation(two_nodes, store):
         os.kill(state["pid"], signal.SIGKILL)     # the actor's process (started by this test's Ray)
         cluster.remove_node(state["victim"], allow_graceful=False)
 
-    # the module's last test: its cluster is not given the lost worker back (a test after this one would be)
+    # the module's last test: the lost worker is not added back (a test after this one would find one worker)
     hit = run_evolution(heavy, out=watch, stop_after=2)
     state["killer"].join()
     survivor = state["survivor"]

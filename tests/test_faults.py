@@ -169,11 +169,11 @@ def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes
         monkeypatch.setattr(run_module, "run_evolution", lambda *a, **kw: results.append(real(*a, **kw)) or results[-1])
         capsys.readouterr()
         assert scripts.run("evolve", ["--resume", path]) == 0
-        out = capsys.readouterr().out
+        printed = capsys.readouterr().out
         (resumed,) = results
         assert resumed.run_id == run_id and resumed.status == "FINISHED"
         assert torch.equal(resumed.center, whole.center)  # the same as never interrupted
-        assert f"open http://127.0.0.1:{port}/#/experiments/" in out and "s3cr3t-pw" not in out
+        assert f"open http://127.0.0.1:{port}/#/experiments/" in printed and "s3cr3t-pw" not in printed
         assert not (tmp_path / "mlflow.db").exists()      # the server was used, never a default file store
         client = MlflowClient(f"http://127.0.0.1:{port}")
         assert "best_genome.pt" in {a.path for a in client.list_artifacts(run_id)}
