@@ -35,7 +35,6 @@ Speed (2-core Ice Lake VM, same-process medians, oja on every layer): sizes 11-4
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sys
 import threading
@@ -79,24 +78,29 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-160:]}"
 
 
-def _is_built(name: str) -> bool:
-    """Whether torch's extension cache already holds a build of ``name`` (then loading takes ~0.2 s)."""
+def _build_dir(name: str) -> Path | None:
+    """Torch's extension cache directory for ``name`` (None if torch's private helper moved)."""
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return any(f.endswith(".so") for f in os.listdir(_get_build_directory(name, verbose=False)))
-    except Exception:  # noqa: BLE001 - a private helper of torch; on any doubt, say nothing
-        return True
+        return Path(_get_build_directory(name, verbose=False))
+    except Exception:  # noqa: BLE001 - a private helper of torch
+        return None
+
+
+def _is_built(name: str) -> bool:
+    """Whether torch's extension cache already holds a build of ``name`` (then loading takes ~0.2 s)."""
+    directory = _build_dir(name)
+    try:
+        return directory is None or any(f.suffix == ".so" for f in directory.iterdir())
+    except OSError:      # no directory yet: never built
+        return False
 
 
 def _build_lock(name: str) -> Path | None:
     """The lock file torch's extension cache holds while ``name`` builds (None if torch's helper moved)."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        return Path(_get_build_directory(name, verbose=False)) / "lock"
-    except Exception:  # noqa: BLE001 - a private helper of torch
-        return None
+    directory = _build_dir(name)
+    return None if directory is None else directory / "lock"
 
 
 STALE_LOCK_SECONDS = 600   # a build takes ~20-60 s; a lock this old was left by a compile that was killed
