@@ -230,19 +230,23 @@ def test_evolve_joins_the_cluster_one_actor_per_gpu_with_cpu_fallback(gpu_nodes,
 @pytest.mark.slow
 def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, store, monkeypatch):
     cluster, _ = gpu_nodes
-    monkeypatch.setenv(START_DELAY_ENV, "3")
+    monkeypatch.setenv(START_DELAY_ENV, "4.5")
     lines = []
     c = cfg(f"ray.address='{cluster.address}'", "ray.num_actors=2")
     from evoplast.evolution.ray_pool import init_ray
 
     init_ray(c.ray)
     t0 = time.perf_counter()
-    # placement may take 2 s at most, but placed actors that start slowly are waited for
-    pool = RayPool(c, start_timeout=2, progress=lines.append, progress_every=1)
+    # placement may take 3 s at most, but placed actors that start slowly are waited for past it
+    pool = RayPool(c, start_timeout=3, progress=lines.append, progress_every=1)
     try:
-        assert time.perf_counter() - t0 >= 3
+        assert time.perf_counter() - t0 >= 4.5
         assert lines and all("placed and still starting" in line for line in lines), lines
-        assert "waiting for a node" not in " ".join(lines)
+        # placement itself can take a second or two on a busy machine (then a line says "waiting for a
+        # node"); once past the placement timeout, every line says both actors are placed and starting
+        late = [line for line in lines if int(line.split("(")[1].split(" s)")[0]) > 3]
+        assert late and all("2 placed and still starting" in line and "waiting for a node" not in line
+                            for line in late), lines
     finally:
         pool.shutdown()
     # and the whole command: the run waits and finishes (a delay past the pool's time between progress lines,
