@@ -242,11 +242,12 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
     try:
         assert time.perf_counter() - t0 >= 4.5
         assert lines and all("placed and still starting" in line for line in lines), lines
-        # placement itself can take a second or two on a busy machine (then a line says "waiting for a
-        # node"); once past the placement timeout, every line says both actors are placed and starting
+        # placement itself (a worker process leased) can take a second or two on a busy machine, and then
+        # a line says "waiting for a node"; past the placement timeout no line says so (the pool would
+        # have given up), and the actors are still said to be starting
         late = [line for line in lines if int(line.split("(")[1].split(" s)")[0]) > 3]
-        assert late and all("2 placed and still starting" in line and "waiting for a node" not in line
-                            for line in late), lines
+        assert late and not any("waiting for a node" in line for line in late), lines
+        assert "0 of 2 ready, 2 placed and still starting" in late[0], lines
     finally:
         pool.shutdown()
     # and the whole command: the run waits and finishes (a delay past the pool's time between progress lines,
