@@ -77,9 +77,23 @@ def resolve_tracking_uri(configured: str = "") -> str:
 
 
 def bound_http_requests() -> dict[str, str]:
-    """Set MLflow's HTTP timeout and retries for this process unless the user did; returns the values used."""
+    """Set MLflow's HTTP timeout and retries for this process unless the user did; returns the values used.
+
+    A user's value that MLflow cannot read (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=0.5``: MLflow wants an
+    integer) raises :class:`TrackingUnavailable` here, with one line, not a traceback at the first request."""
+    import mlflow.environment_variables as mlflow_env
+
     for key, value in HTTP_LIMITS.items():
         os.environ.setdefault(key, value)
+    for key in (*HTTP_LIMITS, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"):
+        variable = getattr(mlflow_env, key, None)
+        try:
+            if variable is not None:
+                variable.get()
+        except ValueError:
+            raise TrackingUnavailable(f"${key}={os.environ[key]!r} cannot be read by MLflow: it must be "
+                                      f"{'an integer' if variable.type is int else 'a number'}; fix or unset it") \
+                from None
     return {key: os.environ[key] for key in HTTP_LIMITS}
 
 

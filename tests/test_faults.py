@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from evoplast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from evoplast.evolution import run as run_module
 from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
-from evoplast.tracking import TrackingUnavailable
+from evoplast.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, bound_http_requests
 
 from . import scripts
 from .conftest import REPO
@@ -117,14 +117,32 @@ def _stop_server(server):
         server.wait(timeout=30)
 
 
+def test_http_requests_are_bounded_unless_the_user_set_them(monkeypatch, tmp_path):
+    for key in HTTP_LIMITS:
+        monkeypatch.setenv(key, "x")          # so that the original value (or its absence) is restored after
+        monkeypatch.delenv(key)
+    assert bound_http_requests() == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")                    # the user's value is kept
+    assert bound_http_requests()["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")             # MLflow reads an integer
+    with pytest.raises(TrackingUnavailable, match=r"^\$MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR='0.5' cannot be read by "
+                                                  r"MLflow: it must be an integer; fix or unset it$"):
+        Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.slow
 def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes(tmp_path, monkeypatch, capsys):
     """A run against a real MLflow server on 127.0.0.1 (with a password in its URI) loses the server in
-    generation 40: it ends within a minute with a local checkpoint; once the server is back,
+    generation 40: it ends within 30 s with a local checkpoint; once the server is back,
     ``evolve.py --resume`` finishes the same run on it, exactly as if never interrupted."""
     monkeypatch.chdir(tmp_path)
-    for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")):
+    for key, value in HTTP_LIMITS.items():
         monkeypatch.setenv(key, value)                    # what evoplast sets; restored after the test
+    # MLflow's backoff between the 2 retries is 4 s + 8 s; half of it (the factor is an integer) keeps the
+    # test short; the number of retries, evoplast's bound, is checked by test_http_requests_are_bounded_...
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     port = _free_port()
     uri = f"http://alice:s3cr3t-pw@127.0.0.1:{port}"      # the server ignores the password; it must never show
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -154,7 +172,7 @@ def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes
             run_evolution(cfg, out=out)
         seconds = time.perf_counter() - lost_at[0]
         message = str(info.value)
-        assert seconds < 60, seconds                      # MLflow's defaults would retry for ~8 minutes
+        assert seconds < 30, seconds                      # MLflow's defaults would retry for ~8 minutes
         assert "s3cr3t-pw" not in message + "".join(lines)
         assert "when the store answers again, continue with `python scripts/evolve.py --resume " in message
         path = message.split("--resume ")[1].rstrip("`")
