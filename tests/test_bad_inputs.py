@@ -78,7 +78,9 @@ def test_every_bad_input_is_one_line_with_nothing_left_behind(clean_dir, capsys,
         assert got == code, (argv, got, out, err)
         assert len(lines) == 1 and lines[0].startswith("evoplast: error:") and fragment in lines[0], (argv, err)
         assert "Traceback" not in err and "s3cr3t-pw" not in out + err
-        assert seconds < 5, (argv, seconds)          # answered at once (the alias bomb included)
+        # answered without expanding or hanging: a bomb expanded or a service waited for takes minutes (the
+        # deepest file takes 1.5 s on a quiet 2-core VM, 5 s on a busy one: the bound is not a speed claim)
+        assert seconds < 30, (argv, seconds)
         assert sorted(p.name for p in clean_dir.iterdir()) == ["a-file", "bomb.yaml", "deep.yaml", "random.yaml"], argv
     assert list(private_tmp.iterdir()) == []         # no temporary folder left behind
     print(results)
@@ -110,7 +112,7 @@ def test_yaml_bomb_in_a_file_is_refused_fast(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match="YAML aliases"):
         load_config(path)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 5       # expanded, its 9^9 values would take minutes and gigabytes
     small = tmp_path / "anchors.yaml"                # a few anchors, as people write them, still load
     small.write_text("network: &n\n  hidden: [8, 8]\nsearch:\n  popsize: 8\n")
     assert load_config(small).network.hidden == (8, 8)

@@ -53,7 +53,7 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
 
 
 def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(local_ray):
-    cfg = small_config(["network.hidden=[128,128]", "task.batches_per_task=200", "search.popsize=16",
+    cfg = small_config(["network.hidden=[128,128]", "task.batches_per_task=80", "search.popsize=16",
                              "evaluation.episodes=8", "ray.num_actors=2"])
     events = []
     pool = RayPool(cfg, on_event=lambda kind, details: events.append(kind))
@@ -66,6 +66,7 @@ def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(loc
         t0 = time.perf_counter()
         expected, _ = pool.evaluate(genomes, 3)
         seconds = time.perf_counter() - t0
+        print(f"reference generation: {seconds:.2f} s")
         assert seconds > 0.5, "the workload is too light to kill an actor in the middle of it"
         victim = pool.actors[0]
         killer = threading.Timer(seconds / 4, lambda: ray.kill(victim, no_restart=True))
