@@ -87,9 +87,10 @@ def bound_http_requests() -> dict[str, str]:
         os.environ.setdefault(key, value)
     for key in (*HTTP_LIMITS, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"):
         variable = getattr(mlflow_env, key, None)
+        if variable is None:                      # not in this MLflow version
+            continue
         try:
-            if variable is not None:
-                variable.get()
+            variable.get()
         except ValueError:
             raise TrackingUnavailable(f"${key}={os.environ[key]!r} cannot be read by MLflow: it must be "
                                       f"{'an integer' if variable.type is int else 'a number'}; fix or unset it") \
