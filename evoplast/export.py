@@ -24,10 +24,8 @@ computes exactly what evoplast's lifetime computes.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,8 @@ from torch import Tensor, nn
 
 from .learners import NetState, PlasticLearner
 from .network import ModelSpec
-from .safe_pt2 import UnsafePt2, check_pt2
+from .rule_data import MANIFEST_KEY, RuleDataError, read_rule, rule_from_data, write_safetensors
+from .safe_pt2 import MAX_FILE_BYTES, UnsafePt2, check_pt2
 
 FORMAT = "evoplast.rule"
 VERSION = 2                  # 2: per-layer feedback activation, layers, granularity, batch reduction, step
@@ -175,12 +174,15 @@ def manifest_of(module: RuleStep, **extra: Any) -> dict[str, Any]:
 
 
 def export_rule(model: ModelSpec, segments: dict[str, Tensor], path: str | Path, **manifest_extra: Any) -> Path:
-    """Write the rule of one genome (``segments``: model values by name) to ``path`` (a ``.pt2`` file).
+    """Write the rule of one genome (``segments``: model values by name) to ``path`` (a ``.pt2`` file) and
+    the same rule as data beside it (``path`` with the suffix ``.safetensors``: the tensors, with the
+    manifest in the header's metadata). Returns ``path``.
 
-    Written to a temporary file first and renamed, so an interrupted export never leaves half a file.
-    Nothing in it is pickled: the program is saved without its sample inputs (torch would pickle them),
-    every tensor is a buffer written as raw bytes, and the file must pass :func:`~evoplast.safe_pt2.check_pt2`
-    before it replaces ``path``.
+    Each file is written to a temporary file first and renamed, so an interrupted export never leaves half a
+    file. Nothing is pickled: the program is saved without its sample inputs (torch would pickle them) and
+    without the stack traces of its nodes (free text with this machine's paths), every tensor is a buffer
+    written as raw bytes, and the ``.pt2`` must pass :func:`~evoplast.safe_pt2.check_pt2` before it
+    replaces ``path``.
     """
     path = Path(path)
     check_writable(path)
@@ -190,22 +192,40 @@ def export_rule(model: ModelSpec, segments: dict[str, Tensor], path: str | Path,
     dynamic = ({0: learners}, {0: learners, 1: rows}, {0: learners, 1: rows})
     program = torch.export.export(module, module.example_inputs(), dynamic_shapes=dynamic)
     program.example_inputs = None          # torch.export.save would pickle them
+    for node in program.graph.nodes:       # free text (and this machine's paths) that no reader needs
+        node.meta.pop("stack_trace", None)
+    manifest = manifest_of(module, **manifest_extra)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
-    try:
-        try:
-            torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest_of(module, **manifest_extra))})
-        except (OSError, RuntimeError) as exc:   # torch's zip writer raises RuntimeError
-            why = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RuleExportError(f"cannot write {str(path)!r} ({why[:100]})") from None
+
+    def write_pt2(tmp: Path) -> None:
+        torch.export.save(program, tmp, extra_files={MANIFEST: json.dumps(manifest)})
         try:
             check_pt2(tmp)
         except UnsafePt2 as exc:   # a torch that writes more than evoplast checks for: never ship it
             raise RuleExportError(f"the exported file fails evoplast's own safety check ({exc})") from None
+
+    _write_atomically(path, write_pt2)
+    data = write_safetensors(dict(module.named_buffers()), {"format": "pt", MANIFEST_KEY: json.dumps(manifest)})
+    _write_atomically(data_path(path), lambda tmp: tmp.write_bytes(data))
+    return path
+
+
+def data_path(path: str | Path) -> Path:
+    """The ``.safetensors`` twin of a ``.pt2`` rule file."""
+    return Path(path).with_suffix(".safetensors")
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        try:
+            write(tmp)
+        except (OSError, RuntimeError) as exc:   # torch's zip writer raises RuntimeError
+            why = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuleExportError(f"cannot write {str(path)!r} ({why[:100]})") from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def check_writable(path: str | Path) -> None:
@@ -230,40 +250,29 @@ def check_writable(path: str | Path) -> None:
 
 
 def load_rule(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``(step module, manifest)`` of an export file, with one-line errors for bad files.
+    """``(step module, manifest)`` of a rule file (``.pt2`` or ``.safetensors``), with one-line errors.
 
-    The file is read once; its bytes pass :func:`~evoplast.safe_pt2.check_pt2` (nothing pickled, no
-    code-bearing strings) before ``torch.export.load`` sees them, so a crafted file cannot run code.
+    The file is read as data and never given to ``torch.export.load`` or a pickle: the manifest and the raw
+    tensors are read strictly (:mod:`evoplast.rule_data`), checked against each other and against caps, and
+    the step is evoplast's own :class:`RuleStep` built from them, so a crafted file cannot run code, and
+    its loading is bounded in time and memory. The step computes exactly what ``torch.export.load`` of the
+    same ``.pt2`` computes (tested bit for bit). For a file you trust and a machine without evoplast,
+    ``torch.export.load`` works as before.
     """
     path = Path(path)
     if path.is_dir():
-        raise RuleExportError(f"{str(path)!r} is a directory, not a .pt2 file")
+        raise RuleExportError(f"{str(path)!r} is a directory, not a rule file")
     if not path.is_file():
-        raise RuleExportError(f"export file {str(path)!r} does not exist")
+        raise RuleExportError(f"rule file {str(path)!r} does not exist")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise RuleExportError(f"{str(path)!r} is larger than {MAX_FILE_BYTES} bytes; refused, not loaded")
         data = path.read_bytes()
     except OSError as exc:
         raise RuleExportError(f"cannot read {str(path)!r} ({exc.strerror})") from None
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise RuleExportError(f"{str(path)!r} is corrupt or truncated (not a .pt2 archive)")
     try:
-        check_pt2(io.BytesIO(data))
-    except UnsafePt2 as exc:
+        tensors, manifest = read_rule(data, path.suffix)
+        step = rule_from_data(tensors, manifest)
+    except RuleDataError as exc:
         raise RuleExportError(f"{str(path)!r} refused, not loaded: {exc}") from None
-    extra = {MANIFEST: ""}
-    try:
-        program = torch.export.load(io.BytesIO(data), extra_files=extra)
-    except Exception as exc:  # torch raises many kinds for damaged archives
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuleExportError(f"{str(path)!r} is corrupt or truncated ({first[:100]})") from None
-    try:
-        manifest = json.loads(extra[MANIFEST]) if extra[MANIFEST] else {}
-    except json.JSONDecodeError:
-        manifest = {}
-    if manifest.get("format") != FORMAT:
-        raise RuleExportError(f"{str(path)!r} is a torch.export file but not an evoplast rule (no {MANIFEST})")
-    if manifest.get("version") not in READABLE_VERSIONS:
-        raise RuleExportError(f"{str(path)!r} was written by an incompatible evoplast (rule format version "
-                              f"{manifest.get('version')}; this evoplast reads versions "
-                              f"{', '.join(map(str, READABLE_VERSIONS))}); re-export it")
-    return program.module(), manifest
+    return step, manifest

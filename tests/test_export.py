@@ -125,8 +125,8 @@ def test_bad_export_files_give_one_line(tmp_path):
     garbage = tmp_path / "garbage.pt2"
     garbage.write_bytes(b"\x00" * 1000)
     cases = {
-        truncated: "is corrupt or truncated",
-        garbage: "is corrupt or truncated",
+        truncated: "refused, not loaded: not a .pt2 archive as torch writes it: corrupt, truncated",
+        garbage: "refused, not loaded: not a .pt2 archive as torch writes it: corrupt, truncated",
         tmp_path / "missing.pt2": "does not exist",
         _manifest_file(tmp_path, None): "not an evoplast rule",
     }

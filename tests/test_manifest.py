@@ -153,3 +153,57 @@ def test_batch_reduction_field_follows_the_model(tmp_path):
 
     module = RuleStep(model, _segments(model, "layer", 3))
     assert manifest_of(module)["batch_reduction"] == "mean"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_rule_read_as_data_equals_torch_export_load_bit_for_bit(tmp_path, name):
+    """load_rule never calls torch's loader; its step (evoplast's own, from the file's data) computes exactly
+    what torch.export.load of the same file computes, step by step over a lifetime, from the .pt2 and from
+    its .safetensors twin."""
+    from evoplast.export import data_path
+
+    model, granularity = MODELS[name]
+    path = export_rule(model, _segments(model, granularity, 1), tmp_path / "r.pt2")
+    program = torch.export.load(path).module()
+    from_pt2, manifest = load_rule(path)
+    from_data, manifest_data = load_rule(data_path(path))
+    assert manifest_data == manifest and type(from_pt2).__name__ == "RuleStep"
+    assert {n: b for n, b in from_pt2.named_buffers()}.keys() == {n: b for n, b in program.named_buffers()}.keys()
+    g = torch.Generator().manual_seed(5)
+    n, m = 3, 4
+    states = [program.get_buffer("initial_state").expand(n, -1).clone() for _ in range(3)]
+    for t in range(40):
+        x = torch.rand(n, m, model.sizes[0], generator=g)
+        y = torch.randint(0, model.n_out, (n, m), generator=g) if model.kind == "classification" else \
+            torch.randn(n, m, model.n_out, generator=g)
+        outs = [step(s, x, y) for step, s in zip((program, from_pt2, from_data), states)]
+        for y_hat, new in outs[1:]:
+            assert torch.equal(y_hat, outs[0][0]) and torch.equal(new, outs[0][1]), f"{name}: step {t}"
+        states = [o[1] for o in outs]
+    assert torch.isfinite(states[0]).all() and not torch.equal(states[0], program.get_buffer("initial_state").expand(n, -1))
+
+
+def test_safetensors_twin_reads_with_the_safetensors_package(tmp_path):
+    """Someone without evoplast reads the rule with ``safetensors`` + json (docs/safe_rule_files.md), and
+    evoplast's strict reader reads a file the ``safetensors`` package wrote."""
+    import json
+
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    from safetensors import safe_open
+
+    from evoplast.export import data_path
+    from evoplast.rule_data import read_safetensors
+
+    model, granularity = MODELS["abcd, output only, per synapse"]
+    path = export_rule(model, _segments(model, granularity, 6), tmp_path / "r.pt2")
+    tensors = safetensors_torch.load_file(str(data_path(path)))
+    with safe_open(str(data_path(path)), "pt") as f:
+        manifest = json.loads(f.metadata()["evoplast"])
+    step, ours = load_rule(path)
+    assert manifest == ours and set(tensors) == {n for n, _ in step.named_buffers()}
+    for name, buf in step.named_buffers():
+        assert torch.equal(tensors[name], buf), name
+    safetensors_torch.save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata={"evoplast": json.dumps(manifest)})
+    read, meta = read_safetensors((tmp_path / "theirs.safetensors").read_bytes())
+    assert json.loads(meta["evoplast"]) == manifest and all(torch.equal(read[k], tensors[k]) for k in tensors)
+    assert load_rule(tmp_path / "theirs.safetensors")[1] == manifest

@@ -1,43 +1,32 @@
-"""Received rule files cannot run code: crafted .pt2 files are refused in one line, before torch reads them.
+"""Received rule files cannot run code: crafted files are refused in one line, and nothing in them runs.
 
-Each crafted file is a real evoplast export with one entry changed so that ``torch.export.load`` (or the
-``.module()`` / first call a user makes next) would create a marker file. The test first shows that
-evoplast and the standard-library checker refuse it with the marker absent, then that plain torch does
-run the payload (so the file really is an attack, and the test can fail).
+The corpus (``tests/pt2_craft.py``) is built from a genuine export: one file per class of attack (pickles
+in every place torch unpickles, strings torch turns into code, the zip read two ways, resources at load and
+at call, rule data inconsistent with itself). ``load_rule`` refuses every one of them (it reads a rule as
+data and never calls torch's loader); ``check_pt2`` refuses every one that torch would read. For the live
+routes the test also shows that plain ``torch.export.load`` does run the payload, so the file really is an
+attack and the test can fail.
 """
 
 import ast
 import io
-import json
 import os
-import pickle
 import zipfile
 
 import pytest
 import torch
 
 from evoplast.export import RuleExportError, export_rule, load_rule
-from evoplast.safe_pt2 import UnsafePt2, check_pt2
+from evoplast.safe_pt2 import UnsafePt2, check_pt2, read_canonical_zip
 
+from . import pt2_craft
 from . import scripts
 from .conftest import REPO
 from .test_export import _genome
 
-
-class Payload:
-    """Unpickling this creates ``path`` (what an attacker's file would do instead)."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return exec, (f"open({self.path!r}, 'w').write('pwned')",)
-
-
-def _torch_pickle(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+# attacks on the rule's own data: torch never reads the manifest, so only load_rule has to refuse them
+DATA_ONLY = {"deeply nested JSON", "duplicate JSON key", "manifest not an object", "manifest huge width",
+             "manifest, other architecture", "initial state mismatch"}
 
 
 @pytest.fixture(scope="module")
@@ -46,197 +35,65 @@ def good(tmp_path_factory):
     return export_rule(ev.spec.model, ev.spec.decode(g), tmp_path_factory.mktemp("good") / "rule.pt2")
 
 
-def _rewrite(good, out, edit):
-    """Copy the archive ``good`` to ``out`` with ``edit(entries)`` applied to ``{relative name: bytes}``."""
-    with zipfile.ZipFile(good) as z:
-        root = z.namelist()[0].split("/")[0]
-        entries = {n.split("/", 1)[1]: z.read(n) for n in z.namelist()}
-    edit(entries)
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-        for rel, data in entries.items():
-            z.writestr(f"{root}/{rel}", data)
-    return out
+def test_the_crafting_writer_lays_out_a_zip_exactly_as_torch_does(good):
+    """The corpus reaches the checks behind the zip layer only if its writer is torch's layout, byte for byte."""
+    data = good.read_bytes()
+    assert pt2_craft.write_canonical(pt2_craft.entries_of(data)) == data
+    assert [n.split("/", 1)[1] for n in read_canonical_zip(data)] == \
+        [n.split("/", 1)[1] for n in zipfile.ZipFile(good).namelist()]
 
 
-def _edit_json(entries, rel, fn):
-    doc = json.loads(entries[rel])
-    fn(doc)
-    entries[rel] = json.dumps(doc).encode()
-
-
-def _sample_inputs(marker):
-    def edit(e):
-        e["data/sample_inputs/model.pt"] = _torch_pickle(((Payload(marker),), {}))
-    return edit
-
-
-def _pickled_constant(marker):
-    def edit(e):
-        e["data/constants/tensor_0"] = _torch_pickle(Payload(marker))
-        _edit_json(e, "data/constants/model_constants_config.json", lambda d: d["config"].update(
-            {"c": {"path_name": "tensor_0", "is_param": False, "use_pickle": True, "tensor_meta": None}}))
-    return edit
-
-
-def _opaque_constant(marker):
-    def edit(e):
-        e["data/constants/opaque_obj_0"] = pickle.dumps(Payload(marker))
-        _edit_json(e, "data/constants/model_constants_config.json", lambda d: d["config"].update(
-            {"c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}}))
-    return edit
-
-
-def _pickled_weight(marker):
-    def edit(e):
-        e["data/weights/weight_99"] = _torch_pickle(Payload(marker))
-
-        def point(d):
-            d["config"]["layer1.bias"].update(path_name="weight_99", use_pickle=True)
-        _edit_json(e, "data/weights/model_weights_config.json", point)
-    return edit
-
-
-def _sympy_size(marker):
-    def edit(e):
-        text = e["models/model.json"].decode()
-        old = "Symbol('s17', positive=True, integer=True)"
-        new = f"Symbol('s17', positive=True, integer=True) + 0*open(r'{marker}', 'w').write('x')"
-        assert old in text
-        e["models/model.json"] = text.replace(json.dumps(old), json.dumps(new), 1).encode()
-    return edit
-
-
-def _arg_names(marker):
-    def edit(e):
-        def inject(d):
-            sig = d["graph_module"]["module_call_graph"][0]["signature"]
-            # the name lands twice in the generated source: in `def forward(..., NAME):` and in a list
-            # `[..., NAME]`; a triple-quoted string spans from the first to the second, so the default
-            # value after it (run when .module() compiles the code) opens the marker
-            sig["forward_arg_names"][-1] = (f"y='''" f" + str(open(r'{marker}', 'w').write('x'))):\n"
-                                            "    z = (([")
-        _edit_json(e, "models/model.json", inject)
-    return edit
-
-
-def _guards(marker):
-    """guards_code becomes Python source once the file has sample inputs, even weights_only-safe ones."""
-    def edit(e):
-        _edit_json(e, "models/model.json", lambda d: d["guards_code"].append(
-            f"open(r'{marker}', 'w').write('x') > 0"))
-        e["data/sample_inputs/model.pt"] = _torch_pickle(((torch.zeros(2, 204), torch.zeros(2, 3, 4),
-                                                           torch.zeros(2, 3, 1)), {}))
-    return edit
-
-
-# (crafted file, what the one-line refusal names, what plain torch must do for the payload to run)
-LIVE = {
-    "sample inputs": (_sample_inputs, "pickled sample inputs", "load"),
-    "use_pickle constant": (_pickled_constant, "constant 'c' is pickled", "load"),
-    "opaque constant": (_opaque_constant, "opaque constant", "load"),
-    "use_pickle weight": (_pickled_weight, "weight 'layer1.bias' is pickled", "load"),
-    "sympy size": (_sympy_size, "sympy evaluates it as Python", "load"),
-    "forward argument names": (_arg_names, "is not an identifier", "module"),
-    "guards code, tensor sample inputs": (_guards, "pickled sample inputs", "call"),
-}
-
-
-@pytest.mark.parametrize("route", list(LIVE))
-def test_crafted_file_is_refused_and_its_payload_never_runs(tmp_path, good, route):
-    craft, fragment, trigger = LIVE[route]
+@pytest.mark.parametrize("attack", list(pt2_craft.ATTACKS))
+def test_crafted_file_is_refused_in_one_line_and_runs_nothing(tmp_path, good, attack):
     marker = tmp_path / "marker"
-    path = _rewrite(good, tmp_path / "crafted.pt2", craft(marker))
+    path = tmp_path / "crafted.pt2"
+    path.write_bytes(pt2_craft.ATTACKS[attack](good.read_bytes(), marker))
     with pytest.raises(RuleExportError) as info:
         load_rule(path)
     message = str(info.value)
-    assert "refused, not loaded" in message and fragment in message and "\n" not in message, message
-    with pytest.raises(UnsafePt2):
-        check_pt2(path)
+    assert "refused, not loaded" in message and "\n" not in message, message
+    if attack not in DATA_ONLY:
+        with pytest.raises(UnsafePt2) as info:
+            check_pt2(path)
+        assert "\n" not in str(info.value), str(info.value)
+    else:
+        check_pt2(path)                        # torch never reads these entries: nothing for it to refuse
     assert not marker.exists()
-    # plain torch runs it: the crafted file is a real attack
+
+
+# (attack, what the one-line refusal names, what plain torch must do for the payload to run)
+LIVE = {
+    "pickled sample inputs": ("pickled sample inputs", "load"),
+    "pickled constant": ("constant 'c' is pickled", "load"),
+    "opaque constant": ("opaque constant", "load"),
+    "pickled weight": ("weight 'layer1.bias' is pickled", "load"),
+    "sympy size": ("sympy evaluates it as Python", "load"),
+    "forward argument names": ("is not an identifier", "module"),
+}
+
+
+@pytest.mark.parametrize("attack", list(LIVE))
+def test_live_routes_run_their_payload_under_plain_torch(tmp_path, good, attack):
+    fragment, trigger = LIVE[attack]
+    marker = tmp_path / "marker"
+    path = tmp_path / "crafted.pt2"
+    path.write_bytes(pt2_craft.ATTACKS[attack](good.read_bytes(), marker))
+    with pytest.raises(RuleExportError, match="refused, not loaded") as info:
+        load_rule(path)
+    assert fragment in str(info.value), str(info.value)
+    assert not marker.exists()
     try:
-        module = torch.export.load(path).module()
-        if trigger == "call":
-            state = module.get_buffer("initial_state").expand(2, -1).clone()
-            module(state, torch.randn(2, 3, 4), torch.randn(2, 3, 1))
+        torch.export.load(path).module()
     except Exception:
         pass
-    assert marker.exists(), f"the crafted {route} file did not run its payload under torch.export.load"
-
-
-def _aoti(e):
-    e["data/aotinductor/model/model.so"] = b"\x7fELF"
-
-
-def _foreign_call(e):
-    def edit(d):
-        d["graph_module"]["graph"]["nodes"][0]["target"] = "torch.load"
-    _edit_json(e, "models/model.json", edit)
-
-
-def _enum_spec(e):
-    def edit(d):
-        sig = d["graph_module"]["module_call_graph"][0]["signature"]
-        spec = json.loads(sig["out_spec"])
-        spec[1]["context"] = json.dumps({"__enum__": True, "fqn": "antigravity:X", "name": "A"})
-        sig["out_spec"] = json.dumps(spec)
-    _edit_json(e, "models/model.json", edit)
-
-
-def _guard_only(e):
-    _edit_json(e, "models/model.json", lambda d: d["guards_code"].append("__import__('os').getpid() > 0"))
-
-
-def _range_key(e):
-    _edit_json(e, "models/model.json", lambda d: d["range_constraints"].update({"s1 + f()": {}}))
-
-
-@pytest.mark.parametrize("craft, fragment", [
-    (_aoti, "AOTInductor: compiled code"),
-    (_guard_only, "is not a size comparison"),
-    (_range_key, "not a symbol name"),
-    (_foreign_call, "graph node calls 'torch.load', not an aten operator"),
-    (_enum_spec, "not a list of keys"),
-])
-def test_other_code_routes_are_refused(tmp_path, good, craft, fragment):
-    path = _rewrite(good, tmp_path / "crafted.pt2", craft)
-    with pytest.raises(UnsafePt2) as info:
-        check_pt2(path)
-    assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
-
-
-def test_legacy_layout_is_refused(tmp_path):
-    """torch 2.7's layout (entries at the top, a pickled serialized_example_inputs.pt) is loaded with
-    weights_only=False as a fallback when the new reader fails."""
-    path = tmp_path / "legacy.pt2"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("version", "8.20")
-        z.writestr("serialized_exported_program.json", "{}")
-        z.writestr("serialized_example_inputs.pt", pickle.dumps(Payload(tmp_path / "marker")))
-    with pytest.raises(UnsafePt2, match="outside the archive's folder"):
-        check_pt2(path)
-    with pytest.raises(RuleExportError, match="refused, not loaded"):
-        load_rule(path)
-    assert not (tmp_path / "marker").exists()
-
-
-def test_duplicate_entries_are_refused(tmp_path, good):
-    out = tmp_path / "dup.pt2"
-    with zipfile.ZipFile(good) as z, zipfile.ZipFile(out, "w") as w:
-        for name in z.namelist():
-            w.writestr(name, z.read(name))
-        with pytest.warns(UserWarning):
-            w.writestr(z.namelist()[0], b"")
-    with pytest.raises(UnsafePt2, match="appears twice"):
-        check_pt2(out)
+    assert marker.exists(), f"the crafted {attack} file did not run its payload under torch.export.load"
 
 
 def test_evoplast_file_passes_and_holds_no_pickle(tmp_path, good):
     check_pt2(good)
-    with zipfile.ZipFile(good) as z:
-        sizes = {n.split("/", 1)[1]: i.file_size for n, i in zip(z.namelist(), z.infolist())}
-    assert sizes.get("data/sample_inputs/model.pt", 0) == 0
-    assert not any(n.endswith((".pkl", ".pt")) and sizes[n] for n in sizes), sizes
+    entries = {n.split("/", 1)[1]: len(v) for n, v in read_canonical_zip(good.read_bytes()).items()}
+    assert entries.get("data/sample_inputs/model.pt", 0) == 0
+    assert not any(n.endswith((".pkl", ".pt")) and size for n, size in entries.items()), entries
     step, manifest = load_rule(good)
     state = step.get_buffer("initial_state").expand(3, -1).clone()
     y_hat, new = step(state, torch.randn(3, 5, 4), torch.randn(3, 5, 1))
@@ -251,7 +108,7 @@ def test_checker_needs_only_the_standard_library():
     tree = ast.parse(open(mod.__file__).read())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "json", "re", "zipfile"}, imported
+    assert imported <= {"__future__", "binascii", "json", "keyword", "re", "struct"}, imported
 
 
 def test_conv_classification_terms_file_passes(tmp_path):
