@@ -274,5 +274,8 @@ def load_rule(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         tensors, manifest = read_rule(data, path.suffix)
         step = rule_from_data(tensors, manifest)
     except RuleDataError as exc:
-        raise RuleExportError(f"{str(path)!r} refused, not loaded: {exc}") from None
+        raise RuleExportError(f"{str(path)!r} refused, not loaded: {' '.join(str(exc).split())}") from None
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as exc:
+        # a shape of data no check expected: refuse it (fail closed), never a traceback
+        raise RuleExportError(f"{str(path)!r} refused, not loaded: malformed rule file ({type(exc).__name__})") from None
     return step, manifest

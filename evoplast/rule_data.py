@@ -96,12 +96,12 @@ def read_safetensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
         if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
             raise RuleDataError(f"tensor {name!r}: its header entry is not dtype, shape and data_offsets")
         if info["dtype"] != "F32":
-            raise RuleDataError(f"tensor {name!r} is {str(info['dtype'])[:10]}, not F32 (evoplast writes float32)")
+            raise RuleDataError(f"tensor {name!r} is {info['dtype']!r:.20}, not F32 (evoplast writes float32)")
         shape = _shape(info["shape"], name)
         offsets = info["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= len(buffer)):
-            raise RuleDataError(f"tensor {name!r}: data_offsets {str(offsets)[:40]} lie outside the data")
+            raise RuleDataError(f"tensor {name!r}: data_offsets {offsets!r:.40} lie outside the data")
         nbytes = math.prod(shape) * 4
         if offsets[1] - offsets[0] != nbytes:
             raise RuleDataError(f"tensor {name!r}: shape {shape} needs {nbytes} bytes, offsets give "
@@ -189,7 +189,7 @@ def _check_name(name) -> None:
 def _shape(shape, name: str) -> list[int]:
     if not (isinstance(shape, list) and len(shape) <= 8 and all(type(s) is int and 0 <= s <= MAX_TENSOR_BYTES
                                                                for s in shape)):
-        raise RuleDataError(f"tensor {name!r}: shape {str(shape)[:60]} is not a list of sizes")
+        raise RuleDataError(f"tensor {name!r}: shape {shape!r:.60} is not a list of sizes")
     if math.prod(shape) * 4 > MAX_TENSOR_BYTES:
         raise RuleDataError(f"tensor {name!r}: shape {shape} is larger than {MAX_TENSOR_BYTES} bytes")
     return shape
@@ -213,7 +213,7 @@ def model_of(manifest: dict[str, Any]):
             return default
         value = manifest[key]
         if not ok(value):
-            raise RuleDataError(f"the manifest's {key!r} is {str(value)[:60]!r}, which evoplast cannot build")
+            raise RuleDataError(f"the manifest's {key!r} is {value!r:.60}, which evoplast cannot build")
         return value
 
     def ints(lo, hi, n_min, n_max):
@@ -223,8 +223,9 @@ def model_of(manifest: dict[str, Any]):
     sizes = tuple(field("sizes", ints(1, MAX_WIDTH, 2, MAX_LAYERS + 1)))
     layers = len(sizes) - 1
     plastic = tuple(field("plastic_layers", lambda v: ints(1, layers, 0, layers)(v) and v == sorted(set(v))))
-    rule = field("rule", lambda v: v in COEFFICIENTS)
-    terms = tuple(field("terms", lambda v: isinstance(v, list) and len(v) <= 16 and all(t in TERMS for t in v),
+    rule = field("rule", lambda v: isinstance(v, str) and v in COEFFICIENTS)
+    terms = tuple(field("terms", lambda v: isinstance(v, list) and len(v) <= 16 and all(
+        isinstance(t, str) and t in TERMS for t in v),
                         [], required=False))
     if rule == "terms" and not terms:
         raise RuleDataError("the manifest's rule is 'terms' but it lists no terms")

@@ -205,10 +205,14 @@ def check_pt2(f) -> None:
     read to its end and left at the position it had (``torch.export.load`` reads from there)."""
     data = _read(f)
     try:
-        entries = archive_entries(data)
-        check_entries(entries)
+        check_entries(archive_entries(data))
     except RecursionError:
         raise UnsafePt2("a JSON entry is nested too deeply") from None
+    except UnsafePt2 as exc:
+        raise UnsafePt2(" ".join(str(exc).split())) from None       # one line, whatever the file held
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, struct.error) as exc:
+        # a shape of data no check above expected: refuse it (fail closed), never a traceback
+        raise UnsafePt2(f"malformed archive ({type(exc).__name__}: {_show(str(exc))})") from None
 
 
 def _read(f) -> bytes:
@@ -300,7 +304,7 @@ def tensor_bytes(meta, stored: int, what: str) -> int:
     if not isinstance(meta, dict):
         raise UnsafePt2(f"{what} has no tensor description")
     dtype, layout = meta.get("dtype"), meta.get("layout")
-    if dtype not in _DTYPE_BYTES or layout != _STRIDED or meta.get("device") not in (
+    if type(dtype) is not int or dtype not in _DTYPE_BYTES or layout != _STRIDED or meta.get("device") not in (
             {"type": "cpu", "index": None}, {"type": "cpu"}):
         raise UnsafePt2(f"{what} is not a dense CPU tensor of a plain dtype (dtype {dtype}, layout {layout})")
     sizes = [_int_of(s, what) for s in _list(meta.get("sizes"), what)]
@@ -319,6 +323,11 @@ def tensor_bytes(meta, stored: int, what: str) -> int:
     return nbytes
 
 
+def _show(value, n: int = 60) -> str:
+    """A value from the file, for a message: its repr (no raw newlines), cut to ``n`` characters."""
+    return repr(value)[:n]
+
+
 def _list(value, what: str) -> list:
     if not isinstance(value, list):
         raise UnsafePt2(f"{what}: a size list is not a list")
@@ -328,7 +337,7 @@ def _list(value, what: str) -> list:
 def _int_of(value, what: str) -> int:
     if not (isinstance(value, dict) and set(value) == {"as_int"} and type(value["as_int"]) is int
             and 0 <= value["as_int"] <= MAX_TENSOR_BYTES):
-        raise UnsafePt2(f"{what}: a size is not a plain bounded integer ({str(value)[:60]})")
+        raise UnsafePt2(f"{what}: a size is not a plain bounded integer ({_show(value)})")
     return value["as_int"]
 
 
@@ -380,7 +389,10 @@ def check_program(model) -> None:
     nodes = graph.get("nodes") if isinstance(graph, dict) else None
     if not isinstance(nodes, list) or len(nodes) > MAX_NODES:
         raise UnsafePt2(f"the graph has no node list, or more than {MAX_NODES} nodes")
-    for key in model.get("range_constraints") or {}:
+    constraints = model.get("range_constraints") or {}
+    if not isinstance(constraints, dict):
+        raise UnsafePt2("range_constraints is not a map")
+    for key in constraints:
         if not _SYMBOL.match(key):
             raise UnsafePt2(f"range constraint on {key[:80]!r}, not a symbol name")
     guards = model.get("guards_code") or []
@@ -404,7 +416,9 @@ def _check_node(node) -> None:
         if kind == "as_int":
             _bounded([value], target)
         elif kind in ("as_ints", "as_sym_ints"):
-            consts = [v if kind == "as_ints" else v.get("as_int") for v in (value or [])
+            if not isinstance(value, list):
+                raise UnsafePt2(f"a {target} size list is not a list")
+            consts = [v if kind == "as_ints" else v.get("as_int") for v in value
                       if kind == "as_ints" or (isinstance(v, dict) and "as_int" in v)]
             _bounded(consts, target)
             product = 1

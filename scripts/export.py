@@ -4,8 +4,9 @@
     python scripts/export.py --run-id RUN [--which best|finetuned] --out rule.pt2 [--name NAME]
 
 Reads top to bottom: check that --out can be written -> find the genome in the run -> write the .pt2
-(torch.export, nothing pickled) -> reload it through the safety check and compare it with evoplast's own
-step -> log the same file to MLflow (pytorch flavour) in a run nested under RUN and register a new version.
+(torch.export, nothing pickled) and its .safetensors twin (the rule as data) -> reload it the safe way and
+compare it with evoplast's own step -> log both files to MLflow (pytorch flavour; the model directory
+carries data/rule.safetensors too) in a run nested under RUN and register a new version.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from evoplast.config import from_dict, upgrade
-    from evoplast.export import RuleStep, export_rule, load_rule
+    from evoplast.export import RuleStep, data_path, export_rule, load_rule
     from evoplast.genome import build_genome_spec
     from evoplast.runs import genome_of_run
     from evoplast.tasks import make_task
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     inputs = reference.example_inputs(n=3, m=5)
     for a, b in zip(step(*inputs), reference(*inputs)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    print(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KiB): rule '{manifest['rule']}', layers {manifest['sizes']}, "
+    print(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KiB) and {data_path(out)} (the same rule as data): "
+          f"rule '{manifest['rule']}', layers {manifest['sizes']}, "
           f"plastic {manifest['plastic_layers']}, state of {manifest['state_size']} numbers; "
           f"tensors: {', '.join(manifest['tensors'])}")
 
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                               tags={"mlflow.parentRunId": args.run_id}) as export_run:
             mlflow.log_params({"source_run": source_run, "which": args.which, "rule": manifest["rule"]})
             mlflow.log_artifact(str(out))
+            mlflow.log_artifact(str(data_path(out)))            # the same rule as data (safetensors + manifest)
             info = mlflow.models.Model.log(
                 artifact_path=None, name="rule", flavor=_same_file_flavor(out), pytorch_model=reference.eval(),
                 serialization_format="pt2",
@@ -104,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                          args.run_id, args.which)
         print(f"MLflow: model {info.model_uri} in run {export_run.info.run_id}, registered as "
               f"'{name}' version {info.registered_model_version}")
-    print(f"Load it anywhere with PyTorch (check a received file first, see docs/safe_rule_files.md):  "
-          f"step = torch.export.load('{args.out}').module()")
+    print(f"Load it with evoplast (reads it as data, safe for a received file): "
+          f"step, manifest = evoplast.export.load_rule('{args.out}'); with PyTorch alone, for a file you trust: "
+          f"torch.export.load('{args.out}').module() (docs/safe_rule_files.md)")
     return 0
 
 
@@ -146,6 +150,7 @@ def _same_file_flavor(rule_file: Path):
     from mlflow.models.model import MLMODEL_FILE_NAME
     from mlflow.utils.file_utils import get_total_file_size
 
+    from evoplast.export import data_path
     from evoplast.safe_pt2 import check_pt2
 
     def save_model(path, mlflow_model=None, **kwargs):
@@ -155,6 +160,7 @@ def _same_file_flavor(rule_file: Path):
             raise RuntimeError(f"mlflow.pytorch did not write {target}")
         shutil.copyfile(rule_file, target)
         check_pt2(target)
+        shutil.copyfile(data_path(rule_file), target.with_name("rule.safetensors"))   # the rule as data
         if mlflow_model is not None:
             mlflow_model.model_size_bytes = get_total_file_size(path)
             mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))

@@ -375,6 +375,11 @@ ATTACKS = {
 }
 
 
+# attacks on the rule's own data: torch never reads the manifest, so only load_rule has to refuse them
+DATA_ONLY = frozenset({"deeply nested JSON", "duplicate JSON key", "manifest not an object", "manifest huge width",
+                       "manifest, other architecture", "initial state mismatch"})
+
+
 def write_corpus(good: bytes, folder: Path, marker: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -24,9 +24,7 @@ from . import scripts
 from .conftest import REPO
 from .test_export import _genome
 
-# attacks on the rule's own data: torch never reads the manifest, so only load_rule has to refuse them
-DATA_ONLY = {"deeply nested JSON", "duplicate JSON key", "manifest not an object", "manifest huge width",
-             "manifest, other architecture", "initial state mismatch"}
+DATA_ONLY = pt2_craft.DATA_ONLY
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +85,23 @@ def test_live_routes_run_their_payload_under_plain_torch(tmp_path, good, attack)
     except Exception:
         pass
     assert marker.exists(), f"the crafted {attack} file did not run its payload under torch.export.load"
+
+
+def test_check_rule_script_answers_one_line_per_file(tmp_path, good, capsys):
+    """scripts/check_rule.py: a genuine rule and its .safetensors twin pass (exit 0); a crafted file is one
+    line and exit 2, and nothing in it runs."""
+    from evoplast.export import data_path
+
+    assert scripts.run("check_rule", [str(good), str(data_path(good))]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all("a oja rule on layers" in line for line in out), out
+    marker = tmp_path / "marker"
+    crafted = tmp_path / "crafted.pt2"
+    crafted.write_bytes(pt2_craft.ATTACKS["sympy size"](good.read_bytes(), marker))
+    assert scripts.run("check_rule", [str(good), str(crafted)]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "refused, not loaded" in err and "sympy" in err, err
+    assert not marker.exists()
 
 
 def test_evoplast_file_passes_and_holds_no_pickle(tmp_path, good):
@@ -151,6 +166,10 @@ def test_mlflow_model_is_the_checked_file(tmp_path, store, good):
     local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl"))
     logged = os.path.join(local, "data", "model.pt2")
     assert open(logged, "rb").read() == good.read_bytes()
+    from evoplast.export import data_path
+
+    twin = os.path.join(local, "data", "rule.safetensors")           # the registry carries the rule as data too
+    assert open(twin, "rb").read() == data_path(good).read_bytes() and load_rule(twin)[1] == manifest
     model = mlflow.pytorch.load_model(info.model_uri)
     state = step.get_buffer("initial_state").expand(2, -1).clone()
     x, y = torch.randn(2, 3, 4), torch.randn(2, 3, 1)
