@@ -73,7 +73,7 @@ _GUARD_WORDS = re.compile(r"\b(and|or|not)\b")
 _GUARD_REST = re.compile(r"[\s0-9()\[\]*+\-<>=!]*\Z")
 _TREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 _META = {"nn_module_stack": re.compile(r"[A-Za-z0-9_.,<>]{0,500}\Z"),
-         # torch parses a stack trace into a comment of the generated source: printable ASCII and \n only,
+         # FX's verbose code printer pastes a stack trace line into a comment: printable ASCII and \n only,
          # so no line of it can end the comment ('\r' would); evoplast's own exports carry none
          "stack_trace": re.compile(r"[ -~\n]{0,4096}\Z"),
          "torch_fn": re.compile(r"[A-Za-z0-9_.;<>]{0,200}\Z")}

@@ -278,10 +278,10 @@ def short_weight_large_sizes(good, marker):
 
 
 def compressed_extra_bomb(good, marker):
-    """An extra entry labelled deflate whose stream inflates to 256 MiB."""
+    """An extra entry labelled deflate whose stream inflates to 128 MiB."""
     pairs = entries_of(good)
     root = pairs[0][0].split("/", 1)[0]
-    bomb = zlib.compress(b"\0" * (256 << 20), 9)[2:-4]
+    bomb = zlib.compress(b"\0" * (128 << 20), 9)[2:-4]
     return write_canonical(pairs + [(f"{root}/extra/bomb.json", bomb)], method=8)
 
 

@@ -87,6 +87,19 @@ def test_live_routes_run_their_payload_under_plain_torch(tmp_path, good, attack)
     assert marker.exists(), f"the crafted {attack} file did not run its payload under torch.export.load"
 
 
+def test_stack_traces_of_printable_text_pass(good):
+    """Files exported before evoplast stripped stack traces carry one per node; printable lines still pass."""
+    def add(doc):
+        for node in pt2_craft.nodes(doc):
+            node.setdefault("metadata", {})["stack_trace"] = 'File "/home/u/evoplast/export.py", line 90, in forward\n' \
+                                                             "    return y_hat, torch.cat([w.reshape(n, -1)])"
+    data = pt2_craft.edit(good.read_bytes(), lambda e: pt2_craft.edit_json(e, "models/model.json", add))
+    check_pt2(data)
+    path = good.with_name("traced.pt2")
+    path.write_bytes(data)
+    assert load_rule(path)[1]["rule"] == "oja"
+
+
 def test_check_rule_script_answers_one_line_per_file(tmp_path, good, capsys):
     """scripts/check_rule.py: a genuine rule and its .safetensors twin pass (exit 0); a crafted file is one
     line and exit 2, and nothing in it runs."""
