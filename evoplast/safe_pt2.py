@@ -65,12 +65,12 @@ ALLOWED_OPS = frozenset({
     "softmax.int", "sub.Tensor", "sum.dim_IntList", "sym_size.int", "to.dtype", "transpose.int",
     "unsqueeze.default",
 })
-_SYMPY_TOKEN = re.compile(r"\s+|\d{1,10}|'s[0-9]{1,6}'|[A-Za-z]+|[(),=+\-*]")
+_SYMPY_TOKEN = re.compile(r" +|[0-9]{1,10}|'s[0-9]{1,6}'|[A-Za-z]+|[(),=+\-*]")
 _SYMPY_NAMES = {"Symbol", "Integer", "Mul", "Add", "Min", "Max", "positive", "integer", "nonnegative",
                 "True", "False"}
 _GUARD_INPUT = re.compile(rf"L\['{_IDENT}'\](\.(size|stride)\(\))?")
 _GUARD_WORDS = re.compile(r"\b(and|or|not)\b")
-_GUARD_REST = re.compile(r"[\s0-9()\[\]*+\-<>=!]*\Z")
+_GUARD_REST = re.compile(r"[ 0-9()\[\]*+\-<>=!]*\Z")
 _TREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 _META = {"nn_module_stack": re.compile(r"[A-Za-z0-9_.,<>]{0,500}\Z"),
          # FX's verbose code printer pastes a stack trace line into a comment: printable ASCII and \n only,
@@ -130,6 +130,7 @@ def read_canonical_zip(data: bytes) -> dict[str, memoryview]:
     if not 1 <= n <= MAX_ENTRIES:
         raise UnsafePt2(f"{n} entries (1 to {MAX_ENTRIES} allowed)")
     entries: dict[str, memoryview] = {}
+    folded: set[str] = set()                    # names compared without case, as a case-blind reader would
     pos, cd = 0, cd_offset                      # pos: where the next local header must start
     for _ in range(n):
         if cd + _CENTRAL.size > z64_at:
@@ -142,8 +143,9 @@ def read_canonical_zip(data: bytes) -> dict[str, memoryview]:
             raise UnsafePt2(f"the directory record of {name!r} is not as torch writes it (compression {method}, "
                             f"flags {flags:#x})")
         cd += _CENTRAL.size + nlen
-        if name in entries:
+        if name in entries or name.lower() in folded:
             raise UnsafePt2(f"entry {name!r} appears twice (readers could disagree on which one is loaded)")
+        folded.add(name.lower())
         if offset != pos:
             raise UnsafePt2(f"entry {name!r} is not where the previous record ends (bytes between entries)")
         if pos + _LOCAL.size > cd_offset:
