@@ -241,8 +241,6 @@ def model_of(manifest: dict[str, Any]):
     if features == "conv" and (kind != "classification" or not channels or image_size < 1):
         raise RuleDataError("the manifest's conv features need a classification task, channels and an image size")
     granularity = field("granularity", lambda v: v in ("layer", "neuron", "synapse", None), None, required=False)
-    if plastic and granularity is None:
-        raise RuleDataError("the manifest has plastic layers but no coefficient granularity")
     return ModelSpec(sizes, plastic, rule, terms, signal, hidden, kind, features,
                      image_size if features == "conv" else 0, channels if features == "conv" else (),
                      reduction), granularity
@@ -273,6 +271,17 @@ def expected_shapes(model, granularity: str | None) -> dict[str, tuple[int, ...]
     return shapes
 
 
+def _granularity_of(model, tensors: dict[str, Tensor]) -> str:
+    l = model.plastic_layers[0]
+    coefficient = tensors.get(f"layer{l}.theta" if model.rule == "terms" else f"layer{l}.eta")
+    shape = tuple(coefficient.shape[-2:]) if coefficient is not None else ()
+    out, inp = model.sizes[l], model.sizes[l - 1]
+    for name, expected in (("layer", (1, 1)), ("neuron", (out, 1)), ("synapse", (out, inp))):
+        if shape == expected:
+            return name
+    raise RuleDataError(f"the coefficients of layer {l} have shape {list(shape)}: no granularity of this architecture")
+
+
 def rule_from_data(tensors: dict[str, Tensor], manifest: dict[str, Any]):
     """:class:`~evoplast.export.RuleStep` of a rule file's tensors and manifest, after checking that the
     tensors are exactly those the manifest's architecture has (names and shapes) and that ``initial_state``
@@ -286,6 +295,8 @@ def rule_from_data(tensors: dict[str, Tensor], manifest: dict[str, Any]):
                             f"{str(manifest.get('version'))[:20]}; this evoplast reads versions "
                             f"{', '.join(map(str, READABLE_VERSIONS))}); re-export it")
     model, granularity = model_of(manifest)
+    if model.plastic_layers and granularity is None:     # a version-1 manifest: read it off the coefficients
+        granularity = _granularity_of(model, tensors)
     expected = expected_shapes(model, granularity)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

@@ -100,6 +100,21 @@ def test_stack_traces_of_printable_text_pass(good):
     assert load_rule(path)[1]["rule"] == "oja"
 
 
+def test_version_1_manifest_loads_with_its_granularity_read_off_the_coefficients(good):
+    """Version 1 wrote no granularity and one feedback activation: the rule is still rebuilt exactly."""
+    def v1(doc):
+        doc["version"] = 1
+        doc.pop("granularity")
+        doc["feedback_activation"] = doc.pop("hidden_feedback_activation")
+    path = good.with_name("v1.pt2")
+    path.write_bytes(pt2_craft.edit(good.read_bytes(), lambda e: pt2_craft.edit_json(e, "extra/evoplast.json", v1)))
+    old, _ = load_rule(path)
+    new, _ = load_rule(good)
+    state = new.get_buffer("initial_state").expand(2, -1).clone()
+    x, y = torch.randn(2, 3, 4), torch.randn(2, 3, 1)
+    assert all(torch.equal(a, b) for a, b in zip(old(state, x, y), new(state, x, y)))
+
+
 def test_check_rule_script_answers_one_line_per_file(tmp_path, good, capsys):
     """scripts/check_rule.py: a genuine rule and its .safetensors twin pass (exit 0); a crafted file is one
     line and exit 2, and nothing in it runs."""
