@@ -5,9 +5,10 @@ content, a JSON manifest (``evoplast.export.manifest_of``) and the genome's floa
 
 - ``.safetensors`` (the field's weights format): the manifest is the header's ``__metadata__["evoplast"]``.
   Anyone can read it with the ``safetensors`` package; :func:`read_safetensors` is evoplast's own reader.
-- ``.pt2`` (torch.export): only its raw weight entries, their payload config and ``extra/evoplast.json``
-  are read, through :func:`evoplast.safe_pt2.read_canonical_zip`; the program (``models/model.json``) is
-  not looked at.
+- ``.pt2`` (torch.export): the data is its raw weight entries, their payload config and
+  ``extra/evoplast.json``, read through :func:`evoplast.safe_pt2.read_canonical_zip`; the program
+  (``models/model.json``) is never built or run, but the archive must pass every check of
+  :func:`evoplast.safe_pt2.check_entries` (a file torch could run code from is no rule to use).
 
 Every size is checked against every other (declared shapes, byte counts, offsets, the manifest's
 architecture) and against caps before a tensor is made, and the step is :class:`evoplast.export.RuleStep`
