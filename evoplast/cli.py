@@ -30,6 +30,7 @@ _WORLD_ERRORS = {
     "evoplast.export": ("RuleExportError",),
     "evoplast.tasks.images": ("DatasetError",),
     "evoplast.evolution.ray_pool": ("RayUnavailable", "ActorsLost"),
+    "evoplast.session": ("RunLocked", "WriteFailed"),
 }
 
 
