@@ -115,9 +115,11 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def acquire(self, out: Callable[[str], None] = print, *, script: str = "scripts/evolve.py") -> "RunLock":
+    def acquire(self, out: Callable[[str], None] = print, *, command: str = "") -> "RunLock":
         """Take the lock, or raise :class:`RunLocked` (one line) when a live process holds it. A stale lock is
-        taken over and ``out`` says so."""
+        taken over and ``out`` says so. ``command``: how to resume the run once it is free (default
+        ``python scripts/evolve.py --resume RUN``)."""
+        command = command or f"python scripts/evolve.py --resume {self.run_id}"
         import fcntl
 
         try:
@@ -135,8 +137,7 @@ class RunLock:
             if holder is not None and holder_alive(holder, stale_seconds=self.stale_seconds):
                 raise RunLocked(f"run {self.run_id} is being written by {_describe(holder)}; a second writer would "
                                 f"corrupt it: wait for that process to end (or stop it with Ctrl-C / "
-                                f"`kill -INT {holder.get('pid', '?')}`), then `python {script} --resume "
-                                f"{self.run_id}`")
+                                f"`kill -INT {holder.get('pid', '?')}`), then `{command}`")
             if holder is not None:
                 out(f"evoplast: taking over the lock of run {self.run_id} left by {_describe(holder)}, which is no "
                     f"longer running ({self.path})")
@@ -198,13 +199,16 @@ def is_locked(checkpoint_dir: str | Path, run_id: str) -> bool:
 
 
 def refuse_finished(run_id: str, status: str, done: int, total: int, *, unit: str = "generations",
-                    key: str = "search.generations", script: str = "scripts/evolve.py") -> None:
+                    more: str = "", script: str = "scripts/evolve.py", target: str = "") -> None:
     """Raise :class:`UsageError` (exit 2) when ``--resume`` asks a FINISHED run for nothing more (``total`` is no
-    more than the ``done`` steps): resuming would re-log its metrics and rewrite its artifacts."""
+    more than the ``done`` steps): resuming would re-log its metrics and rewrite its artifacts. ``more``: the
+    argument that asks for more steps (default ``search.generations=2*done``); ``target``: what ``--resume``
+    takes (default the run id)."""
     if status == "FINISHED" and total <= done:
+        more = more or f"search.generations={2 * done}"
         raise UsageError(f"run {run_id} is FINISHED ({done} {unit} done); nothing to resume. To continue it on "
-                         f"purpose, resume with more {unit}: `python {script} --resume {run_id} {key}={2 * done}`"
-                         + ("; to fine-tune it: `python scripts/finetune.py --run-id " + run_id + "`"
+                         f"purpose, ask for more {unit}: `python {script} --resume {target or run_id} {more}`"
+                         + (f"; to fine-tune it: `python scripts/finetune.py --run-id {run_id}`"
                             if script == "scripts/evolve.py" else ""))
 
 
@@ -232,8 +236,8 @@ def end_orphaned_children(tracker, parent_run_id: str, checkpoint_dir: str | Pat
     return ended
 
 
-def write_failed(exc: OSError, what: str, run_id: str, last: str, script: str = "scripts/evolve.py") -> WriteFailed:
-    """The one line for a write that failed: what, why, what was kept (``last``), the resume command."""
+def write_failed(exc: OSError, what: str, last: str, command: str) -> WriteFailed:
+    """The one line for a write that failed: what, why, what was kept (``last``), the resume ``command``."""
     why = exc.strerror or str(exc) or type(exc).__name__
     return WriteFailed(f"cannot write {what} ({why}); the run is FAILED; {last}; free space (or restore the folder) "
-                       f"and continue with `python {script} --resume {run_id}`")
+                       f"and continue with `{command}`")

@@ -243,8 +243,8 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                                         "trainer": trainer.state_dict(), "heldout": heldout,
                                         "pending_metrics": tracker.pending_metrics()})
         except OSError as exc:          # a full disk, a vanished folder: the previous checkpoint is intact
-            raise write_failed(exc, f"the checkpoint {ckpt_path} at generation {trainer.generation}",
-                               tracker.run_id, _kept(ckpt_path)) from None
+            raise write_failed(exc, f"the checkpoint {ckpt_path} at generation {trainer.generation}", _kept(ckpt_path),
+                               f"python scripts/evolve.py --resume {tracker.run_id}") from None
         if lost is not None:
             raise lost
         if log:
@@ -395,7 +395,8 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         if status is None or ckpt_path is None:
             raise
         status = "FAILED"
-        raise write_failed(exc, f"an artifact of run {tracker.run_id}", tracker.run_id, _kept(ckpt_path)) from None
+        raise write_failed(exc, f"an artifact of run {tracker.run_id}", _kept(ckpt_path),
+                           f"python scripts/evolve.py --resume {tracker.run_id}") from None
     except TrackingUnavailable as exc:
         if status is None or trainer is None or ckpt_path is None or in_step:
             raise
@@ -485,7 +486,11 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                     "center": center, "config_yaml": to_yaml(cfg)}, d / "population.pt")
         for name in ("best_genome.pt", "population.pt"):
             tracker.log_artifact(d / name)
-    tracker.log_params({f"tuned_lr.{k[:-3]}": v for k, v in report.items() if k.endswith("_lr")})
+    # a FINISHED run continued on purpose (more generations) keeps its first tuned rates as params (MLflow
+    # params cannot change); report.json holds the new ones
+    logged = tracker.get_run(tracker.run_id).data.params
+    tracker.log_params({f"tuned_lr.{k[:-3]}": v for k, v in report.items()
+                        if k.endswith("_lr") and f"tuned_lr.{k[:-3]}" not in logged})
     baselines = baseline_lines(report)
     tracker.log_figure(fitness_curve(trainer.history, heldout, baselines={BASELINES[k]: v for k, v in baselines.items()}),
                        "fitness_curve.png")
