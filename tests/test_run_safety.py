@@ -284,3 +284,25 @@ def test_a_signal_in_the_fine_tune_ends_it_killed(store, monkeypatch, sig, at):
     assert any("it is KILLED and has no checkpoint" in line for line in lines), lines
     assert len(seen) == at                       # the step in flight finished, no further step
     assert not lock_path("checkpoints", run.info.run_id).exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. --resume RUN --tracking-uri URI
+
+
+def test_resume_with_the_tracking_uri_of_the_store_that_holds_the_run(store, monkeypatch, tmp_path, capsys):
+    part = _killed_run()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")   # not the run's store
+    code, out, err = run_evolve(["--resume", part.run_id, "--tracking-uri", store], capsys)
+    assert code == 0, err[-2000:]
+    assert MlflowClient(store).get_run(part.run_id).info.status == "FINISHED"
+    assert not (tmp_path / "elsewhere.db").exists()
+    # a store that does not hold the run: one line, nothing created
+    other = run_evolution(tiny(*SMALL), out=quiet, stop_after=3)
+    from .conftest import fresh_store
+
+    (tmp_path / "empty").mkdir()
+    empty = fresh_store(tmp_path / "empty")
+    code, out, err = run_evolve(["--resume", other.run_id, "--tracking-uri", empty], capsys)
+    assert code == 1 and f"no MLflow run with id {other.run_id!r}" in error_line(err)
+    assert MlflowClient(store).get_run(other.run_id).info.status == "KILLED"
