@@ -133,6 +133,14 @@ class NetworkConfig(_Section):
         "error", description="regression teaching signal s: y - y_hat (error) or y (target)")
     feedback_activation: Literal["relu", "linear"] = Field(
         "relu", description="g in f = g(B s + c) for hidden layers (the output layer's feedback is linear)")
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _widths(cls, value: Any) -> Any:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            raise ValueError(f"a list of hidden layer widths is expected; write [{value}] for one hidden layer "
+                             f"of {value} or [{value},{value}] for two")
+        return value
     init_gain: Float = Field(1.0, ge=0.0, description="scale of the Kaiming-uniform initial weights")
     features: Literal["none", "conv"] = Field(
         "none", description="classification: plastic layers read the pixels, or the output of a conv stack that is "
@@ -212,6 +220,14 @@ class EvaluationConfig(_Section):
                     "validation episodes is used")
 
     _zero = field_validator("chunk_size", mode="before")(_no_zero)
+
+    @field_validator("sgd_lrs", mode="before")
+    @classmethod
+    def _some_lrs(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("the SGD and feedback-alignment baselines need at least one learning rate "
+                             "(e.g. [0.01, 0.1])")
+        return value
 
 
 class SearchConfig(_Section):
@@ -330,6 +346,9 @@ class Config(_Section):
                 raise _fail(f"network.plastic_layers contains {layer}: the network has layers 1..{depth} "
                             f"(hidden={list(self.network.hidden)} plus the output layer)")
         s = self.search
+        if s.algorithm == "pgpe" and s.popsize % 2:
+            raise _fail(f"search.popsize={s.popsize} is odd: PGPE samples in mirrored pairs, so the population "
+                        f"must be even (e.g. search.popsize={s.popsize + 1})")
         if s.algorithm == "cem" and int(s.popsize * s.elite_ratio) < 2:
             raise _fail(f"search.elite_ratio={s.elite_ratio:g} with search.popsize={s.popsize} leaves "
                         f"{int(s.popsize * s.elite_ratio)} elites; CEM needs at least 2 to estimate a spread "
@@ -510,6 +529,7 @@ def _safe_yaml(text: str, what: str) -> Any:
         if isinstance(n, yaml.SequenceNode):
             total = 1 + sum(expanded(c) for c in n.value)
         elif isinstance(n, yaml.MappingNode):
+            _no_duplicate_keys(n, what)
             total = 1 + sum(expanded(k) + expanded(v) for k, v in n.value)
         else:
             total = 1
@@ -520,6 +540,18 @@ def _safe_yaml(text: str, what: str) -> Any:
         raise ConfigError(f"{what} expands to more than {MAX_YAML_NODES:,} values through YAML aliases "
                           f"(&anchor / *alias); write the values out instead")
     return yaml.safe_load(text)
+
+
+def _no_duplicate_keys(node: Any, what: str) -> None:
+    """A key given twice in one mapping (YAML keeps the last silently, dropping the first block) is refused."""
+    seen: dict[Any, int] = {}
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode):
+            line = k.start_mark.line + 1
+            if k.value in seen:
+                raise ConfigError(f"{what}: key {k.value!r} appears twice in one mapping (lines {seen[k.value]} and "
+                                  f"{line}); YAML would keep only the last; merge them into one")
+            seen[k.value] = line
 
 
 # --------------------------------------------------------------------------------------------------

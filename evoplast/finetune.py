@@ -23,6 +23,7 @@ from .genome import GenomeSpec, build_genome_spec
 from .seeding import Purpose
 from .tasks import make_task
 from .describe import applicable_params, finetune_description, rule_equations, rule_legend, run_name, run_tags
+from .preflight import check_device
 from .progress import LineStream, quiet_libraries
 from .session import RunLock, end_orphaned_children
 from .signals import Interrupted, StopFlag
@@ -83,6 +84,7 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
 
 def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str], parent_run_id: Optional[str],
                   out: Callable[[str], None], print_every: int, stop: StopFlag) -> FinetuneResult:
+    check_device(cfg)                   # before a store is opened or a run created
     evo_spec, spec = train_spec_of(cfg)
     start = spec.initial_vector().reshape(1, -1) if genomes is None else spec.encode(evo_spec.decode(genomes))
     labels = labels if genomes is not None else ["initial genome"]

@@ -18,6 +18,7 @@ import torch
 from .config import Config, flatten, to_yaml
 from .evaluation import Evaluator
 from .describe import applicable_params, run_tags
+from .preflight import check_data, check_device
 from .progress import LineStream, quiet_libraries
 from .runs import genome_record
 from .session import RunLock, refuse_finished, write_failed
@@ -72,6 +73,8 @@ def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume
     ``callbacks`` run after the built-in ones (tests use them)."""
     if outer not in OUTERS:
         raise ValueError(f"unknown outer trainer {outer!r}: expected one of {', '.join(OUTERS)}")
+    check_device(cfg)                   # refused before a store is opened or a run created
+    check_data(cfg)
     quiet_libraries()
     total = steps or (int(resume["steps"]) if resume else default_steps(cfg, outer))
     start = int(resume["step"]) if resume else 0
