@@ -306,3 +306,38 @@ def test_resume_with_the_tracking_uri_of_the_store_that_holds_the_run(store, mon
     code, out, err = run_evolve(["--resume", other.run_id, "--tracking-uri", empty], capsys)
     assert code == 1 and f"no MLflow run with id {other.run_id!r}" in error_line(err)
     assert MlflowClient(store).get_run(other.run_id).info.status == "KILLED"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6-9. refusals that need a store or a finished run (the rest are in test_bad_inputs.py's table)
+
+
+def test_unsupported_scheme_through_the_environment_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "s3://bucket/mlflow")
+    code, out, err = run_evolve(list(SMALL), capsys)
+    assert code == 1 and "tracking URI 's3://bucket/mlflow' has the scheme 's3://'" in error_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_deleted_experiment_is_one_line_and_no_run(store, capsys):
+    client = MlflowClient(store)
+    gone = client.create_experiment("gone")
+    client.delete_experiment(gone)
+    code, out, err = run_evolve([*SMALL, "tracking.experiment=gone"], capsys)
+    line = error_line(err)
+    assert code == 2 and "tracking.experiment='gone' is a deleted experiment" in line
+    assert f"mlflow experiments restore --experiment-id {gone}" in line
+    assert client.search_runs([gone]) == []
+
+
+def test_top_k_beyond_the_population_is_refused(store, capsys):
+    from . import scripts
+
+    done = run_evolution(tiny(*SMALL), out=quiet)                  # population 8: 9 genomes with the center
+    code = scripts.run("finetune", ["--run-id", done.run_id, "--top-k", "10"])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and f"top-k 10 (--top-k or finetune.top_k) asks for more genomes than run {done.run_id} " \
+                         f"holds: 9 (the center and a population of 8)" in line
+    code = scripts.run("finetune", ["--checkpoint", str(done.checkpoint), "--top-k", "10"])
+    assert code == 2 and "asks for more genomes than checkpoint" in error_line(capsys.readouterr().err)
