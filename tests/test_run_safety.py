@@ -341,3 +341,40 @@ def test_top_k_beyond_the_population_is_refused(store, capsys):
                          f"holds: 9 (the center and a population of 8)" in line
     code = scripts.run("finetune", ["--checkpoint", str(done.checkpoint), "--top-k", "10"])
     assert code == 2 and "asks for more genomes than checkpoint" in error_line(capsys.readouterr().err)
+
+
+def test_train_runs_have_one_writer_stay_finished_and_answer_write_errors(store, capsys, monkeypatch, sleeper):
+    from evoplast.trainers import callbacks
+    from evoplast.training import run_training
+
+    from . import scripts
+    from .conftest import small_config
+    from .test_loop import TINY as LOOP, TOTAL
+
+    cfg = small_config(LOOP)
+    done = run_training(cfg, "bptt", steps=TOTAL, out=quiet)
+    path = str(done.checkpoint)
+    assert scripts.run("train", ["--resume", path]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"run {done.run_id} is FINISHED ({TOTAL} steps done)" in line
+    assert f"`python scripts/train.py --resume {path} --steps {2 * TOTAL}`" in line
+    _write_lock(lock_path("checkpoints", done.run_id), sleeper.pid)
+    assert scripts.run("train", ["--resume", path, "--steps", str(TOTAL + 1)]) == 1
+    assert f"is being written by process {sleeper.pid}" in error_line(capsys.readouterr().err)
+    # a full disk at the second checkpoint (step 3 of 5 is saved first)
+    real, calls = callbacks.CheckpointCallback.save, []
+
+    def save(self, step, trainer):
+        calls.append(step)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, step, trainer)
+
+    monkeypatch.setattr(callbacks.CheckpointCallback, "save", save)
+    with pytest.raises(WriteFailed, match=r"No space left on device\); the run is FAILED; the last checkpoint "
+                                          r"checkpoints/\w+/latest.pt is intact; .* continue with `python "
+                                          r"scripts/train.py --resume checkpoints/\w+/latest.pt`$") as info:
+        run_training(cfg, "bptt", steps=TOTAL, out=quiet)
+    run_id = str(info.value).split("checkpoints/")[1].split("/")[0]
+    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
+    assert load_checkpoint(f"checkpoints/{run_id}/latest.pt")["step"] == 3
