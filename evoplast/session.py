@@ -4,8 +4,8 @@
   run's checkpoint says who writes the run (pid, host, start time); its mtime is a heartbeat, renewed by a
   thread every :data:`HEARTBEAT_SECONDS`. A second process that would write the same run is refused with
   :class:`RunLocked` (exit 1: the command is right, the world is busy; the same command works once the
-  other writer ends). A lock whose process is gone (same host: the pid is dead; another host: no heartbeat
-  for :data:`STALE_SECONDS`) is taken over, with one line saying so.
+  other writer ends). A lock whose process is gone (same host: the pid is dead, a zombie, or a newer process
+  that reused it; another host: no heartbeat for :data:`STALE_SECONDS`) is taken over, with one line.
 - :func:`refuse_finished`: ``--resume`` of a FINISHED run is one line (exit 2) that says how to continue it
   on purpose.
 - :func:`end_orphaned_children`: nested runs (fine-tunes) left RUNNING by a process that died are ended
@@ -80,17 +80,33 @@ def _read(path: Path) -> Optional[dict]:
     return {**data, "mtime": mtime} if isinstance(data, dict) else {"mtime": mtime}
 
 
+def _process_start(pid: int) -> Optional[float]:
+    """When process ``pid`` of this host started (seconds since the epoch), where /proc tells."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[-1].split()[19])
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def holder_alive(holder: dict, now: Optional[float] = None, stale_seconds: float = STALE_SECONDS) -> bool:
-    """Whether the process a lock names still writes its run: on this host, its pid is alive and its heartbeat
-    is recent; on another host, its heartbeat is recent (the pid cannot be checked from here)."""
+    """Whether the process a lock names still writes its run. On this host: its pid is alive, not a zombie,
+    and started before the lock was written (else the pid was reused); a suspended writer still holds its
+    lock. On another host: its heartbeat (the lock's mtime) is recent (the pid cannot be checked from here)."""
     now = time.time() if now is None else now
-    recent = now - float(holder.get("mtime", 0)) < stale_seconds
     if holder.get("host") == socket.gethostname():
         try:
-            return _pid_alive(int(holder.get("pid", -1))) and recent
+            pid = int(holder.get("pid", -1))
         except (TypeError, ValueError):
             return False
-    return recent
+        if not _pid_alive(pid):
+            return False
+        started, begun = holder.get("started"), _process_start(pid)
+        return started is None or begun is None or begun <= float(started) + 2.0
+    return now - float(holder.get("mtime", 0)) < stale_seconds
 
 
 def _describe(holder: dict) -> str:

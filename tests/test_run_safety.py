@@ -376,3 +376,11 @@ def test_train_runs_have_one_writer_stay_finished_and_answer_write_errors(store,
     run_id = str(info.value).split("checkpoints/")[1].split("/")[0]
     assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
     assert load_checkpoint(f"checkpoints/{run_id}/latest.pt")["step"] == 3
+
+
+def test_a_reused_pid_does_not_hold_a_lock(tmp_path, sleeper):
+    # the lock was written (by a process now dead) before the live process with that pid started
+    _write_lock(lock_path(tmp_path, "r3"), sleeper.pid, age=3600)
+    lines = []
+    with RunLock(tmp_path, "r3", heartbeat=0).acquire(lines.append):
+        assert "taking over the lock of run r3" in lines[0]
