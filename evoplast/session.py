@@ -197,6 +197,7 @@ class RunLock:
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             try:
                 self.path.unlink()
+                self.path.parent.rmdir()       # a run that wrote no checkpoint (a fine-tune) leaves no folder
             except OSError:
                 pass
 
@@ -244,6 +245,11 @@ def end_orphaned_children(tracker, parent_run_id: str, checkpoint_dir: str | Pat
         child_id = child.info.run_id
         if is_locked(checkpoint_dir, child_id):
             continue
+        try:                            # the dead writer's lock, if it left one
+            lock_path(checkpoint_dir, child_id).unlink()
+            lock_path(checkpoint_dir, child_id).parent.rmdir()
+        except OSError:
+            pass
         tracker.client.set_tag(child_id, ORPHAN_TAG, "orphaned (its process ended without ending the run)")
         tracker.client.set_terminated(child_id, "KILLED")
         ended.append(child_id)
