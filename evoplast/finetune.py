@@ -25,7 +25,7 @@ from .tasks import make_task
 from .describe import applicable_params, finetune_description, rule_equations, rule_legend, run_name, run_tags
 from .preflight import check_device
 from .progress import LineStream, quiet_libraries
-from .session import RunLock, end_orphaned_children
+from .session import LOCKED_TAG, RunLock, end_orphaned_children
 from .signals import Interrupted, StopFlag
 from .tracking import Tracker, environment_params, resolve_tracking_uri
 from .trainers.bptt import BPTTTrainer
@@ -101,8 +101,9 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
     else:
         experiment = cfg.tracking.experiment
         name = f"{flat.get('task.name')}-{flat.get('rule.name')}-bptt-s{flat.get('seed')}"
-    tracker.start_run(experiment, name, parent_run_id=parent_run_id,
-                      tags=run_tags(flat, "es+bptt" if parent_run_id else "bptt"), source="scripts/finetune.py",
+    tracker.start_run(experiment, name, parent_run_id=parent_run_id,   # its lock is taken next (see below)
+                      tags={**run_tags(flat, "es+bptt" if parent_run_id else "bptt"), LOCKED_TAG: "true"},
+                      source="scripts/finetune.py",
                       system_metrics=True)
     status = "FAILED"
     lock = None

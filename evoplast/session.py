@@ -230,20 +230,25 @@ def refuse_finished(run_id: str, status: str, done: int, total: int, *, unit: st
 
 
 ORPHAN_TAG = "evoplast.stopped_by"
+LOCKED_TAG = "evoplast.writer_lock"     # set at creation on runs whose writer holds a RunLock (fine-tunes)
+YOUNG_SECONDS = 10.0                   # a run this young may not have taken its lock yet (it does at once)
 
 
 def end_orphaned_children(tracker, parent_run_id: str, checkpoint_dir: str | Path,
                           out: Callable[[str], None] = print) -> list[str]:
     """End as KILLED the nested runs of ``parent_run_id`` that are still RUNNING although no process writes
-    them (their writer died: SIGKILL, power loss). Returns their ids; ``out`` gets one line for each."""
+    them (their writer died: SIGKILL, power loss). Only runs created with :data:`LOCKED_TAG` (their writer
+    holds a :class:`RunLock`) are judged, and none younger than :data:`YOUNG_SECONDS`; other nested runs
+    (an evaluation) are left alone. Returns the ids ended; ``out`` gets one line for each."""
     run = tracker.get_run(parent_run_id)
     children = tracker.client.search_runs([run.info.experiment_id],
                                           f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-                                          f"attributes.status = 'RUNNING'")
+                                          f"tags.`{LOCKED_TAG}` = 'true' and attributes.status = 'RUNNING'")
     ended = []
     for child in children:
         child_id = child.info.run_id
-        if is_locked(checkpoint_dir, child_id):
+        young = time.time() - (child.info.start_time or 0) / 1000 < YOUNG_SECONDS
+        if young or is_locked(checkpoint_dir, child_id):
             continue
         try:                            # the dead writer's lock, if it left one
             lock_path(checkpoint_dir, child_id).unlink()

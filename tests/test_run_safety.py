@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from evoplast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from evoplast.evolution import run as run_module
 from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
-from evoplast.session import RunLock, RunLocked, WriteFailed, lock_path
+from evoplast.session import LOCKED_TAG, RunLock, RunLocked, WriteFailed, lock_path
 
 from .test_bad_inputs import run_evolve
 from .test_evolution import quiet, tiny
@@ -238,14 +238,19 @@ def test_a_nested_run_left_running_is_ended_at_the_next_resume(store, capsys):
     done = run_evolution(tiny(*SMALL), out=quiet)
     client = MlflowClient(store)
     exp = client.get_run(done.run_id).info.experiment_id
-    # a fine-tune whose process was SIGKILLed: RUNNING, no lock
-    orphan = client.create_run(exp, tags={"mlflow.parentRunId": done.run_id}).info.run_id
+    # a fine-tune whose process was SIGKILLed two minutes ago: RUNNING, no lock
+    nested = {"mlflow.parentRunId": done.run_id, LOCKED_TAG: "true"}
+    old = int(time.time() * 1000) - 120_000
+    orphan = client.create_run(exp, start_time=old, tags=nested).info.run_id
+    evaluation = client.create_run(exp, start_time=old, tags={"mlflow.parentRunId": done.run_id}).info.run_id
+    young = client.create_run(exp, tags=nested).info.run_id          # just created: its lock may come next
     code, out, err = run_evolve(["--resume", done.run_id], capsys)
     assert code == 2 and "is FINISHED" in error_line(err)
     assert f"nested run {orphan} of run {done.run_id} was left RUNNING" in out
     assert client.get_run(orphan).info.status == "KILLED"
-    # a nested run that a live process writes is left alone
-    live = client.create_run(exp, tags={"mlflow.parentRunId": done.run_id}).info.run_id
+    # an evaluation (no writer lock), a run just created, and a nested run a live process writes are left alone
+    assert client.get_run(evaluation).info.status == client.get_run(young).info.status == "RUNNING"
+    live = client.create_run(exp, start_time=old, tags=nested).info.run_id
     with RunLock("checkpoints", live, heartbeat=0).acquire(quiet):
         run_evolve(["--resume", done.run_id], capsys)
         assert client.get_run(live).info.status == "RUNNING"
