@@ -115,7 +115,7 @@ def test_a_second_resume_of_a_running_run_is_refused(store, capsys, sleeper):
 # 2. checkpoint reads fall back to the MLflow copy on every read error
 
 
-def test_every_damaged_local_checkpoint_falls_back_to_the_mlflow_copy(store, monkeypatch, tmp_path):
+def test_every_damaged_local_checkpoint_falls_back_to_the_mlflow_copy(store, monkeypatch, tmp_path, capsys):
     part = _killed_run()
     intact = part.checkpoint.read_bytes()
     n = len(intact)
@@ -151,6 +151,10 @@ def test_every_damaged_local_checkpoint_falls_back_to_the_mlflow_copy(store, mon
     checkpoint, source = resolve_resume(part.run_id, out=lines.append)
     assert "cannot be read (Permission denied)" in lines[0] and checkpoint["trainer"]["generation"] == 3
     monkeypatch.setattr(torch, "load", real)
+    # a file of no run with the wrong types inside: one line, not a traceback
+    stray = save_checkpoint(tmp_path / "stray" / "latest.pt", {**payload, "trainer": [1, 2]})
+    code, out, err = run_evolve(["--resume", str(stray)], capsys)
+    assert code == 1 and "the checkpoint holds the wrong types (trainer is a list)" in error_line(err)
     # the resumed run from the MLflow copy finishes like an uninterrupted one
     part.checkpoint.write_bytes(intact[:n // 2])
     checkpoint, _ = resolve_resume(part.run_id, out=quiet)

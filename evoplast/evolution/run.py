@@ -205,6 +205,9 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
     if resume is not None:
         if "mlflow_run_id" not in resume or "trainer" not in resume:
             raise CheckpointError("the checkpoint has no mlflow_run_id or trainer: it cannot be resumed")
+        problem = _payload_problem(resume)
+        if problem is not None:
+            raise CheckpointError(f"the checkpoint {problem}: it cannot be resumed (start a new run)")
         run_id = resume["mlflow_run_id"]
         info = tracker.get_run(run_id).info
         # one writer per run (a second --resume is refused); then nested runs a dead process left RUNNING are
