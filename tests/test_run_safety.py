@@ -393,3 +393,34 @@ def test_a_reused_pid_does_not_hold_a_lock(tmp_path, sleeper):
     lines = []
     with RunLock(tmp_path, "r3", heartbeat=0).acquire(lines.append):
         assert "taking over the lock of run r3" in lines[0]
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_run_at_once_the_second_is_refused(store, tmp_path, capsys):
+    """Finding 1 as a user meets it: a real process resumes the run; a second resume while it runs is refused,
+    and every generation is logged once."""
+    import sys
+
+    from .conftest import REPO
+
+    part = _killed_run()
+    proc = subprocess.Popen([sys.executable, f"{REPO}/scripts/evolve.py", "--resume", part.run_id,
+                             "search.generations=100000", "--print-every", "1000"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("evoplast: resumed at generation 3"):
+                break
+        else:
+            raise AssertionError(proc.stderr.read()[-2000:])
+        code, out, err = run_evolve(["--resume", part.run_id], capsys)
+        assert code == 1 and f"is being written by process {proc.pid}" in error_line(err)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    client = MlflowClient(store)
+    steps = [m.step for m in client.get_metric_history(part.run_id, "fitness/best")]
+    assert sorted(steps) == list(range(1, max(steps) + 1))           # each generation once
+    assert client.get_run(part.run_id).info.status == "KILLED"
+    assert not (part.checkpoint.parent / "writer.lock").exists()
