@@ -178,18 +178,18 @@ def _check_sqlite(db: Path, shown: str) -> None:
     if db.is_dir():
         raise TrackingUnavailable(f"the MLflow store {shown} is a directory, not a sqlite file; choose a file, "
                                   f"e.g. sqlite:///{db / 'mlflow.db'}")
+    import tempfile
+
+    where = db
     try:
         if db.exists():
             os.close(os.open(db, os.O_RDWR))
-        else:               # sqlite writes a journal beside the file: the folder must take new files
-            import tempfile
-
-            with tempfile.TemporaryFile(dir=db.parent):
-                pass
+        where = db.parent   # sqlite writes a journal beside the file: the folder must take new files too
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
     except OSError as exc:
         raise TrackingUnavailable(f"the MLflow store {shown} cannot be written ({exc.strerror or exc} in "
-                                  f"{str(db.parent if not db.exists() else db)!r}); choose another "
-                                  f"tracking.tracking_uri") from None
+                                  f"{str(where)!r}); choose another tracking.tracking_uri") from None
 
 
 def environment_params() -> dict[str, str]:

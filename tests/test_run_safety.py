@@ -424,3 +424,23 @@ def test_two_resumes_of_one_run_at_once_the_second_is_refused(store, tmp_path, c
     assert sorted(steps) == list(range(1, max(steps) + 1))           # each generation once
     assert client.get_run(part.run_id).info.status == "KILLED"
     assert not (part.checkpoint.parent / "writer.lock").exists()
+
+
+def test_a_store_in_a_folder_that_takes_no_new_file_is_refused_at_once(tmp_path, monkeypatch):
+    import tempfile
+
+    from evoplast.tracking import TrackingUnavailable, check_tracking_uri
+
+    (tmp_path / "mlflow.db").write_bytes(b"")          # the file opens for writing; its journal would not
+    real = tempfile.TemporaryFile
+
+    def read_only(*a, dir=None, **kw):
+        if dir is not None and os.path.samefile(dir, tmp_path):
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingUnavailable, match=rf"cannot be written \(Read-only file system in '{tmp_path}'\)"):
+        check_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    assert time.perf_counter() - t0 < 30          # a bound against retries (MLflow alone: ~107 s), not a speed claim
