@@ -42,7 +42,8 @@ Str = Annotated[str, Strict()]
 
 
 def _as_list(value: Any) -> Any:
-    """A lone scalar where a list is expected (``network.hidden=64``) is a one-element list."""
+    """A lone scalar where a list is expected (``network.plastic_layers=3``) is a one-element list (not for
+    ``network.hidden``, where 64 could mean [64] or [64, 64]: refused there)."""
     return [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
 
 
@@ -133,6 +134,13 @@ class NetworkConfig(_Section):
         "error", description="regression teaching signal s: y - y_hat (error) or y (target)")
     feedback_activation: Literal["relu", "linear"] = Field(
         "relu", description="g in f = g(B s + c) for hidden layers (the output layer's feedback is linear)")
+    init_gain: Float = Field(1.0, ge=0.0, description="scale of the Kaiming-uniform initial weights")
+    features: Literal["none", "conv"] = Field(
+        "none", description="classification: plastic layers read the pixels, or the output of a conv stack that is "
+                            "frozen in the lifetime (random from the seed; meta-learned with "
+                            "finetune.train=['features.*'])")
+    conv_channels: _Tuple(Annotated[Int, Field(ge=1)]) = Field(
+        (16, 32), description="conv stack: channels of each 3x3 stride-2 conv layer")
 
     @field_validator("hidden", mode="before")
     @classmethod
@@ -141,13 +149,6 @@ class NetworkConfig(_Section):
             raise ValueError(f"a list of hidden layer widths is expected; write [{value}] for one hidden layer "
                              f"of {value} or [{value},{value}] for two")
         return value
-    init_gain: Float = Field(1.0, ge=0.0, description="scale of the Kaiming-uniform initial weights")
-    features: Literal["none", "conv"] = Field(
-        "none", description="classification: plastic layers read the pixels, or the output of a conv stack that is "
-                            "frozen in the lifetime (random from the seed; meta-learned with "
-                            "finetune.train=['features.*'])")
-    conv_channels: _Tuple(Annotated[Int, Field(ge=1)]) = Field(
-        (16, 32), description="conv stack: channels of each 3x3 stride-2 conv layer")
 
 
 class RuleConfig(_Section):
