@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +43,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({first[:120]})") from None
+    except OSError as exc:           # unreadable, or a truncated zip that torch reports as a file error
+        if exc.filename and exc.strerror:
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({exc.strerror})") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({_first(exc)[:120]})") from None
+    except Exception as exc:         # every other way a damaged file fails to unpickle
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({_first(exc)[:120]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an evoplast checkpoint")
     if data.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format version {data.get('version')}, "
                               f"this evoplast reads version {VERSION}")
     return data
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -30,12 +30,46 @@ _WORLD_ERRORS = {
     "evoplast.export": ("RuleExportError",),
     "evoplast.tasks.images": ("DatasetError",),
     "evoplast.evolution.ray_pool": ("RayUnavailable", "ActorsLost"),
+    "evoplast.session": ("RunLocked", "WriteFailed"),
 }
 
 
+class _Once(argparse._StoreAction):
+    """A single-valued option given twice (``--config a.yaml --config b.yaml``) is refused, not "the last wins"."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string is not None:
+            given = namespace.__dict__.setdefault("_evoplast_given", {})
+            if self.dest in given:
+                parser.error(f"{option_string} is given twice ({given[self.dest]!r} and {values!r}); give it once")
+            given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)        # every single-valued option of every script (and group)
+        self.register("action", "store", _Once)
+
     def error(self, message: str):  # one line, exit 2, like every other bad input
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        parsed.__dict__.pop("_evoplast_given", None)
+        return parsed
+
+
+def count(text: str) -> int:
+    """An argparse ``type`` for a count: an integer >= 0 (``--print-every -1`` is refused, not read as 'never')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 0")
+    return value
 
 
 class _HelpConfig(argparse.Action):

@@ -42,7 +42,8 @@ Str = Annotated[str, Strict()]
 
 
 def _as_list(value: Any) -> Any:
-    """A lone scalar where a list is expected (``network.hidden=64``) is a one-element list."""
+    """A lone scalar where a list is expected (``network.plastic_layers=3``) is a one-element list (not for
+    ``network.hidden``, where 64 could mean [64] or [64, 64]: refused there)."""
     return [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
 
 
@@ -141,6 +142,14 @@ class NetworkConfig(_Section):
     conv_channels: _Tuple(Annotated[Int, Field(ge=1)]) = Field(
         (16, 32), description="conv stack: channels of each 3x3 stride-2 conv layer")
 
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _widths(cls, value: Any) -> Any:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            raise ValueError(f"a list of hidden layer widths is expected; write [{value}] for one hidden layer "
+                             f"of {value} or [{value},{value}] for two")
+        return value
+
 
 class RuleConfig(_Section):
     """The local plasticity rule and how its coefficients are parameterised."""
@@ -212,6 +221,14 @@ class EvaluationConfig(_Section):
                     "validation episodes is used")
 
     _zero = field_validator("chunk_size", mode="before")(_no_zero)
+
+    @field_validator("sgd_lrs", mode="before")
+    @classmethod
+    def _some_lrs(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("the SGD and feedback-alignment baselines need at least one learning rate "
+                             "(e.g. [0.01, 0.1])")
+        return value
 
 
 class SearchConfig(_Section):
@@ -330,6 +347,9 @@ class Config(_Section):
                 raise _fail(f"network.plastic_layers contains {layer}: the network has layers 1..{depth} "
                             f"(hidden={list(self.network.hidden)} plus the output layer)")
         s = self.search
+        if s.algorithm == "pgpe" and s.popsize % 2:
+            raise _fail(f"search.popsize={s.popsize} is odd: PGPE samples in mirrored pairs, so the population "
+                        f"must be even (e.g. search.popsize={s.popsize + 1})")
         if s.algorithm == "cem" and int(s.popsize * s.elite_ratio) < 2:
             raise _fail(f"search.elite_ratio={s.elite_ratio:g} with search.popsize={s.popsize} leaves "
                         f"{int(s.popsize * s.elite_ratio)} elites; CEM needs at least 2 to estimate a spread "
@@ -510,6 +530,7 @@ def _safe_yaml(text: str, what: str) -> Any:
         if isinstance(n, yaml.SequenceNode):
             total = 1 + sum(expanded(c) for c in n.value)
         elif isinstance(n, yaml.MappingNode):
+            _no_duplicate_keys(n, what)
             total = 1 + sum(expanded(k) + expanded(v) for k, v in n.value)
         else:
             total = 1
@@ -520,6 +541,18 @@ def _safe_yaml(text: str, what: str) -> Any:
         raise ConfigError(f"{what} expands to more than {MAX_YAML_NODES:,} values through YAML aliases "
                           f"(&anchor / *alias); write the values out instead")
     return yaml.safe_load(text)
+
+
+def _no_duplicate_keys(node: Any, what: str) -> None:
+    """A key given twice in one mapping (YAML keeps the last silently, dropping the first block) is refused."""
+    seen: dict[Any, int] = {}
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode):
+            line = k.start_mark.line + 1
+            if k.value in seen:
+                raise ConfigError(f"{what}: key {k.value!r} appears twice in one mapping (lines {seen[k.value]} and "
+                                  f"{line}); YAML would keep only the last; merge them into one")
+            seen[k.value] = line
 
 
 # --------------------------------------------------------------------------------------------------

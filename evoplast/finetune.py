@@ -8,6 +8,7 @@ paper's own method, the baseline for evolution.
 from __future__ import annotations
 
 import fnmatch
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from .genome import GenomeSpec, build_genome_spec
 from .seeding import Purpose
 from .tasks import make_task
 from .describe import applicable_params, finetune_description, rule_equations, rule_legend, run_name, run_tags
+from .preflight import check_device
 from .progress import LineStream, quiet_libraries
+from .session import LOCKED_TAG, RunLock, end_orphaned_children
+from .signals import Interrupted, StopFlag
 from .tracking import Tracker, environment_params, resolve_tracking_uri
 from .trainers.bptt import BPTTTrainer
 from .trainers.callbacks import HeldOutCallback, ProgressCallback, TrackingCallback
@@ -68,7 +72,19 @@ class FinetuneResult:
 def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str], *,
                  parent_run_id: Optional[str] = None, out: Callable[[str], None] = print,
                  print_every: int = 0) -> FinetuneResult:
-    """Meta-train ``genomes [k, D]`` (evolution spec of ``cfg``), or the initial genome when None."""
+    """Meta-train ``genomes [k, D]`` (evolution spec of ``cfg``), or the initial genome when None.
+
+    SIGINT / SIGTERM let the meta-step in flight finish, then end the run as KILLED and raise
+    :class:`~evoplast.signals.Interrupted` (a fine-tune has no checkpoint: it is run again); a signal is
+    never lost, up to the last artifact. Nested runs of ``parent_run_id`` that a dead process left RUNNING
+    are ended as KILLED first."""
+    with StopFlag() as stop:
+        return _run_finetune(cfg, genomes, labels, parent_run_id, out, print_every, stop)
+
+
+def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str], parent_run_id: Optional[str],
+                  out: Callable[[str], None], print_every: int, stop: StopFlag) -> FinetuneResult:
+    check_device(cfg)                   # before a store is opened or a run created
     evo_spec, spec = train_spec_of(cfg)
     start = spec.initial_vector().reshape(1, -1) if genomes is None else spec.encode(evo_spec.decode(genomes))
     labels = labels if genomes is not None else ["initial genome"]
@@ -79,16 +95,20 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
     flat = flatten(cfg)
     if parent_run_id:
         parent = tracker.get_run(parent_run_id)
+        end_orphaned_children(tracker, parent_run_id, cfg.checkpoint.dir, out)
         experiment = tracker.client.get_experiment(parent.info.experiment_id).name
         name = f"{parent.info.run_name}-finetune" if parent.info.run_name else run_name(flat, "finetune")
     else:
         experiment = cfg.tracking.experiment
         name = f"{flat.get('task.name')}-{flat.get('rule.name')}-bptt-s{flat.get('seed')}"
-    tracker.start_run(experiment, name, parent_run_id=parent_run_id,
-                      tags=run_tags(flat, "es+bptt" if parent_run_id else "bptt"), source="scripts/finetune.py",
+    tracker.start_run(experiment, name, parent_run_id=parent_run_id,   # its lock is taken next (see below)
+                      tags={**run_tags(flat, "es+bptt" if parent_run_id else "bptt"), LOCKED_TAG: "true"},
+                      source="scripts/finetune.py",
                       system_metrics=True)
     status = "FAILED"
+    lock = None
     try:
+        lock = RunLock(cfg.checkpoint.dir, tracker.run_id).acquire(out)    # its parent sees it is alive
         tracker.log_params({**applicable_params(flat), **environment_params(),
                             "finetune.source": parent_run_id or "scratch",
                             "finetune.genomes": ", ".join(labels), "finetune.trained_segments": len(spec.evolved)})
@@ -106,7 +126,11 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         progress = _FinetuneProgress(steps, "meta-step", stream=None if out is print else LineStream(out),
                                      every=print_every)
         progress.heldout = f"{min(b['loss'] for b in before):.3f}"
-        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, TrackingCallback(tracker, end_run=False)])
+        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, TrackingCallback(tracker, end_run=False)],
+                         stop=stop)
+        stop.immediate = True           # from here (held-out, artifacts) a signal stops at once
+        if stop.signal is not None:
+            raise Interrupted(stop.signal)
         history = [{k: r[k] for k in ("step", "meta_loss", "grad_norm", "skipped", "seconds")} for r in rows]
         final = trainer.current()
         after = [ev.learning_measures(g) for g in final]
@@ -120,14 +144,29 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
             run_id=tracker.run_id, parent_run_id=parent_run_id, labels=labels, before=before, after=after,
             chosen=chosen, steps=steps, equations=rule_equations(spec.model, spec.decode(final[chosen].float())),
             legend=rule_legend(spec.model), uri=tracker.shown_uri))
+        if stop.signal is not None:     # a signal that a library swallowed: still a stop
+            raise Interrupted(stop.signal)
         status = "FINISHED"
         return FinetuneResult(tracker.run_id, parent_run_id, labels, before, after, chosen, final[chosen],
                               [s.name for s in spec.evolved], history, tracker.ui_command())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "KILLED"
-        raise
+        stop.immediate = False          # the clean-up is not cut short by a further signal
+        why = signal.Signals(stop.signal).name if stop.signal is not None else "KeyboardInterrupt"
+        tracker.set_tags({"evoplast.stopped_by": why})
+        again = (f"python scripts/finetune.py --run-id {parent_run_id}" if parent_run_id
+                 else "python scripts/finetune.py with the same arguments")
+        out(f"evoplast: fine-tune run {tracker.run_id} stopped ({why}); it is KILLED and has no checkpoint: "
+            f"run it again with `{again}`")
+        if isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(stop.signal or signal.SIGINT) from None
     finally:
-        tracker.end(status)
+        try:
+            tracker.end(status)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 class _FinetuneProgress(ProgressCallback):

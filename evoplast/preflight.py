@@ -159,8 +159,37 @@ def check_checkpoint_dir(directory: str | Path) -> None:
                               f"{str(probe)!r}); choose another checkpoint.dir") from None
 
 
+def check_device(cfg: Config, cuda: bool | None = None) -> None:
+    """Raise :class:`ConfigError` (one line) for ``device=cuda`` on a machine where torch sees no CUDA device
+    (``cuda``: whether it does; default: ask torch)."""
+    if cfg.device != "cuda":
+        return
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        import torch
+
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no CUDA device"
+        raise ConfigError(f"device=cuda but {why}; use device=auto (a GPU when there is one) or device=cpu")
+
+
+def check_data(cfg: Config) -> None:
+    """Raise the task's own one-line error when its data cannot serve the config (a missing dataset folder,
+    too few classes or images); checked before a store is opened, so nothing is left behind."""
+    if cfg.task.name == "sinusoid":
+        return
+    from .tasks import make_task
+
+    make_task(cfg.task)
+
+
 def preflight(cfg: Config) -> MemoryEstimate:
-    """Every check of the config against this machine that needs no service: memory, checkpoint folder."""
+    """Every check of the config against this machine that needs no service: device, memory, checkpoint
+    folder, the task's data."""
+    check_device(cfg)
     est = check_memory(cfg)
     check_checkpoint_dir(cfg.checkpoint.dir)
+    check_data(cfg)
     return est

@@ -73,6 +73,7 @@ def candidates_from_run(tracker: Tracker, run_id: str, top_k: int,
         genomes, labels = [best["genome"].reshape(1, -1)], ["center"]
         if top_k > 1:
             pop = _safe_load(download(tracker, run_id, "population.pt", tmp), f"population.pt of run {run_id}")
+            _check_top_k(top_k, len(pop["genomes"]), f"run {run_id}")
             genomes.append(pop["genomes"][:top_k - 1])
             labels += [f"population #{i + 1}" for i in range(min(top_k - 1, len(pop["genomes"])))]
     return Candidates(cfg, torch.cat(genomes).float(), labels, run_id)
@@ -94,9 +95,21 @@ def candidates_from_checkpoint(path: str | Path, top_k: int,
     trainer = EvolutionTrainer(local, ev.fitness, ev.spec.initial_vector())
     trainer.load_state_dict(ckpt["trainer"])
     pop, _ = trainer.population()
+    if top_k > 1:
+        _check_top_k(top_k, len(pop), f"checkpoint {str(path)!r}")
     genomes = torch.cat([trainer.center().reshape(1, -1), pop[:top_k - 1]])
     labels = ["center"] + [f"population #{i + 1}" for i in range(len(genomes) - 1)]
     return Candidates(cfg, genomes, labels, ckpt.get("mlflow_run_id"))
+
+
+def _check_top_k(top_k: int, population: int, where: str) -> None:
+    """More genomes asked for than the center and the last population hold: refused (exit 2), not clamped."""
+    if top_k > population + 1:
+        from .errors import UsageError
+
+        raise UsageError(f"top-k {top_k} (--top-k or finetune.top_k) asks for more genomes than {where} holds: "
+                         f"{population + 1} (the center and a population of {population}); ask for at most "
+                         f"{population + 1}")
 
 
 def genome_record(genome: torch.Tensor, spec, cfg: Config, generation: int, heldout_loss: Optional[float]) -> dict:

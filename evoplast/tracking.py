@@ -123,15 +123,73 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             raise TrackingUnavailable(f"cannot reach the MLflow tracking server at {shown} ({reason}); start it "
                                       f"(`mlflow server --host 127.0.0.1 --port 5000`) or unset "
                                       f"MLFLOW_TRACKING_URI / tracking.tracking_uri to use {DEFAULT_URI}") from None
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.parent.is_dir():
-            raise TrackingUnavailable(f"the MLflow store {shown} is in a directory that does not exist "
-                                      f"({str(db.parent)!r}); create it or choose another tracking.tracking_uri")
+    elif uri.startswith("sqlite:///") and uri != "sqlite:///":
+        _check_sqlite(Path(uri[len("sqlite:///"):]), shown)
     elif uri.startswith("file:") or uri.startswith("/") or uri.startswith("."):
         if not os.environ.get("MLFLOW_ENABLE_FILE_STORE"):
             raise TrackingUnavailable(f"tracking URI {shown!r} is a plain file store, which MLflow 3 refuses; "
                                       f"use {DEFAULT_URI} or a server URI")
+    else:
+        _check_scheme(uri, shown)
+
+
+# database schemes MLflow's SQLAlchemy store takes, and the Python module each needs (SQLAlchemy's defaults)
+DB_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+              "postgresql+psycopg": ("psycopg", "psycopg[binary]"), "postgresql+pg8000": ("pg8000", "pg8000"),
+              "mysql": ("MySQLdb", "mysqlclient"), "mysql+mysqldb": ("MySQLdb", "mysqlclient"),
+              "mysql+pymysql": ("pymysql", "pymysql"), "mssql": ("pyodbc", "pyodbc"),
+              "mssql+pyodbc": ("pyodbc", "pyodbc"), "mssql+pymssql": ("pymssql", "pymssql")}
+OTHER_SCHEMES = ("databricks", "databricks-uc", "uc")
+
+
+def _check_scheme(uri: str, shown: str) -> None:
+    """An unsupported scheme, or a database scheme whose driver is not installed, is one line (not MLflow's
+    traceback, and not a store that is half created)."""
+    import importlib.util
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if uri.lower().startswith("sqlite:"):
+        raise TrackingUnavailable(f"tracking URI {shown!r} names no sqlite file (write sqlite:///PATH, e.g. "
+                                  f"{DEFAULT_URI})")
+    if uri in OTHER_SCHEMES:            # "databricks": the default Databricks profile
+        return
+    if scheme in DB_DRIVERS:
+        module, package = DB_DRIVERS[scheme]
+        if importlib.util.find_spec(module) is None:
+            raise TrackingUnavailable(f"tracking URI {shown!r} needs the database driver {module!r}, which is not "
+                                      f"installed (pip install {package}); or use {DEFAULT_URI}")
+        return
+    if scheme in OTHER_SCHEMES:
+        return
+    supported = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://, mysql://, mssql://, databricks"
+    if not scheme:
+        raise TrackingUnavailable(f"tracking URI {shown!r} has no scheme (expected {supported}; a file: "
+                                  f"sqlite:///{uri})")
+    raise TrackingUnavailable(f"tracking URI {shown!r} has the scheme {scheme + '://'!r}, which evoplast cannot "
+                              f"track to (expected {supported}); set tracking.tracking_uri or MLFLOW_TRACKING_URI")
+
+
+def _check_sqlite(db: Path, shown: str) -> None:
+    """A sqlite store that cannot work is one line at once, before MLflow retries for about two minutes: its
+    folder missing or not writable, its path a folder, its file not readable and writable."""
+    if not db.parent.is_dir():
+        raise TrackingUnavailable(f"the MLflow store {shown} is in a directory that does not exist "
+                                  f"({str(db.parent)!r}); create it or choose another tracking.tracking_uri")
+    if db.is_dir():
+        raise TrackingUnavailable(f"the MLflow store {shown} is a directory, not a sqlite file; choose a file, "
+                                  f"e.g. sqlite:///{db / 'mlflow.db'}")
+    import tempfile
+
+    where = db
+    try:
+        if db.exists():
+            os.close(os.open(db, os.O_RDWR))
+        where = db.parent   # sqlite writes a journal beside the file: the folder must take new files too
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
+    except OSError as exc:
+        raise TrackingUnavailable(f"the MLflow store {shown} cannot be written ({exc.strerror or exc} in "
+                                  f"{str(where)!r}); choose another tracking.tracking_uri") from None
 
 
 def environment_params() -> dict[str, str]:
@@ -283,6 +341,12 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            from .errors import ConfigError
+
+            raise ConfigError(f"tracking.experiment={experiment!r} is a deleted experiment in {self.shown_uri}; "
+                              f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), delete "
+                              f"it for good (`mlflow gc`), or choose another tracking.experiment")
         if exp is not None:
             self.experiment_id = exp.experiment_id
         else:

@@ -18,8 +18,10 @@ import torch
 from .config import Config, flatten, to_yaml
 from .evaluation import Evaluator
 from .describe import applicable_params, run_tags
+from .preflight import check_data, check_device
 from .progress import LineStream, quiet_libraries
 from .runs import genome_record
+from .session import RunLock, refuse_finished, write_failed
 from .signals import Interrupted, StopFlag
 from .tracking import Tracker, environment_params, resolve_tracking_uri
 from .trainers import TRAINERS, make_trainer
@@ -71,20 +73,39 @@ def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume
     ``callbacks`` run after the built-in ones (tests use them)."""
     if outer not in OUTERS:
         raise ValueError(f"unknown outer trainer {outer!r}: expected one of {', '.join(OUTERS)}")
+    check_device(cfg)                   # refused before a store is opened or a run created
+    check_data(cfg)
     quiet_libraries()
     total = steps or (int(resume["steps"]) if resume else default_steps(cfg, outer))
     start = int(resume["step"]) if resume else 0
     flat = flatten(cfg)
     with StopFlag() as stop:
         tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
+        lock = None
         if resume:
-            run_id = tracker.resume_run(resume["mlflow_run_id"])
-            logged = _logged_through(tracker, run_id)
+            run_id = resume["mlflow_run_id"]
+            info = tracker.get_run(run_id).info
+            target = str(Path(cfg.checkpoint.dir) / run_id / "latest.pt")
+            lock = RunLock(cfg.checkpoint.dir, run_id).acquire(         # one writer per run
+                out, command=f"python scripts/train.py --resume {target}")
+            try:
+                refuse_finished(run_id, info.status, start, total, unit="steps", more=f"--steps {2 * start}",
+                                script="scripts/train.py", target=target)
+                run_id = tracker.resume_run(run_id)
+                logged = _logged_through(tracker, run_id)
+            except BaseException:
+                lock.release()
+                raise
         else:
             name = flat.get("tracking.run_name") or f"{flat.get('task.name')}-{flat.get('rule.name')}-{outer}-s{cfg.seed}"
             run_id = tracker.start_run(cfg.tracking.experiment, name, tags=run_tags(flat, outer),
                                        source="scripts/train.py", system_metrics=True)
             logged = 0
+            try:
+                lock = RunLock(cfg.checkpoint.dir, run_id).acquire(out)
+            except BaseException:
+                tracker.end("FAILED")
+                raise
         try:
             if not resume:
                 tracker.log_params({**applicable_params(flat), **environment_params(), "outer": outer})
@@ -94,6 +115,7 @@ def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume
                 trainer.load_state_dict(resume["trainer"])
             ev = Evaluator(cfg)
         except BaseException as exc:
+            lock.release()
             tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         path = Path(cfg.checkpoint.dir) / run_id / "latest.pt"
@@ -118,9 +140,16 @@ def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except OSError as exc:          # a checkpoint or artifact write (full disk, vanished folder)
+            kept = (f"the last checkpoint {path} is intact" if path.is_file() else "no checkpoint was written before")
+            raise write_failed(exc, f"a checkpoint or artifact of run {run_id}", kept,
+                               f"python scripts/train.py --resume {path}") from None
         finally:
             stop.immediate = True
-            tracker.end(status)
+            try:
+                tracker.end(status)
+            finally:
+                lock.release()
 
 
 def _log_genome(tracker: Tracker, cfg: Config, ev: Evaluator, genome: torch.Tensor, heldout: Optional[float],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from evoplast.cli import UsageError, apply_tracking_uri, config_from_args, parser, require_store, run_main  # noqa: E402
+from evoplast.cli import count, UsageError, apply_tracking_uri, config_from_args, parser, require_store, run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("Evolve local plasticity rules and feedback weights with an evolution strategy.", "evolve.py",
                run_id="MLflow run to resume from its latest checkpoint (its own config; overrides apply)")
     p.add_argument("--resume", metavar="RUN|PATH", help="MLflow run id or checkpoint path to continue")
-    p.add_argument("--print-every", type=int, default=0, metavar="N",
+    p.add_argument("--print-every", type=count, default=0, metavar="N",
                    help="one progress line every N generations (default: about 50 lines per run)")
     args = p.parse_args(argv)
     if args.run_id is not None and args.resume is not None and args.run_id != args.resume:

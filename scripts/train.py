@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa: E402
+from evoplast.cli import count, UsageError, config_from_args, parser, run_main  # noqa: E402
 
 OUTERS = ("es", "bptt", "pes", "hybrid")
 RESUME_OVERRIDABLE = ("tracking.", "device")        # anything else would change the run
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the run's total steps (default: search.generations / finetune.steps / both for hybrid; "
                         "resuming: the checkpoint's)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="checkpoints/RUN/latest.pt of a stopped train.py run")
-    p.add_argument("--print-every", type=int, default=0, metavar="N", help="a progress line every N steps")
+    p.add_argument("--print-every", type=count, default=0, metavar="N", help="a progress line every N steps")
     args = p.parse_args(argv)
 
     if args.steps is not None and args.steps < 1:

@@ -3,11 +3,13 @@
 Run in-process through ``scripts/evolve.py``'s ``main(argv)`` (no 20 s of imports per case).
 """
 
+import importlib.util
 import os
 import tempfile
 import time
 
 import pytest
+import torch
 
 from evoplast.config import ConfigError, load_config
 from evoplast.preflight import check_memory, memory_estimate
@@ -39,7 +41,37 @@ def _cases(tmp_path):
     (tmp_path / "bomb.yaml").write_text(BOMB)
     (tmp_path / "deep.yaml").write_text("a: " + "[" * 20000)
     (tmp_path / "a-file").write_text("not a folder")
-    return [
+    (tmp_path / "dup.yaml").write_text("search:\n  popsize: 8\nrule:\n  name: oja\nsearch:\n  generations: 3\n")
+    (tmp_path / "a-dir").mkdir(exist_ok=True)
+    extra = [] if torch.cuda.is_available() else [(["device=cuda"], 2, "device=cuda but")]
+    if importlib.util.find_spec("psycopg2") is None:
+        extra.append((["tracking.tracking_uri=postgresql://u@127.0.0.1:9/db"], 1,
+                      "needs the database driver 'psycopg2', which is not installed (pip install psycopg2-binary)"))
+    return extra + [
+        # issue 25: refused before any side effect (nothing is created: no mlflow.db, no run)
+        (["search.algorithm=pgpe", "search.popsize=7"], 2, "search.popsize=7 is odd: PGPE samples in mirrored pairs"),
+        (["evaluation.sgd_lrs=[]"], 2, "evaluation.sgd_lrs=[] is invalid: the SGD and feedback-alignment baselines"),
+        (["network.hidden=64"], 2, "network.hidden=64 is invalid: a list of hidden layer widths is expected; write [64]"),
+        (["--config", "dup.yaml"], 2, "key 'search' appears twice in one mapping (lines 1 and 5)"),
+        (["--config", "dup.yaml", "--config", "bomb.yaml"], 2, "--config is given twice ('dup.yaml' and 'bomb.yaml')"),
+        (["--tracking-uri", "sqlite:///a.db", "--tracking-uri", "sqlite:///b.db"], 2, "--tracking-uri is given twice"),
+        (["--resume", "a", "--resume", "b"], 2, "--resume is given twice"),
+        (["--print-every", "-1"], 2, "argument --print-every: invalid count '-1': expected an integer >= 0"),
+        (["tracking.tracking_uri=foo://x"], 1, "tracking URI 'foo://x' has the scheme 'foo://', which evoplast cannot"),
+        (["tracking.tracking_uri=mlflow.db"], 1, "tracking URI 'mlflow.db' has no scheme"),
+        (["tracking.tracking_uri=sqlite://"], 1, "names no sqlite file"),
+        (["tracking.tracking_uri=sqlite:///a-dir"], 1, "the MLflow store sqlite:///a-dir is a directory"),
+        (["tracking.tracking_uri=sqlite:////proc/evoplast.db"], 1, "the MLflow store sqlite:////proc/evoplast.db "
+                                                                   "cannot be written"),
+        (["task.name=digits", "task.num_tasks=11", "task.batches_per_task=1", "task.batch_size=1",
+          "task.query_size=1"], 2, "task.num_tasks=11: digits has only 10 meta-train classes"),
+        (["task.name=glyphs", "task.glyph_classes=10", "task.num_tasks=3", "task.batches_per_task=1",
+          "task.batch_size=1", "task.query_size=1"], 2, "task.num_tasks=3: glyphs has only 2 meta-test classes"),
+        (["task.name=glyphs", "task.glyph_classes=10", "task.images_per_class=4"], 2,
+         "glyphs has 4 per class; lower task.batches_per_task"),
+        (["task.name=omniglot", "task.data_dir=no-such-dir"], 1, "Omniglot: task.data_dir='no-such-dir' is not a "
+                                                                  "directory"),
+
         (["--config", "random.yaml"], 2, "is not UTF-8 text"),
         (["--config", "bomb.yaml"], 2, "expands to more than 100,000 values through YAML aliases"),
         (["--config", "deep.yaml"], 2, "nested too deeply"),
@@ -81,7 +113,8 @@ def test_every_bad_input_is_one_line_with_nothing_left_behind(clean_dir, capsys,
         # answered without expanding or hanging: a bomb expanded or a service waited for takes minutes (the
         # deepest file takes 1.5 s on a quiet 2-core VM, 5 s on a busy one: the bound is not a speed claim)
         assert seconds < 30, (argv, seconds)
-        assert sorted(p.name for p in clean_dir.iterdir()) == ["a-file", "bomb.yaml", "deep.yaml", "random.yaml"], argv
+        assert sorted(p.name for p in clean_dir.iterdir()) == ["a-dir", "a-file", "bomb.yaml", "deep.yaml", "dup.yaml",
+                                                                "random.yaml"], argv
     assert list(private_tmp.iterdir()) == []         # no temporary folder left behind
     print(results)
 

@@ -28,13 +28,16 @@ from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
 from ..runs import genome_record
+from ..session import RunLock, WriteFailed, end_orphaned_children, refuse_finished, write_failed
 from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 from .placement import Placement, choose, generation_gflop, size
 from ..trainers.loop import BaseCallback, run_outer
 from .trainer import EvolutionTrainer
 
 # Keys that may change when a run is resumed; anything else would make it a different experiment.
-RESUMABLE_KEYS = ("search.generations", "ray.", "tracking.gain_every", "checkpoint.every", "device")
+# tracking.tracking_uri: where the run is (--tracking-uri); a store that does not hold the run is refused.
+RESUMABLE_KEYS = ("search.generations", "ray.", "tracking.gain_every", "tracking.tracking_uri", "checkpoint.every",
+                  "device")
 
 
 @dataclass
@@ -54,8 +57,9 @@ def resolve_resume(target: str, cfg_checkpoint_dir: str = "checkpoints",
                    out: Callable[[str], None] = print) -> tuple[dict[str, Any], str]:
     """A checkpoint from a path, or from a run id (local ``checkpoints/<id>/latest.pt``, else MLflow).
 
-    A local file that is corrupt falls back to the copy in the run's MLflow artifacts (``checkpoint/latest.pt``;
-    the run id is the file's folder name) and says so through ``out``. Returns ``(checkpoint, where it came
+    A local file that cannot be used (truncated at any length, corrupt, unreadable, or holding the wrong
+    types) falls back to the copy in the run's MLflow artifacts (``checkpoint/latest.pt``; the run id is the
+    file's folder name) and says so through ``out``. Returns ``(checkpoint, where it came
     from)``; nothing is left behind (the MLflow copy is read from a temporary folder that is removed).
     """
     path = Path(target)
@@ -63,7 +67,11 @@ def resolve_resume(target: str, cfg_checkpoint_dir: str = "checkpoints",
     run_id = target if not path.is_file() else path.parent.name
     if local.is_file():
         try:
-            return load_checkpoint(local), str(local)
+            data = load_checkpoint(local)
+            problem = _payload_problem(data)
+            if problem is None or not _RUN_ID.fullmatch(run_id):
+                return data, str(local)          # a checkpoint of no run: resume_config says what is wrong
+            raise CheckpointError(f"checkpoint {str(local)!r} {problem}")
         except CheckpointError as exc:
             if not _RUN_ID.fullmatch(run_id):
                 raise
@@ -85,10 +93,26 @@ def resolve_resume(target: str, cfg_checkpoint_dir: str = "checkpoints",
         except CheckpointError as exc:
             raise CheckpointError(f"the MLflow copy of the checkpoint of run {run_id} cannot be used either "
                                   f"({str(exc).split('(', 1)[-1].rstrip(')')})") from None
+        problem = _payload_problem(data)
+        if problem is not None:
+            raise CheckpointError(f"the MLflow copy of the checkpoint of run {run_id} cannot be used either "
+                                  f"(it {problem})")
     return data, f"checkpoint/latest.pt of MLflow run {run_id}"
 
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _payload_problem(data: dict[str, Any]) -> Optional[str]:
+    """What is wrong with a loaded checkpoint's contents (a missing key, a wrong type), or None."""
+    types = {"config_yaml": str, "mlflow_run_id": str, "trainer": dict}
+    missing = [k for k in types if k not in data]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    wrong = [f"{k} is a {type(data[k]).__name__}" for k, t in types.items() if not isinstance(data[k], t)]
+    if isinstance(data["trainer"], dict) and not isinstance(data["trainer"].get("generation"), int):
+        wrong.append("trainer has no generation")
+    return f"holds the wrong types ({', '.join(wrong)})" if wrong else None
 
 
 def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Config:
@@ -156,19 +180,23 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     if redact_uri(cfg.tracking.tracking_uri) != cfg.tracking.tracking_uri:   # a password is never logged or stored
         cfg = cfg.replace(**{"tracking.tracking_uri": redact_uri(cfg.tracking.tracking_uri)})
+    locks: list[RunLock] = []            # the run's writer lock, once taken (released whatever happens)
     with _StopFlag() as stop:
         try:
-            return _run(cfg, uri, resume, out, print_every, stop_after, stop)
+            return _run(cfg, uri, resume, out, print_every, stop_after, stop, locks)
         except Interrupted as exc:
             if not getattr(exc, "reported", False):
                 where = (f"run {resume['mlflow_run_id']} is left as it was" if resume is not None and
                          "mlflow_run_id" in resume else "no MLflow run was started")
                 out(f"evoplast: interrupted by {signal.Signals(exc.signum).name} during set-up; {where}")
             raise
+        finally:
+            for lock in locks:
+                lock.release()
 
 
 def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[[str], None], print_every: int,
-         stop_after: Optional[int], stop: _StopFlag) -> EvolutionResult:
+         stop_after: Optional[int], stop: _StopFlag, locks: list[RunLock]) -> EvolutionResult:
     # ---- checks before any compute: tracking store, Ray and its actors; only then an MLflow run ----
     quiet_libraries()
     tracker = Tracker(uri)
@@ -177,7 +205,16 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
     if resume is not None:
         if "mlflow_run_id" not in resume or "trainer" not in resume:
             raise CheckpointError("the checkpoint has no mlflow_run_id or trainer: it cannot be resumed")
-        tracker.get_run(resume["mlflow_run_id"])
+        problem = _payload_problem(resume)
+        if problem is not None:
+            raise CheckpointError(f"the checkpoint {problem}: it cannot be resumed (start a new run)")
+        run_id = resume["mlflow_run_id"]
+        info = tracker.get_run(run_id).info
+        # one writer per run (a second --resume is refused); then nested runs a dead process left RUNNING are
+        # ended; a FINISHED run is resumed only for more generations
+        locks.append(RunLock(cfg.checkpoint.dir, run_id).acquire(out))
+        end_orphaned_children(tracker, run_id, cfg.checkpoint.dir, out)
+        refuse_finished(run_id, info.status, int(resume["trainer"].get("generation", 0)), cfg.search.generations)
     # where to evaluate (placement.py); the driver's evaluator (held-out reports, in-process fitness) is
     # built first: on a CPU it builds the fused kernel, once, before any actor starts and loads it
     evaluator = Evaluator(cfg, "cpu")
@@ -204,9 +241,13 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                 tracker.flush()
             except TrackingUnavailable as exc:
                 lost = exc
-        save_checkpoint(ckpt_path, {"config_yaml": to_yaml(cfg), "mlflow_run_id": tracker.run_id,
-                                    "trainer": trainer.state_dict(), "heldout": heldout,
-                                    "pending_metrics": tracker.pending_metrics()})
+        try:
+            save_checkpoint(ckpt_path, {"config_yaml": to_yaml(cfg), "mlflow_run_id": tracker.run_id,
+                                        "trainer": trainer.state_dict(), "heldout": heldout,
+                                        "pending_metrics": tracker.pending_metrics()})
+        except OSError as exc:          # a full disk, a vanished folder: the previous checkpoint is intact
+            raise write_failed(exc, f"the checkpoint {ckpt_path} at generation {trainer.generation}", _kept(ckpt_path),
+                               f"python scripts/evolve.py --resume {tracker.run_id}") from None
         if lost is not None:
             raise lost
         if log:
@@ -232,6 +273,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
             tracker.start_run(cfg.tracking.experiment, run_name(flat), tags=run_tags(flat, "es"),
                               source="scripts/evolve.py", system_metrics=True)
             status = "FAILED"
+            locks.append(RunLock(cfg.checkpoint.dir, tracker.run_id).acquire(out))
             tracker.log_params({**applicable_params(flat), **environment_params()})
             tracker.log_params(placement.params())
             tracker.log_text(to_yaml(cfg), "config.yaml")
@@ -348,12 +390,26 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                 f"continue with --resume {tracker.run_id}")
         return EvolutionResult(tracker.run_id, status, trainer.generation, trainer.center(), {},
                                trainer.history, path, tracker.ui_command(), heldout)
+    except WriteFailed:
+        if status is not None:
+            status = "FAILED"
+        raise
+    except OSError as exc:              # an artifact (a plot, a genome file) could not be written
+        if status is None or ckpt_path is None:
+            raise
+        status = "FAILED"
+        raise write_failed(exc, f"an artifact of run {tracker.run_id}", _kept(ckpt_path),
+                           f"python scripts/evolve.py --resume {tracker.run_id}") from None
     except TrackingUnavailable as exc:
         if status is None or trainer is None or ckpt_path is None or in_step:
             raise
         # the store stopped answering: keep the work here, say how to continue, end non-zero
         status = "KILLED"
-        path = checkpoint(log=False)
+        try:
+            path = checkpoint(log=False)
+        except WriteFailed as failed:   # a full disk fails the store and the checkpoint alike
+            tracker.lost = True
+            raise WriteFailed(f"{exc}; {failed}") from None
         tracker.lost = True
         raise TrackingUnavailable(f"{exc}; the run's state at generation {trainer.generation} is saved in {path}; "
                                   f"when the store answers again, continue with "
@@ -370,6 +426,14 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                 tracker.end(status, flush=not tracker.lost)
             except TrackingUnavailable as exc:
                 out(f"evoplast: the run's status could not be set to {status} ({exc})")
+
+
+def _kept(ckpt_path: Path) -> str:
+    """What a failed write leaves: the last checkpoint (and its generation), or none."""
+    try:
+        return f"the last checkpoint {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}) is intact"
+    except (CheckpointError, KeyError, TypeError):
+        return "no checkpoint was written before"
 
 
 class _StopAfter(Exception):
@@ -425,7 +489,11 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                     "center": center, "config_yaml": to_yaml(cfg)}, d / "population.pt")
         for name in ("best_genome.pt", "population.pt"):
             tracker.log_artifact(d / name)
-    tracker.log_params({f"tuned_lr.{k[:-3]}": v for k, v in report.items() if k.endswith("_lr")})
+    # a FINISHED run continued on purpose (more generations) keeps its first tuned rates as params (MLflow
+    # params cannot change); report.json holds the new ones
+    logged = tracker.get_run(tracker.run_id).data.params
+    tracker.log_params({f"tuned_lr.{k[:-3]}": v for k, v in report.items()
+                        if k.endswith("_lr") and f"tuned_lr.{k[:-3]}" not in logged})
     baselines = baseline_lines(report)
     tracker.log_figure(fitness_curve(trainer.history, heldout, baselines={BASELINES[k]: v for k, v in baselines.items()}),
                        "fitness_curve.png")
