@@ -1,4 +1,4 @@
-"""One lifetime loop for every learner: stream of mini-batches -> query losses (DESIGN §2).
+"""One lifetime loop for every learner: stream of mini-batches -> query losses (docs/model.md).
 
 ``B = P*K``: P genomes (or parameter sets) each live the same K episodes; lifetime ``b = p*K + k``.
 The caller chooses the grad mode: under ``torch.no_grad`` for evolution, under autograd for BPTT.

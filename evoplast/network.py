@@ -1,4 +1,4 @@
-"""The FLP network, batched over ``B = P*K`` lifetimes (DESIGN §2).
+"""The FLP network, batched over ``B = P*K`` lifetimes (docs/model.md).
 
 Layers l = 1..L with weights ``W_l [B, out, in]`` and biases ``b_l [B, out]``; input ``x_0 [B, m, n_in]``;
 ``a_l = x_{l-1} W_l^T + b_l``, ``x_l = relu(a_l)`` for l < L, output ``y_hat = a_L``.

@@ -5,7 +5,7 @@ Shapes: ``B`` lifetimes (population x episodes), ``m`` rows of the step's mini-b
 Coefficients arrive with a granularity shape that broadcasts against ``[B, out, in]``:
 ``[B, 1, 1]`` (per layer), ``[B, out, 1]`` (per post-neuron) or ``[B, out, in]`` (per synapse).
 
-With post activity x~ = post, pre activity x = pre (DESIGN §2):
+With post activity x~ = post, pre activity x = pre (docs/model.md):
     hebb:  dW = eta * sum_m x~ x^T
     oja:   dW = eta * (sum_m x~ x^T - diag(sum_m x~^2) W)          (per-neuron decay)
     abcd:  dW = eta * sum_m (A x~ x^T + B x~ 1^T + C 1 x^T + D)      (Najarro & Risi 2020)

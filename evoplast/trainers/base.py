@@ -1,4 +1,4 @@
-"""The protocol every outer trainer follows (DESIGN §4, house rule 2), as in learned_optimization.
+"""The protocol every outer trainer follows (docs/architecture.md), as in learned_optimization.
 
 An outer trainer consumes the inner problem (the batched lifetime of :mod:`evoplast.lifetime`), which
 knows nothing of it. Every trainer has:
