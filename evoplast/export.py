@@ -34,13 +34,17 @@ from torch import Tensor, nn
 
 from .learners import NetState, PlasticLearner
 from .network import ModelSpec
-from .rule_data import MANIFEST_KEY, RuleDataError, read_rule, rule_from_data, write_safetensors
+from .rule_data import MANIFEST_KEY, RuleDataError, read_rule, write_safetensors
 from .safe_pt2 import MAX_FILE_BYTES, UnsafePt2, check_pt2
 
 FORMAT = "evoplast.rule"
 VERSION = 2                  # 2: per-layer feedback activation, layers, granularity, batch reduction, step
 READABLE_VERSIONS = (1, 2)   # the step is in the program; version 1's manifest only described it less well
 MANIFEST = "evoplast.json"
+
+
+MAX_WIDTH = 1 << 16          # a layer's width in a rule file
+MAX_LAYERS = 64
 
 
 class RuleExportError(RuntimeError):
@@ -248,6 +252,121 @@ def check_writable(path: str | Path) -> None:
     except OSError as exc:
         raise RuleExportError(f"cannot write {str(target)!r}: {exc.strerror or exc} in {str(folder)!r}") from None
 
+
+# ------------------------------------------------------------------- a rule file's data -> the step
+
+def model_of(manifest: dict[str, Any]):
+    """The :class:`~evoplast.network.ModelSpec` a manifest describes, every field checked, and its
+    coefficient granularity."""
+    from .rules import COEFFICIENTS, TERMS
+
+    if not isinstance(manifest, dict):
+        raise RuleDataError("the manifest is not a JSON object")
+
+    def field(key, ok, default=None, *, required=True):
+        if key not in manifest:
+            if required:
+                raise RuleDataError(f"the manifest has no {key!r}")
+            return default
+        value = manifest[key]
+        if not ok(value):
+            raise RuleDataError(f"the manifest's {key!r} is {value!r:.60}, which evoplast cannot build")
+        return value
+
+    def ints(lo, hi, n_min, n_max):
+        return lambda v: isinstance(v, list) and n_min <= len(v) <= n_max and all(
+            type(i) is int and lo <= i <= hi for i in v)
+
+    sizes = tuple(field("sizes", ints(1, MAX_WIDTH, 2, MAX_LAYERS + 1)))
+    layers = len(sizes) - 1
+    plastic = tuple(field("plastic_layers", lambda v: ints(1, layers, 0, layers)(v) and v == sorted(set(v))))
+    rule = field("rule", lambda v: isinstance(v, str) and v in COEFFICIENTS)
+    terms = tuple(field("terms", lambda v: isinstance(v, list) and len(v) <= 16 and all(
+        isinstance(t, str) and t in TERMS for t in v),
+                        [], required=False))
+    if rule == "terms" and not terms:
+        raise RuleDataError("the manifest's rule is 'terms' but it lists no terms")
+    kind = field("kind", lambda v: v in ("regression", "classification"))
+    signal = field("teaching_signal", lambda v: v in ("error", "target"))
+    hidden = manifest.get("hidden_feedback_activation", manifest.get("feedback_activation"))
+    if hidden not in ("relu", "linear"):
+        raise RuleDataError(f"the manifest's hidden feedback activation is {str(hidden)[:40]!r}")
+    reduction = field("batch_reduction", lambda v: v in ("sum", "mean"), "sum", required=False)
+    features = field("features", lambda v: v in ("none", "conv"), "none", required=False)
+    image_size = field("image_size", lambda v: type(v) is int and 0 <= v <= 1024, 0, required=False)
+    channels = tuple(field("conv_channels", ints(1, 1024, 0, 8), [], required=False))
+    if features == "conv" and (kind != "classification" or not channels or image_size < 1):
+        raise RuleDataError("the manifest's conv features need a classification task, channels and an image size")
+    granularity = field("granularity", lambda v: v in ("layer", "neuron", "synapse", None), None, required=False)
+    return ModelSpec(sizes, plastic, rule, terms, signal, hidden, kind, features,
+                     image_size if features == "conv" else 0, channels if features == "conv" else (),
+                     reduction), granularity
+
+
+def expected_shapes(model, granularity: str | None) -> dict[str, tuple[int, ...]]:
+    """Every tensor an evoplast rule of ``model`` holds, by name, with its shape."""
+    from .features import conv_shapes
+    from .rules import coefficient_names
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    if model.features == "conv":
+        for i, (c_out, c_in) in enumerate(conv_shapes(model.conv_channels), start=1):
+            shapes[f"features.conv{i}.weight"] = (c_out, c_in, 3, 3)
+            shapes[f"features.conv{i}.bias"] = (c_out,)
+    for l in range(1, model.num_layers + 1):
+        shapes[f"layer{l}.weight"] = (model.sizes[l], model.sizes[l - 1])
+        shapes[f"layer{l}.bias"] = (model.sizes[l],)
+    for l in model.plastic_layers:
+        out, inp = model.sizes[l], model.sizes[l - 1]
+        gran = {"layer": (1, 1), "neuron": (out, 1), "synapse": (out, inp)}[granularity]
+        shapes[f"layer{l}.feedback"] = (out, model.n_out)
+        shapes[f"layer{l}.feedback_bias"] = (out,)
+        shapes[f"layer{l}.beta"] = (1, 1)
+        for c in coefficient_names(model.rule):
+            shapes[f"layer{l}.{c}"] = (len(model.terms), *gran) if c == "theta" else gran
+    shapes["initial_state"] = (sum(model.sizes[l] * model.sizes[l - 1] for l in range(1, model.num_layers + 1)),)
+    return shapes
+
+
+def _granularity_of(model, tensors: dict[str, Tensor]) -> str:
+    l = model.plastic_layers[0]
+    coefficient = tensors.get(f"layer{l}.theta" if model.rule == "terms" else f"layer{l}.eta")
+    shape = tuple(coefficient.shape[-2:]) if coefficient is not None else ()
+    out, inp = model.sizes[l], model.sizes[l - 1]
+    for name, expected in (("layer", (1, 1)), ("neuron", (out, 1)), ("synapse", (out, inp))):
+        if shape == expected:
+            return name
+    raise RuleDataError(f"the coefficients of layer {l} have shape {list(shape)}: no granularity of this architecture")
+
+
+def rule_from_data(tensors: dict[str, Tensor], manifest: dict[str, Any]):
+    """:class:`~evoplast.export.RuleStep` of a rule file's tensors and manifest, after checking that the
+    tensors are exactly those the manifest's architecture has (names and shapes) and that ``initial_state``
+    is the initial weights."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise RuleDataError(f"not an evoplast rule (no {FORMAT!r} manifest)")
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise RuleDataError(f"written by an incompatible evoplast (rule format version "
+                            f"{str(manifest.get('version'))[:20]}; this evoplast reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}); re-export it")
+    model, granularity = model_of(manifest)
+    if model.plastic_layers and granularity is None:     # a version-1 manifest: read it off the coefficients
+        granularity = _granularity_of(model, tensors)
+    expected = expected_shapes(model, granularity)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise RuleDataError(f"the tensors do not match the manifest's architecture (missing {missing[:3]}, "
+                            f"unexpected {extra[:3]})")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise RuleDataError(f"tensor {name!r} has shape {list(tensors[name].shape)}, the manifest's "
+                                f"architecture needs {list(shape)}")
+    segments = {name: t for name, t in tensors.items() if name != "initial_state"}
+    step = RuleStep(model, segments).eval()
+    if not torch.equal(step.initial_state, tensors["initial_state"]):
+        raise RuleDataError("initial_state is not the layers' initial weights (an inconsistent file)")
+    return step
 
 def load_rule(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``(step module, manifest)`` of a rule file (``.pt2`` or ``.safetensors``), with one-line errors.
