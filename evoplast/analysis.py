@@ -51,7 +51,7 @@ def update_gradient_cosine(ev: Evaluator, genome: Tensor, episodes: Episodes) ->
             _, y_hat = forward(tuple(leaves), state.biases, x)
             loss = _online_loss(spec, y_hat, y).sum()
             grads = torch.autograd.grad(loss, [leaves[l - 1] for l in spec.plastic_layers])
-        new = learner.step(params, NetState(tuple(w.clone() for w in state.weights), state.biases), x, y,
+        new = learner.step(params, NetState(tuple(w.clone() for w in state.weights), state.biases, state.counts), x, y,
                            inplace=False)
         cos = [F.cosine_similarity((new.weights[l - 1] - state.weights[l - 1]).flatten(1), -g.flatten(1), dim=1)
                for l, g in zip(spec.plastic_layers, grads)]

@@ -169,11 +169,19 @@ class RuleConfig(_Section):
         "mean", description="how a step's update combines the m rows of its mini-batch: sum (as in the paper's "
                             "code; the step grows with m) or mean (the whole update divided by m, so eta means the "
                             "same at any batch size; finite on the paper's 40 x 32 stream, docs/results.md)")
+    count_normalised: Bool = Field(
+        False, description="divide each plastic post-neuron's rate by (c + n), n the sum of its squared post "
+                           "activity so far in the lifetime and c >= 0 a learned offset per layer (layer{l}.count_offset): "
+                           "with a one-hot post, oja, eta = 1 and c = 0 a row is the exact running mean of its "
+                           "class's inputs (docs/model.md)")
 
     @model_validator(mode="after")
     def _check(self) -> "RuleConfig":
         if self.name == "terms" and not self.terms:
             raise _fail("rule.terms=[] is invalid: the 'terms' rule needs at least one term")
+        if self.count_normalised and self.batch_reduction == "mean":
+            raise _fail("rule.count_normalised=true needs rule.batch_reduction=sum: the count already divides "
+                        "by the rows seen, the mean would divide by the batch size again")
         return self
 
 

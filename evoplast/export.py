@@ -25,6 +25,7 @@ computes exactly what evoplast's lifetime computes.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,22 @@ class RuleStep(nn.Module):
                 owner = getattr(owner, part)
             owner.register_buffer(leaf, value.detach().float().contiguous().clone())
         self.shapes = [tuple(segments[f"layer{l}.weight"].shape) for l in range(1, model.num_layers + 1)]
+        # a count-normalised rule's counts ride in the state after the weights, zero at the start
+        self.counted = [l for l in model.plastic_layers] if getattr(model, "count_normalised", False) else []
         self.register_buffer("initial_state", torch.cat([
-            segments[f"layer{l}.weight"].detach().float().reshape(-1) for l in range(1, model.num_layers + 1)]))
+            segments[f"layer{l}.weight"].detach().float().reshape(-1) for l in range(1, model.num_layers + 1)]
+            + [torch.zeros(sum(model.sizes[l] for l in self.counted))]))
 
     def layout(self) -> list[dict[str, Any]]:
-        """Where each layer's weights sit in ``state``: ``[{"name", "offset", "shape"}]``."""
+        """Where each layer's weights (then each counted layer's counts) sit in ``state``:
+        ``[{"name", "offset", "shape"}]``."""
         rows, offset = [], 0
         for l, shape in enumerate(self.shapes, start=1):
             rows.append({"name": f"layer{l}.weight", "offset": offset, "shape": list(shape)})
             offset += shape[0] * shape[1]
+        for l in self.counted:
+            rows.append({"name": f"layer{l}.count", "offset": offset, "shape": [self.model.sizes[l]]})
+            offset += self.model.sizes[l]
         return rows
 
     def forward(self, state: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -85,13 +93,15 @@ class RuleStep(nn.Module):
 
             convs = {name: buf.unsqueeze(0) for name, buf in self.named_buffers() if name.startswith("features.")}
             x = extract(convs, x, self.model.image_size, self.model.conv_channels)
-        weights = tuple(state[:, r["offset"]:r["offset"] + r["shape"][0] * r["shape"][1]].reshape(n, *r["shape"])
-                        for r in self.layout())
+        parts = tuple(state[:, r["offset"]:r["offset"] + math.prod(r["shape"])].reshape(n, *r["shape"])
+                      for r in self.layout())
+        L = self.model.num_layers
         params = {name: buf.expand(n, *buf.shape) for name, buf in self.named_buffers()
                   if name.startswith("layer")}
-        biases = tuple(params[f"layer{l}.bias"] for l in range(1, self.model.num_layers + 1))
-        new, y_hat = self.learner.step_and_predict(params, NetState(weights, biases), x, y, inplace=False)
-        return y_hat, torch.cat([w.reshape(n, -1) for w in new.weights], dim=1)
+        biases = tuple(params[f"layer{l}.bias"] for l in range(1, L + 1))
+        new, y_hat = self.learner.step_and_predict(params, NetState(parts[:L], biases, parts[L:]), x, y,
+                                                   inplace=False)
+        return y_hat, torch.cat([t.reshape(n, -1) for t in (*new.weights, *new.counts)], dim=1)
 
     def example_inputs(self, n: int = 2, m: int = 3) -> tuple[Tensor, Tensor, Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -117,7 +127,10 @@ STEP = (
     "terms dW = sum_r theta_r * F_r with F: hebb p^T pre, error_hebb (p - h_l)^T pre, oja_decay "
     "-diag(sum_rows p^2) W, oja_subspace -(p^T p) W, pseudo_grad (raw feedback s B_l^T, times relu'(a_l) for "
     "hidden layers)^T pre, decay -W. "
-    "batch_reduction 'mean': dW / m. Every plastic layer updates from the pre-update weights; biases never "
+    "batch_reduction 'mean': dW / m. count_normalised: per plastic layer a count n [out] rides in the state "
+    "(layer{l}.count, zero at the start); each step n += sum_rows p^2, then the rule's coefficient (eta, or "
+    "theta for terms) of post-neuron i is divided by (count_offset + n_i) (a rate of 0 where that is 0). "
+    "Every plastic layer updates from the pre-update weights; biases never "
     "change. Coefficients (eta, beta, A..D, theta) are stored as model values: their transforms from the "
     "genome (exp, softplus, sigmoid, scale) are already applied.")
 
@@ -157,12 +170,15 @@ def manifest_of(module: RuleStep, **extra: Any) -> dict[str, Any]:
                 "feedback_activation": "linear" if l == L else m.feedback_activation, "beta": f"layer{l}.beta",
                 "post": "teaching signal" if l == L and m.kind == "classification" else "beta*f + (1-beta)*h",
                 "coefficients": {c: f"layer{l}.{c}" for c in coefficient_names(m.rule)}})
+            if getattr(m, "count_normalised", False):
+                row.update({"count_offset": f"layer{l}.count_offset", "count": f"layer{l}.count"})
         layers.append(row)
     return {
         "format": FORMAT, "version": VERSION, "evoplast_version": __version__,
         "torch_version": torch.__version__,
         "sizes": list(m.sizes), "plastic_layers": list(m.plastic_layers), "rule": m.rule, "terms": list(m.terms),
         "granularity": _granularity(m, module), "batch_reduction": getattr(m, "batch_reduction", "sum"),
+        "count_normalised": bool(getattr(m, "count_normalised", False)),
         "teaching_signal": m.teaching_signal, "kind": m.kind,
         "feedback_activation": {f"layer{r['layer']}": r["feedback_activation"] for r in layers if r["plastic"]},
         "hidden_feedback_activation": m.feedback_activation,
@@ -298,9 +314,10 @@ def model_of(manifest: dict[str, Any]):
     if features == "conv" and (kind != "classification" or not channels or image_size < 1):
         raise RuleDataError("the manifest's conv features need a classification task, channels and an image size")
     granularity = field("granularity", lambda v: v in ("layer", "neuron", "synapse", None), None, required=False)
+    counted = field("count_normalised", lambda v: isinstance(v, bool), False, required=False)
     return ModelSpec(sizes, plastic, rule, terms, signal, hidden, kind, features,
                      image_size if features == "conv" else 0, channels if features == "conv" else (),
-                     reduction), granularity
+                     reduction, counted), granularity
 
 
 def expected_shapes(model, granularity: str | None) -> dict[str, tuple[int, ...]]:
@@ -324,7 +341,11 @@ def expected_shapes(model, granularity: str | None) -> dict[str, tuple[int, ...]
         shapes[f"layer{l}.beta"] = (1, 1)
         for c in coefficient_names(model.rule):
             shapes[f"layer{l}.{c}"] = (len(model.terms), *gran) if c == "theta" else gran
-    shapes["initial_state"] = (sum(model.sizes[l] * model.sizes[l - 1] for l in range(1, model.num_layers + 1)),)
+        if model.count_normalised:
+            shapes[f"layer{l}.count_offset"] = (1, 1)
+    counts = sum(model.sizes[l] for l in model.plastic_layers) if model.count_normalised else 0
+    shapes["initial_state"] = (sum(model.sizes[l] * model.sizes[l - 1] for l in range(1, model.num_layers + 1))
+                               + counts,)
     return shapes
 
 

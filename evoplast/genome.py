@@ -194,4 +194,6 @@ def build_genome_spec(cfg: Config, n_in: int, n_out: int, kind: str = "regressio
                     evolved=g.evolve_rule)
             else:  # abcd: A = 1, B = C = D = 0 is plain Hebb scaled by eta
                 add(f"layer{l}.{coef}", gran, const(1.0 if coef == "A" else 0.0), evolved=g.evolve_rule)
+        if model.count_normalised:   # rate / (c + count): c = exp(g), 1 at the start
+            add(f"layer{l}.count_offset", (1, 1), const(0.0), transform="exp", evolved=g.evolve_rule)
     return GenomeSpec(model, tuple(segments))

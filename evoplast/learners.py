@@ -30,10 +30,13 @@ from .seeding import Purpose, generator
 
 @dataclass(frozen=True)
 class NetState:
-    """The changing part of a lifetime: ``weights`` L tensors ``[B, out, in]``, ``biases`` L ``[B, out]``."""
+    """The changing part of a lifetime: ``weights`` L tensors ``[B, out, in]``, ``biases`` L ``[B, out]``,
+    and for a count-normalised rule ``counts``, one ``[B, out]`` per plastic layer (the sum of each
+    post-neuron's squared post activity so far; empty otherwise)."""
 
     weights: tuple[Tensor, ...]
     biases: tuple[Tensor, ...]
+    counts: tuple[Tensor, ...] = ()
 
 
 class Learner(Protocol):
@@ -70,6 +73,18 @@ def _feedback(s: Tensor, feedback: Tensor, bias: Tensor) -> Tensor:
     if s.shape[-1] == 1:
         return torch.addcmul(bias, s, feedback.transpose(1, 2))
     return torch.baddbmm(bias, s, feedback.transpose(1, 2))
+
+
+def count_normalise(coefs: dict[str, Tensor], name: str, count: Tensor, offset: Tensor) -> dict[str, Tensor]:
+    """``coefs`` with the coefficient ``name`` (eta, or theta for 'terms') divided per post-neuron by
+    ``offset + count``: ``count [B, out]`` the post-neuron's summed squared post activity including this
+    step, ``offset [B, 1, 1]``. eta ``[B, a, b]`` becomes ``[B, out, b]``; theta ``[B, R, a, b]``,
+    ``[B, R, out, b]``. A neuron that has seen nothing (0 / 0) gets a rate of 0."""
+    denominator = (offset.reshape(-1, 1) + count).clamp_min(1e-12)                    # [B, out]
+    scale = denominator.reciprocal() * (count + offset.reshape(-1, 1) > 0)
+    c = coefs[name]
+    factor = scale.unsqueeze(-1) if c.dim() == 3 else scale.unsqueeze(1).unsqueeze(-1)
+    return coefs | {name: c * factor}
 
 
 class PlasticLearner:
@@ -121,8 +136,10 @@ class PlasticLearner:
         so a lifetime never writes into ``params``."""
         state = initial_state(self.spec, params)
         plastic = set(self.spec.plastic_layers)
+        counts = tuple(state.weights[l - 1].new_zeros(state.weights[l - 1].shape[:2])
+                       for l in self.spec.plastic_layers) if self.spec.count_normalised else ()
         return NetState(tuple(column_major(w, copy=l in plastic) for l, w in enumerate(state.weights, start=1)),
-                        state.biases)
+                        state.biases, counts)
 
     def step(self, params: dict[str, Tensor], state: NetState, x: Tensor, y: Tensor,
              inplace: bool | None = None) -> NetState:
@@ -149,6 +166,7 @@ class PlasticLearner:
         s = teaching_signal(spec, y_hat, y)                                    # [B, m, n_out]
         weights = list(state.weights)
         activities = []
+        counts: list[Tensor] = []
         for l in spec.plastic_layers:
             is_output = l == L
             w = state.weights[l - 1]
@@ -165,13 +183,21 @@ class PlasticLearner:
             activity = LayerActivity(pre=acts[l - 1], post=post, post_ff=post_ff, feedback=fb, weight=w,
                                      is_output=is_output)
             coefs = {c: params[f"layer{l}.{c}"] for c in self.coef_names}
+            if spec.count_normalised:
+                i = len(counts)
+                counts.append(state.counts[i] + (post * post).sum(1))                   # [B, out]
+                coefs = count_normalise(coefs, self.coef_names[0], counts[i], params[f"layer{l}.count_offset"])
             if inplace:  # every layer's activity is computed before any weight changes
                 activities.append((coefs, activity))
             else:
                 weights[l - 1] = w + self.rule(coefs, activity)
         for coefs, activity in activities:
             apply_update_(spec.rule, coefs, activity, self.rule)
-        return NetState(tuple(weights), state.biases), y_hat
+        if inplace and counts:
+            for old, new in zip(state.counts, counts):
+                old.copy_(new)
+            counts = list(state.counts)
+        return NetState(tuple(weights), state.biases, tuple(counts)), y_hat
 
 
 class GradientLearner:

@@ -145,11 +145,11 @@ def _checkpointed(live: Callable, state: NetState, t0: int, t1: int) -> NetState
     also reach the parameters the steps read)."""
     from torch.utils.checkpoint import checkpoint
 
-    L = len(state.weights)
+    L, C = len(state.weights), len(state.counts)
 
     def flat(*tensors):
-        out = live(NetState(tensors[:L], tensors[L:]), t0, t1)
-        return (*out.weights, *out.biases)
+        out = live(NetState(tensors[:L], tensors[L:2 * L], tensors[2 * L:]), t0, t1)
+        return (*out.weights, *out.biases, *out.counts)
 
-    out = checkpoint(flat, *state.weights, *state.biases, use_reentrant=False)
-    return NetState(tuple(out[:L]), tuple(out[L:]))
+    out = checkpoint(flat, *state.weights, *state.biases, *state.counts, use_reentrant=False)
+    return NetState(tuple(out[:L]), tuple(out[L:2 * L]), tuple(out[2 * L:2 * L + C]))

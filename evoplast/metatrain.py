@@ -64,7 +64,8 @@ def meta_loss_backward(learner, spec: GenomeSpec, genomes: Tensor, episodes: Epi
         window_losses.append(loss.detach())
         # cut the graph at the plastic weights; fixed weights and biases stay the parameter leaves
         return NetState(tuple(w.detach().requires_grad_(w.requires_grad) if l in plastic else w
-                              for l, w in enumerate(state.weights, start=1)), state.biases)
+                              for l, w in enumerate(state.weights, start=1)), state.biases,
+                        tuple(c.detach() for c in state.counts))
 
     with torch.enable_grad():
         out = run_lifetime(learner, leaves, episodes, p, truncate_every=window,

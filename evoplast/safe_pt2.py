@@ -59,11 +59,11 @@ _OP = re.compile(r"torch\.ops\.aten\.([a-z0-9_]+)\.([A-Za-z0-9_]+)\Z")
 # granularity, task kind and feature stack); a graph calling anything else is refused
 ALLOWED_OPS = frozenset({
     "_assert_tensor_metadata.default", "adaptive_avg_pool2d.default", "add.Tensor", "addcmul.default",
-    "baddbmm.default", "bmm.default", "cat.default", "conv2d.default", "div.Tensor", "expand.default",
-    "flatten.using_ints", "gt.Scalar", "lerp.Tensor", "linalg_vecdot.default", "mul.Tensor", "neg.default",
-    "one_hot.default", "relu.default", "relu_.default", "reshape.default", "select.int", "slice.Tensor",
-    "softmax.int", "sub.Tensor", "sum.dim_IntList", "sym_size.int", "to.dtype", "transpose.int",
-    "unsqueeze.default",
+    "baddbmm.default", "bmm.default", "cat.default", "clamp_min.default", "conv2d.default", "div.Tensor",
+    "expand.default", "flatten.using_ints", "gt.Scalar", "lerp.Tensor", "linalg_vecdot.default", "mul.Tensor",
+    "neg.default", "one_hot.default", "reciprocal.default", "relu.default", "relu_.default", "reshape.default",
+    "select.int", "slice.Tensor", "softmax.int", "sub.Tensor", "sum.dim_IntList", "sym_size.int", "to.dtype",
+    "transpose.int", "unsqueeze.default",
 })
 _SYMPY_TOKEN = re.compile(r" +|[0-9]{1,10}|'s[0-9]{1,6}'|[A-Za-z]+|[(),=+\-*]")
 _SYMPY_NAMES = {"Symbol", "Integer", "Mul", "Add", "Min", "Max", "positive", "integer", "nonnegative",

@@ -18,10 +18,14 @@ def rebuilt_step(manifest: dict, tensors: dict, state, x, y):
     """
     n, m = x.shape[0], x.shape[1]
     layers = manifest["layers"]
-    weights = []
+    weights, counts = [], {}
     for row in manifest["state_layout"]:
-        size = row["shape"][0] * row["shape"][1]
-        weights.append(state[:, row["offset"]:row["offset"] + size].reshape(n, *row["shape"]))
+        size = row["shape"][0] * (row["shape"][1] if len(row["shape"]) == 2 else 1)
+        part = state[:, row["offset"]:row["offset"] + size].reshape(n, *row["shape"])
+        if row["name"].endswith(".count"):
+            counts[row["name"]] = part
+        else:
+            weights.append(part)
     hs, h = [x], x
     for l, (w, row) in enumerate(zip(weights, layers), start=1):
         a = h @ w.transpose(1, 2) + tensors[row["bias"]]
@@ -47,6 +51,14 @@ def rebuilt_step(manifest: dict, tensors: dict, state, x, y):
         hebb = post.transpose(1, 2) @ pre                                    # [N, out, in]: sum over rows
         sq = (post * post).sum(1).unsqueeze(-1)                              # [N, out, 1]
         c = {k: tensors[v] for k, v in row["coefficients"].items()}
+        if manifest.get("count_normalised"):
+            count = counts[row["count"]] + sq.squeeze(-1)                      # [N, out]
+            counts[row["count"]] = count
+            total = tensors[row["count_offset"]].reshape(()) + count
+            scale = torch.where(total > 0, 1 / total.clamp_min(1e-12), torch.zeros_like(total))
+            key = "theta" if manifest["rule"] == "terms" else "eta"
+            c[key] = c[key] * scale.unsqueeze(-1) if c[key].dim() == 2 else \
+                (c[key] * scale[:, None, :, None]).transpose(0, 1)             # theta [R, N, out, b]
         rule = manifest["rule"]
         if rule == "hebb":
             dw = c["eta"] * hebb
@@ -65,7 +77,7 @@ def rebuilt_step(manifest: dict, tensors: dict, state, x, y):
         if manifest["batch_reduction"] == "mean":
             dw = dw / m
         new[l - 1] = w + dw
-    return y_hat, torch.cat([w.reshape(n, -1) for w in new], dim=1)
+    return y_hat, torch.cat([w.reshape(n, -1) for w in (*new, *counts.values())], dim=1)
 
 
 def _segments(model: ModelSpec, granularity: str, seed: int) -> dict:
@@ -80,6 +92,8 @@ def _segments(model: ModelSpec, granularity: str, seed: int) -> dict:
             seg[f"layer{l}.feedback"] = torch.randn(out, model.n_out, generator=g)
             seg[f"layer{l}.feedback_bias"] = 0.1 * torch.randn(out, generator=g)
             seg[f"layer{l}.beta"] = torch.rand(1, 1, generator=g)
+            if model.count_normalised:
+                seg[f"layer{l}.count_offset"] = torch.rand(1, 1, generator=g)
             for c in coefficient_names(model.rule):
                 if c == "theta":
                     seg[f"layer{l}.theta"] = 0.01 * torch.randn(len(model.terms), *shape, generator=g)
@@ -100,6 +114,10 @@ MODELS = {
     "classification, error signal": (ModelSpec((5, 8, 4), (1, 2), "oja", teaching_signal="error",
                                                kind="classification"), "neuron"),
     "classification, one-hot target": (ModelSpec((5, 8, 4), (1, 2), "hebb", kind="classification"), "layer"),
+    "count-normalised oja, every layer, per neuron": (ModelSpec((5, 8, 4), (1, 2), "oja", kind="classification",
+                                                               count_normalised=True), "neuron"),
+    "count-normalised terms, regression": (ModelSpec((5, 6, 1), (1, 2), "terms", terms=TERMS,
+                                                     count_normalised=True), "layer"),
 }
 
 

@@ -74,6 +74,7 @@ class PESTrainer:
         self.t = 0                                                      # its steps done
         self.xi = torch.zeros(pairs, self.spec.dim)                     # [pairs, D] accumulated ε of particle i
         self.plastic: tuple[Tensor, ...] = ()                           # carried plastic weights [N*K, out, in]
+        self.counts: tuple[Tensor, ...] = ()                            # and a count-normalised rule's counts
         self._episodes: tuple[int, Episodes] | None = None
 
     # ---- the inner problem: one truncation of N particles ----
@@ -94,7 +95,7 @@ class PESTrainer:
             weights = list(state.weights)
             for l, w in zip(self.spec.model.plastic_layers, self.plastic):
                 weights[l - 1] = w
-            state = NetState(tuple(weights), state.biases)
+            state = NetState(tuple(weights), state.biases, self.counts or state.counts)
         t1 = min(T, self.t + self.window)
         for t in range(self.t, t1):
             x = tile(episodes.stream_x[:, t], n)                               # [N*K, m, n_in]
@@ -105,6 +106,7 @@ class PESTrainer:
         per_lifetime = (per_task * seen).sum(-1) / seen.sum(-1)                                  # [N*K]
         loss = cap_loss(per_lifetime.reshape(n, k), self.cfg.evaluation.loss_cap)[0].mean(-1)    # [N]
         self.plastic = tuple(state.weights[l - 1] for l in self.spec.model.plastic_layers) if t1 < T else ()
+        self.counts = state.counts if t1 < T else ()
         return loss, t1
 
     @torch.no_grad()
@@ -150,7 +152,7 @@ class PESTrainer:
     def state_dict(self) -> dict[str, Any]:
         return {"trainer": self.name, "theta": self.theta.detach().clone(), "optimizer": optimizer_state(self.optimizer),
                 "step": self.step_count, "lifetime": self.lifetime, "t": self.t, "xi": self.xi.clone(),
-                "plastic": [w.clone() for w in self.plastic]}
+                "plastic": [w.clone() for w in self.plastic], "counts": [c.clone() for c in self.counts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import copy
@@ -161,3 +163,4 @@ class PESTrainer:
         self.step_count, self.lifetime, self.t = int(state["step"]), int(state["lifetime"]), int(state["t"])
         self.xi = state["xi"].clone()
         self.plastic = tuple(w.clone() for w in state["plastic"])
+        self.counts = tuple(c.clone() for c in state.get("counts", []))
