@@ -174,6 +174,11 @@ class RuleConfig(_Section):
                            "activity so far in the lifetime and c >= 0 a learned offset per layer (layer{l}.count_offset): "
                            "with a one-hot post, oja, eta = 1 and c = 0 a row is the exact running mean of its "
                            "class's inputs (docs/model.md)")
+    gated: Bool = Field(
+        False, description="a third factor: each plastic layer's post activity is multiplied by a gate "
+                           "sigmoid(G_l s + h_l) per row and post-neuron, a learned function of the teaching signal "
+                           "(layer{l}.gate, layer{l}.gate_bias), so a lifetime can switch plasticity off where "
+                           "it would overwrite (docs/model.md)")
 
     @model_validator(mode="after")
     def _check(self) -> "RuleConfig":

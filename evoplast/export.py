@@ -130,6 +130,7 @@ STEP = (
     "batch_reduction 'mean': dW / m. count_normalised: per plastic layer a count n [out] rides in the state "
     "(layer{l}.count, zero at the start); each step n += sum_rows p^2, then the rule's coefficient (eta, or "
     "theta for terms) of post-neuron i is divided by (count_offset + n_i) (a rate of 0 where that is 0). "
+    "gated: before the rule (and the count) p_l = p_l * sigmoid(s G_l^T + h_l) (layer{l}.gate, .gate_bias). "
     "Every plastic layer updates from the pre-update weights; biases never "
     "change. Coefficients (eta, beta, A..D, theta) are stored as model values: their transforms from the "
     "genome (exp, softplus, sigmoid, scale) are already applied.")
@@ -172,13 +173,15 @@ def manifest_of(module: RuleStep, **extra: Any) -> dict[str, Any]:
                 "coefficients": {c: f"layer{l}.{c}" for c in coefficient_names(m.rule)}})
             if getattr(m, "count_normalised", False):
                 row.update({"count_offset": f"layer{l}.count_offset", "count": f"layer{l}.count"})
+            if getattr(m, "gated", False):
+                row.update({"gate": f"layer{l}.gate", "gate_bias": f"layer{l}.gate_bias"})
         layers.append(row)
     return {
         "format": FORMAT, "version": VERSION, "evoplast_version": __version__,
         "torch_version": torch.__version__,
         "sizes": list(m.sizes), "plastic_layers": list(m.plastic_layers), "rule": m.rule, "terms": list(m.terms),
         "granularity": _granularity(m, module), "batch_reduction": getattr(m, "batch_reduction", "sum"),
-        "count_normalised": bool(getattr(m, "count_normalised", False)),
+        "count_normalised": bool(getattr(m, "count_normalised", False)), "gated": bool(getattr(m, "gated", False)),
         "teaching_signal": m.teaching_signal, "kind": m.kind,
         "feedback_activation": {f"layer{r['layer']}": r["feedback_activation"] for r in layers if r["plastic"]},
         "hidden_feedback_activation": m.feedback_activation,
@@ -315,9 +318,10 @@ def model_of(manifest: dict[str, Any]):
         raise RuleDataError("the manifest's conv features need a classification task, channels and an image size")
     granularity = field("granularity", lambda v: v in ("layer", "neuron", "synapse", None), None, required=False)
     counted = field("count_normalised", lambda v: isinstance(v, bool), False, required=False)
+    gated = field("gated", lambda v: isinstance(v, bool), False, required=False)
     return ModelSpec(sizes, plastic, rule, terms, signal, hidden, kind, features,
                      image_size if features == "conv" else 0, channels if features == "conv" else (),
-                     reduction, counted), granularity
+                     reduction, counted, gated), granularity
 
 
 def expected_shapes(model, granularity: str | None) -> dict[str, tuple[int, ...]]:
@@ -343,6 +347,9 @@ def expected_shapes(model, granularity: str | None) -> dict[str, tuple[int, ...]
             shapes[f"layer{l}.{c}"] = (len(model.terms), *gran) if c == "theta" else gran
         if model.count_normalised:
             shapes[f"layer{l}.count_offset"] = (1, 1)
+        if model.gated:
+            shapes[f"layer{l}.gate"] = (out, model.n_out)
+            shapes[f"layer{l}.gate_bias"] = (out,)
     counts = sum(model.sizes[l] for l in model.plastic_layers) if model.count_normalised else 0
     shapes["initial_state"] = (sum(model.sizes[l] * model.sizes[l - 1] for l in range(1, model.num_layers + 1))
                                + counts,)

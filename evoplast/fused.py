@@ -163,7 +163,7 @@ def supports(spec: ModelSpec) -> bool:
     per layer and per neuron are covered, per synapse is not; the bound step checks.)"""
     L = spec.num_layers
     return (spec.rule in ("hebb", "oja") and spec.features == "none" and L >= 1
-            and not getattr(spec, "count_normalised", False)
+            and not getattr(spec, "count_normalised", False) and not getattr(spec, "gated", False)
             and spec.kind in ("regression", "classification")
             and spec.teaching_signal in ("error", "target")
             and spec.feedback_activation in ("relu", "linear")

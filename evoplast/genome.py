@@ -196,4 +196,7 @@ def build_genome_spec(cfg: Config, n_in: int, n_out: int, kind: str = "regressio
                 add(f"layer{l}.{coef}", gran, const(1.0 if coef == "A" else 0.0), evolved=g.evolve_rule)
         if model.count_normalised:   # rate / (c + count): c = exp(g), 1 at the start
             add(f"layer{l}.count_offset", (1, 1), const(0.0), transform="exp", evolved=g.evolve_rule)
+        if model.gated:              # gate = sigmoid(G s + h): G = 0, h = 3 at the start (0.95, nearly open)
+            add(f"layer{l}.gate", (n_out_l, n_out), const(0.0), evolved=g.evolve_rule)
+            add(f"layer{l}.gate_bias", (n_out_l,), const(3.0), evolved=g.evolve_rule)
     return GenomeSpec(model, tuple(segments))

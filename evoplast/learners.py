@@ -180,6 +180,9 @@ class PlasticLearner:
                 post = s
             else:                                  # beta f + (1 - beta) x in one pass
                 post = torch.lerp(post_ff, f, params[f"layer{l}.beta"])         # beta [B, 1, 1]
+            if spec.gated:                         # third factor: [B, m, out] = sigmoid(s G_l^T + h_l)
+                post = post * torch.sigmoid(_feedback(s, params[f"layer{l}.gate"],
+                                                      params[f"layer{l}.gate_bias"].unsqueeze(1)))
             activity = LayerActivity(pre=acts[l - 1], post=post, post_ff=post_ff, feedback=fb, weight=w,
                                      is_output=is_output)
             coefs = {c: params[f"layer{l}.{c}"] for c in self.coef_names}

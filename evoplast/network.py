@@ -31,6 +31,7 @@ class ModelSpec:
     conv_channels: tuple[int, ...] = ()
     batch_reduction: Literal["sum", "mean"] = "sum"   # a step's update: sum over its m rows, or their mean
     count_normalised: bool = False         # each plastic post-neuron's rate divided by (offset + its count)
+    gated: bool = False                    # post activity times sigmoid(G s + h): plasticity gated by a third factor
 
     @property
     def num_layers(self) -> int:
@@ -53,7 +54,7 @@ class ModelSpec:
         return cls(sizes, plastic, cfg.rule.name, tuple(cfg.rule.terms), cfg.network.teaching_signal,
                    cfg.network.feedback_activation, kind, "conv" if conv else "none",
                    cfg.task.image_size if conv else 0, tuple(cfg.network.conv_channels) if conv else (),
-                   cfg.rule.batch_reduction, cfg.rule.count_normalised)
+                   cfg.rule.batch_reduction, cfg.rule.count_normalised, cfg.rule.gated)
 
 
 def column_major(weight: Tensor, copy: bool = False) -> Tensor:

@@ -62,7 +62,7 @@ ALLOWED_OPS = frozenset({
     "baddbmm.default", "bmm.default", "cat.default", "clamp_min.default", "conv2d.default", "div.Tensor",
     "expand.default", "flatten.using_ints", "gt.Scalar", "lerp.Tensor", "linalg_vecdot.default", "mul.Tensor",
     "neg.default", "one_hot.default", "reciprocal.default", "relu.default", "relu_.default", "reshape.default",
-    "select.int", "slice.Tensor", "softmax.int", "sub.Tensor", "sum.dim_IntList", "sym_size.int", "to.dtype",
+    "select.int", "sigmoid.default", "slice.Tensor", "softmax.int", "sub.Tensor", "sum.dim_IntList", "sym_size.int", "to.dtype",
     "transpose.int", "unsqueeze.default",
 })
 _SYMPY_TOKEN = re.compile(r" +|[0-9]{1,10}|'s[0-9]{1,6}'|[A-Za-z]+|[(),=+\-*]")

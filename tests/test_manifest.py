@@ -48,6 +48,8 @@ def rebuilt_step(manifest: dict, tensors: dict, state, x, y):
         h_l, pre = hs[l], hs[l - 1]
         beta = tensors[row["beta"]]
         post = s if row["post"] == "teaching signal" else beta * f + (1 - beta) * h_l
+        if manifest.get("gated"):
+            post = post * torch.sigmoid(s @ tensors[row["gate"]].T + tensors[row["gate_bias"]])
         hebb = post.transpose(1, 2) @ pre                                    # [N, out, in]: sum over rows
         sq = (post * post).sum(1).unsqueeze(-1)                              # [N, out, 1]
         c = {k: tensors[v] for k, v in row["coefficients"].items()}
@@ -94,6 +96,9 @@ def _segments(model: ModelSpec, granularity: str, seed: int) -> dict:
             seg[f"layer{l}.beta"] = torch.rand(1, 1, generator=g)
             if model.count_normalised:
                 seg[f"layer{l}.count_offset"] = torch.rand(1, 1, generator=g)
+            if model.gated:
+                seg[f"layer{l}.gate"] = torch.randn(out, model.n_out, generator=g)
+                seg[f"layer{l}.gate_bias"] = torch.randn(out, generator=g)
             for c in coefficient_names(model.rule):
                 if c == "theta":
                     seg[f"layer{l}.theta"] = 0.01 * torch.randn(len(model.terms), *shape, generator=g)
@@ -118,6 +123,9 @@ MODELS = {
                                                                count_normalised=True), "neuron"),
     "count-normalised terms, regression": (ModelSpec((5, 6, 1), (1, 2), "terms", terms=TERMS,
                                                      count_normalised=True), "layer"),
+    "gated oja, every layer, regression": (ModelSpec((5, 7, 6, 1), (1, 2, 3), "oja", gated=True), "neuron"),
+    "gated and counted hebb, classification": (ModelSpec((5, 8, 4), (1, 2), "hebb", kind="classification",
+                                                         count_normalised=True, gated=True), "layer"),
 }
 
 
