@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from .errors import WorldError
 
 FORMAT = "evoplast.checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WorldError):
     """A checkpoint that cannot be used; the message says why in one line."""
 
 

@@ -15,23 +15,12 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config, help_text, load_config
-from .errors import ConfigError, StoreNotFound, UsageError
+from .errors import ConfigError, EvoplastError, StoreNotFound, UsageError
 
 __all__ = ["UsageError", "ConfigError", "parser", "config_from_args", "run_main", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
-# Errors of the world (exit 1), by module and class name: looked up only once raised, so that importing this
-# module never imports torch, MLflow or Ray.
-_WORLD_ERRORS = {
-    "evoplast.tracking": ("TrackingUnavailable",),
-    "evoplast.checkpoint": ("CheckpointError",),
-    "evoplast.runs": ("RunArtifactsError",),
-    "evoplast.export": ("RuleExportError",),
-    "evoplast.tasks.images": ("DatasetError",),
-    "evoplast.evolution.ray_pool": ("RayUnavailable", "ActorsLost"),
-    "evoplast.session": ("RunLocked", "WriteFailed"),
-}
 
 
 class _Once(argparse._StoreAction):
@@ -134,30 +123,14 @@ def require_store(uri: str, run_id: str) -> None:
                                 f"MLFLOW_TRACKING_URI")
 
 
-def _world_error(exc: BaseException) -> bool:
-    for module, names in _WORLD_ERRORS.items():
-        mod = sys.modules.get(module)
-        if mod is not None and any(isinstance(exc, getattr(mod, n)) for n in names if hasattr(mod, n)):
-            return True
-    return False
-
-
 def run_main(main: Callable[[], int | None]) -> None:
     """Run ``main``; known bad input ends with one line on stderr and exit 2 (usage/config) or 1 (the world)."""
     try:
         code = main()
-    except (UsageError, ConfigError) as exc:
+    except EvoplastError as exc:      # UserError (exit 2: change the command) or WorldError (exit 1: retry)
         print(f"evoplast: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except StoreNotFound as exc:
-        print(f"evoplast: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("evoplast: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:
-        if _world_error(exc):
-            print(f"evoplast: error: {exc}", file=sys.stderr)
-            sys.exit(1)
-        raise
     sys.exit(code or 0)

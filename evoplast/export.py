@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import WorldError
 from .learners import NetState, PlasticLearner
 from .network import ModelSpec
 from .rule_data import MANIFEST_KEY, RuleDataError, read_rule, write_safetensors
@@ -48,7 +49,7 @@ MAX_WIDTH = 1 << 16          # a layer's width in a rule file
 MAX_LAYERS = 64
 
 
-class RuleExportError(RuntimeError):
+class RuleExportError(WorldError):
     """An export file that cannot be used; the message says why in one line."""
 
 

@@ -18,10 +18,11 @@ import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, from_dict, merge_overrides, upgrade
+from .errors import WorldError
 from .tracking import Tracker
 
 
-class RunArtifactsError(RuntimeError):
+class RunArtifactsError(WorldError):
     """A run (or file) that does not hold what was asked for; the message says what is missing."""
 
 

@@ -26,18 +26,18 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import UsageError
+from .errors import UsageError, WorldError
 
 LOCK_NAME = "writer.lock"
 HEARTBEAT_SECONDS = 30.0        # how often a writer renews its lock's mtime
 STALE_SECONDS = 300.0           # a lock of another host without a heartbeat for this long is taken over
 
 
-class RunLocked(RuntimeError):
+class RunLocked(WorldError):
     """The run is being written by another live process (exit 1)."""
 
 
-class WriteFailed(RuntimeError):
+class WriteFailed(WorldError):
     """A checkpoint or an artifact could not be written (disk full, folder gone); the message ends with what
     to do (exit 1)."""
 

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from .errors import WorldError
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 HIDDEN = "***"                       # what a password in a URI is shown (and stored) as
 # Bounds on every MLflow HTTP call, unless the user set them: MLflow's own defaults (120 s, 7 retries with
@@ -29,7 +31,7 @@ _REQUEST_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALI
                    "INVALID_STATE", "ENDPOINT_NOT_FOUND"}
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(WorldError):
     """The tracking store cannot be used; the message says what to do."""
 
 

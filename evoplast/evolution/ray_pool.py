@@ -20,14 +20,15 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..errors import WorldError
 from ..config import Config, RayConfig, to_dict
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(WorldError):
     """Ray cannot be reached, or cannot place the requested actors; the message says what to do."""
 
 
-class ActorsLost(RuntimeError):
+class ActorsLost(WorldError):
     """A slice lost its actor more often than allowed in one generation; the run stops."""
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from ..errors import WorldError
 
 
-class DatasetError(RuntimeError):
+class DatasetError(WorldError):
     """A dataset that is missing or malformed; the message says what was expected and how to get it."""
 
 
