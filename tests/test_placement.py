@@ -110,7 +110,7 @@ def test_the_default_config_is_light_and_the_cluster_config_heavy():
 # populations as recipes
 
 
-@pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem"])
+@pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem", "cmaes"])
 def test_a_recipe_regenerates_the_population_bit_for_bit(algorithm):
     from evoplast.evaluation import Evaluator
     from evoplast.evolution.trainer import EvolutionTrainer
@@ -137,10 +137,79 @@ def test_searchers_without_an_o_d_recipe_send_genomes():
     from evoplast.evolution.trainer import EvolutionTrainer
 
     for algorithm in ("cmaes", "xnes"):
-        c = cfg(f"search.algorithm={algorithm}")
+        c = cfg(f"search.algorithm={algorithm}", "search.separable=false")
         trainer = EvolutionTrainer(c, Evaluator(c).fitness, Evaluator(c).spec.initial_vector(), recipes=True)
         trainer.step()      # the in-process evaluate takes no recipe: it would fail if one were passed
         assert recipe_of(trainer.searcher, 8, 0) is None
+
+
+@pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem", "cmaes"])
+def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm):
+    """Row sampling: the rows of 1, 2 or 3 chunks (pair-splitting bounds included) are the driver's
+    population, bit for bit; each actor draws only its rows; PGPE's antithetic rows stay +e/-e pairs."""
+    from evoplast.evaluation import Evaluator
+    from evoplast.evolution import rows
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    c = cfg(f"search.algorithm={algorithm}", "search.popsize=12", "search.elite_ratio=0.5")
+    ev = Evaluator(c)
+    recipes, drawn = [], []
+
+    def evaluate(genomes, generation, recipe=None):
+        recipes.append((recipe, genomes.clone()))
+        return ev.fitness(genomes, generation)
+
+    trainer = EvolutionTrainer(c, evaluate, ev.spec.initial_vector(), recipes=True)
+    trainer.step()
+    trainer.step()          # a moved distribution (sigma != its initial value)
+    recipe, genomes = recipes[-1]
+    assert recipe.scheme == rows.SCHEME and recipe.nbytes <= 3 * ev.spec.dim * 4     # O(D)
+    real = rows.normal_rows
+    try:                    # count the rows each chunk draws
+        rows.normal_rows = lambda key, start, stop, *a, **k: drawn.append(stop - start) or real(key, start, stop, *a, **k)
+        for bounds in ([0, 12], [0, 5, 12], [0, 3, 7, 12]):
+            drawn.clear()
+            parts = [recipe.sample(a, b) for a, b in zip(bounds, bounds[1:])]
+            assert torch.equal(torch.cat(parts), genomes), bounds
+            # each chunk drew only its own rows (PGPE: its directions, a split pair's twice)
+            assert len(drawn) == len(parts) and all(0 < n <= len(p) + 1 for n, p in zip(drawn, parts)), drawn
+    finally:
+        rows.normal_rows = real
+    if algorithm == "pgpe":
+        noise = rows.symmetric_rows(recipe.seed, 0, 12, ev.spec.dim)
+        assert torch.equal(noise[0::2], -noise[1::2]) and not torch.equal(noise[0], noise[2])
+        mu = recipe.parameters["mu"]
+        torch.testing.assert_close(genomes[0::2] - mu, -(genomes[1::2] - mu), rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_keeps_its_sampling_scheme():
+    """A checkpoint records the scheme; one from before row sampling resumes with EvoTorch's own
+    sampler (the population it would have drawn then); an unknown scheme is refused in one line."""
+    from evoplast.evaluation import Evaluator
+    from evoplast.evolution.sampling import POPULATION, sampling_of
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    c = cfg("search.algorithm=pgpe", "search.popsize=8")
+    ev = Evaluator(c)
+    first = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    first.step()
+    state = first.state_dict()
+    assert state["sampling"] == "rows-v1"
+    old = dict(state)
+    del old["sampling"]                              # as written before row sampling
+    legacy = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    legacy.load_state_dict(old)
+    assert sampling_of(legacy.searcher) == POPULATION
+    rows_run = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    rows_run.load_state_dict(state)
+    legacy.step()
+    rows_run.step()
+    a, b = legacy.population()[0], rows_run.population()[0]
+    assert a.shape == b.shape and not torch.equal(a, b)      # the two schemes draw different populations
+    assert legacy.state_dict()["sampling"] == POPULATION      # and it stays with its scheme
+    with pytest.raises(ValueError, match="sampling scheme 'rows-v9' is unknown") as info:
+        EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector()).load_state_dict(dict(state, sampling="rows-v9"))
+    assert "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------
