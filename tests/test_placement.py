@@ -144,11 +144,11 @@ def test_searchers_without_an_o_d_recipe_send_genomes():
 
 
 @pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem", "cmaes"])
-def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm):
+def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm, monkeypatch):
     """Row sampling: the rows of 1, 2 or 3 chunks (pair-splitting bounds included) are the driver's
     population, bit for bit; each actor draws only its rows; PGPE's antithetic rows stay +e/-e pairs."""
     from evoplast.evaluation import Evaluator
-    from evoplast.evolution import rows
+    from evoplast.evolution import rows, sampling
     from evoplast.evolution.trainer import EvolutionTrainer
 
     c = cfg(f"search.algorithm={algorithm}", "search.popsize=12", "search.elite_ratio=0.5")
@@ -165,16 +165,15 @@ def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm)
     recipe, genomes = recipes[-1]
     assert recipe.scheme == rows.SCHEME and recipe.nbytes <= 3 * ev.spec.dim * 4     # O(D)
     real = rows.normal_rows
-    try:                    # count the rows each chunk draws
-        rows.normal_rows = lambda key, start, stop, *a, **k: drawn.append(stop - start) or real(key, start, stop, *a, **k)
-        for bounds in ([0, 12], [0, 5, 12], [0, 3, 7, 12]):
-            drawn.clear()
-            parts = [recipe.sample(a, b) for a, b in zip(bounds, bounds[1:])]
-            assert torch.equal(torch.cat(parts), genomes), bounds
-            # each chunk drew only its own rows (PGPE: its directions, a split pair's twice)
-            assert len(drawn) == len(parts) and all(0 < n <= len(p) + 1 for n, p in zip(drawn, parts)), drawn
-    finally:
-        rows.normal_rows = real
+    counted = lambda key, start, stop, *a, **k: drawn.append(stop - start) or real(key, start, stop, *a, **k)  # noqa: E731
+    monkeypatch.setattr(rows, "normal_rows", counted)
+    monkeypatch.setattr(sampling, "normal_rows", counted)
+    for bounds in ([0, 12], [0, 5, 12], [0, 3, 7, 12]):
+        drawn.clear()
+        parts = [recipe.sample(a, b) for a, b in zip(bounds, bounds[1:])]
+        assert torch.equal(torch.cat(parts), genomes), bounds
+        # each chunk drew only its own rows (PGPE: its directions, a split pair's twice)
+        assert len(drawn) == len(parts) and all(0 < n <= len(p) + 1 for n, p in zip(drawn, parts)), drawn
     if algorithm == "pgpe":
         noise = rows.symmetric_rows(recipe.seed, 0, 12, ev.spec.dim)
         assert torch.equal(noise[0::2], -noise[1::2]) and not torch.equal(noise[0], noise[2])

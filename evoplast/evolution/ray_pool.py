@@ -102,6 +102,7 @@ class EvaluatorActor:
         self.evaluator = Evaluator(from_dict(cfg_dict), "cuda" if gpus and cuda else "cpu")
         self._simulated: Optional[float] = None
         self._slowdown = 1.0
+        self._real = False
 
     def info(self) -> dict:
         import ray
@@ -129,21 +130,24 @@ class EvaluatorActor:
         return fitness, nonfinite, time.perf_counter() - t1, checksum(genomes), sampled
 
     def _fitness(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._simulated is None:
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        if self._simulated is None or self._real:
             out = self.evaluator.fitness(genomes, generation)
-            if self._slowdown > 1:
-                time.sleep((self._slowdown - 1) * (time.perf_counter() - t0))
-            return out
-        time.sleep(self._simulated * len(genomes) * self._slowdown)
-        n = len(genomes)
-        return -genomes[:, 0].float().cpu() * 0 - 1.0, torch.zeros(n, dtype=torch.bool)
+        else:
+            out = (torch.full((len(genomes),), -1.0), torch.zeros(len(genomes), dtype=torch.bool))
+        if self._simulated:
+            time.sleep(self._simulated * len(genomes))
+        if self._slowdown > 1:
+            time.sleep((self._slowdown - 1) * (time.perf_counter() - t0))
+        return out
 
-    def simulate(self, seconds_per_genome: Optional[float] = None, slowdown: float = 1.0) -> None:
-        """Benchmarks and tests only: take ``slowdown`` times as long as the evaluation (a slower or busy
-        node); with ``seconds_per_genome``, sleep that long per genome instead of evaluating (fitness -1)."""
+    def simulate(self, seconds_per_genome: Optional[float] = None, slowdown: float = 1.0, real: bool = False) -> None:
+        """Benchmarks and tests only. ``seconds_per_genome``: sleep that long per genome instead of evaluating
+        (fitness -1), or with ``real`` after evaluating; ``slowdown``: then take that many times as long
+        (a slower or busy node)."""
         self._simulated = seconds_per_genome
         self._slowdown = float(slowdown)
+        self._real = bool(real)
 
 
 class RayPool:
@@ -197,6 +201,7 @@ class RayPool:
         self.actor_info = self._wait_ready(self.actors, self.start_timeout)
         self.last_timing: dict[str, float] = {}   # wall and slowest actor's compute of the last evaluate
         self.last_bytes: dict[str, int] = {}      # what the last evaluate sent: genomes or a recipe
+        self.last_chunks: list[int] = []          # chunks each actor evaluated in the last evaluate
         self.use_recipes = True                   # off after a regenerated slice differed (never seen)
 
     def _new_actor(self):
@@ -356,6 +361,7 @@ class RayPool:
                 results[i] = (fitness, nonfinite)
         wall = time.perf_counter() - t0
         used = [r for r in per_actor.values() if r["chunks"]]
+        self.last_chunks = [per_actor[a]["chunks"] for a in range(len(self.actors))]
         self.last_timing = {
             "wall": wall,
             "compute_max": max((r["sample"] + r["evaluate"] for r in used), default=0.0),
@@ -439,3 +445,33 @@ def _placed(actor) -> Optional[bool]:
     # a worker process is leased to it (its pid is known) once a node has given it room; before that the
     # entry names at most the node whose queue it waits in
     return entry.get("State") == "ALIVE" or bool(entry.get("Pid"))
+
+
+def speed_metrics(timing: dict, generation_seconds: float, driver_sample_seconds: float = float("nan")) -> dict[str, float]:
+    """One generation's ``speed/`` MLflow metrics from :attr:`RayPool.last_timing` (empty: in-process).
+
+    ``*_s`` are summed over actors (compute bought), ``*_max_s`` the largest actor's total (the
+    critical path); ``transfer`` is each chunk's round trip less the actor's own time (Ray's scheduling,
+    serialization, the network); ``straggler_wait_s`` how long the first actor out of work waited for
+    the last; ``driver_s`` the generation less its evaluation (the driver's own sampling, ranking and
+    update), ``sample_driver_s`` the driver's sampling alone.
+    """
+    row = {"speed/sample_driver_s": driver_sample_seconds}
+    if timing:
+        row |= {f"speed/{k}_s": timing[f"{k}_sum"] for k in ("sample", "evaluate", "transfer")}
+        row |= {f"speed/{k}_max_s": timing[f"{k}_max"] for k in ("sample", "evaluate", "transfer")}
+        row |= {"speed/straggler_wait_s": timing["straggler_wait"], "speed/evaluate_wall_s": timing["wall"],
+                "speed/driver_s": max(0.0, generation_seconds - timing["wall"]), "speed/bytes_sent": timing["bytes"],
+                "speed/chunks": timing["chunks"]}
+    return {k: float(v) for k, v in row.items() if v == v}
+
+
+def speed_note(timing: dict, generation_seconds: float, share: float = 0.05) -> str:
+    """The progress line's account of a Ray generation: the critical path's evaluation, and each other
+    term (driver, sampling, moving data, waiting for a straggler) when it is at least ``share`` of it."""
+    if not timing or generation_seconds <= 0:
+        return ""
+    terms = {"driver": max(0.0, generation_seconds - timing["wall"]), "sample": timing["sample_max"],
+             "move": timing["transfer_max"], "wait": timing["straggler_wait"]}
+    shown = [f"{k} {v:.2f}" for k, v in terms.items() if v >= share * generation_seconds]
+    return " ".join([f"eval {timing['evaluate_max']:.2f}", *shown]) + " s"

@@ -20,6 +20,7 @@ an actor evaluated is the slice the searcher sampled.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -64,8 +65,16 @@ class _RowFill:
     SYMMETRIC = False
 
     def _fill(self, out: torch.Tensor, *, generator: Optional[torch.Generator] = None):
+        t0 = time.perf_counter()
         out.copy_(gaussian_rows(self.parameters, _key(generator), 0, out.shape[0], out.shape[1],
                                 symmetric=self.SYMMETRIC, device=out.device))
+        _timed(generator, t0)
+
+
+def _timed(problem: Any, t0: float) -> None:
+    """Tell the problem (``LifetimeProblem.sample_seconds``) how long the driver's sampling took."""
+    if hasattr(problem, "sample_seconds"):
+        problem.sample_seconds = time.perf_counter() - t0
 
 
 class RowSeparableGaussian(_RowFill, SeparableGaussian):
@@ -94,8 +103,10 @@ class RowCMAES(CMAES):
         if not self.separable:
             return super().sample_distribution(num_samples)
         n = self.popsize if num_samples is None else num_samples
+        t0 = time.perf_counter()
         zs, ys, xs = cmaes_rows({"A": self.A, "m": self.m, "sigma": self.sigma}, _key(self._problem), 0, n,
                                 self._problem.solution_length, device=self.m.device)
+        _timed(self._problem, t0)
         return zs, ys, xs
 
 
