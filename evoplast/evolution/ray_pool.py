@@ -72,6 +72,7 @@ def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
 WAIT_LINE_SECONDS = 10.0   # while actors start: one "waiting for Ray actors" line this often
 START_DELAY_ENV = "EVOPLAST_TEST_ACTOR_START_DELAY"   # tests only: seconds each actor sleeps as it starts
 GPU_CHUNK_LIFETIMES = 1024   # a GPU's throughput saturates from about this many lifetimes per call (docs/cluster.md)
+CPU_CHUNK_LIFETIMES = 16     # a CPU actor: enough that a chunk's compute outweighs its round trip through Ray
 TIMING_KEYS = ("wall", "sample_sum", "sample_max", "evaluate_sum", "evaluate_max", "transfer_sum", "transfer_max",
                "straggler_wait", "chunks", "actors_used", "bytes")
 
@@ -272,16 +273,15 @@ class RayPool:
                 pass
 
     def chunk_count(self, popsize: int) -> int:
-        """How many chunks a population of ``popsize`` is split into (``ray.chunks_per_actor``; ``auto``: 4
-        per CPU actor; per GPU actor as many as keep >= ``GPU_CHUNK_LIFETIMES`` lifetimes in each, 1 to 4)."""
+        """How many chunks a population of ``popsize`` is split into: ``ray.chunks_per_actor`` per actor;
+        ``auto``: as many (1 to 4) as keep at least ``GPU_CHUNK_LIFETIMES`` (GPU actors) or
+        ``CPU_CHUNK_LIFETIMES`` (CPU actors) lifetimes in each chunk."""
         n = len(self.actors)
         per = self.cfg.ray.chunks_per_actor
         if per == "auto":
-            if self.cfg.ray.num_gpus_per_actor > 0:
-                lifetimes = popsize * self.cfg.evaluation.episodes / max(1, n)
-                per = int(max(1, min(4, lifetimes // GPU_CHUNK_LIFETIMES)))
-            else:
-                per = 4
+            least = GPU_CHUNK_LIFETIMES if self.cfg.ray.num_gpus_per_actor > 0 else CPU_CHUNK_LIFETIMES
+            lifetimes = popsize * self.cfg.evaluation.episodes / max(1, n)
+            per = int(max(1, min(4, lifetimes // least)))
         return int(max(1, min(popsize, n * per)))
 
     def evaluate(self, genomes: torch.Tensor, generation: int,
