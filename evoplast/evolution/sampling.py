@@ -45,9 +45,9 @@ def _key(generator: Any) -> int:
 def gaussian_rows(parameters: dict, key: int, start: int, stop: int, dim: int, *, symmetric: bool,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Rows ``start:stop`` ``[n, D]`` of ``mu + sigma * e`` (``e`` antithetic when ``symmetric``)."""
-    noise = (symmetric_rows if symmetric else normal_rows)(key, start, stop, dim, device)
-    values = noise * parameters["sigma"].to(noise.device)     # two ops, as in the driver: the same bits
-    return values + parameters["mu"].to(noise.device)
+    values = (symmetric_rows if symmetric else normal_rows)(key, start, stop, dim, device)
+    values.mul_(parameters["sigma"].to(values.device))        # two ops, in place: the same bits everywhere
+    return values.add_(parameters["mu"].to(values.device))
 
 
 def cmaes_rows(parameters: dict, key: int, start: int, stop: int, dim: int,
