@@ -1,5 +1,6 @@
 """Ray for real: a local cluster, actor-count determinism, a lost actor, impossible resources."""
 
+import dataclasses
 import os
 import threading
 import time
@@ -137,8 +138,10 @@ def test_chunks_of_any_count_give_the_in_process_fitness_and_a_slow_actor_takes_
     pools = {n: RayPool(cfg.replace(**{"ray.chunks_per_actor": n})) for n in (1, 3)}
     slow = pools[3]
     counts = {}
+    last = {}
 
     def evaluate(genomes, generation, recipe=None):
+        last.update(genomes=genomes.clone(), generation=generation, recipe=recipe)
         expected, _ = ev.fitness(genomes, generation)
         for n, pool in pools.items():
             fitness, _ = pool.evaluate(genomes, generation, recipe=recipe)
@@ -161,6 +164,15 @@ def test_chunks_of_any_count_give_the_in_process_fitness_and_a_slow_actor_takes_
         pools.pop(1).shutdown()
         pools[2] = RayPool(cfg.replace(**{"ray.chunks_per_actor": 2}))
         pgpe.step()
+        # a recipe that does not describe the genomes (another seed): every chunk's checksum differs, the
+        # chunks are evaluated again from the genomes, recipes are turned off
+        events = []
+        pools[2].on_event = lambda kind, details: events.append(kind)
+        wrong = dataclasses.replace(last["recipe"], seed=last["recipe"].seed + 1)
+        fitness, _ = pools[2].evaluate(last["genomes"], last["generation"], recipe=wrong)
+        assert torch.equal(fitness, ev.fitness(last["genomes"], last["generation"])[0])
+        assert events.count("recipe_mismatch") == 4 and not pools[2].use_recipes
+        assert pools[2].last_bytes["genomes"] == last["genomes"].numel() * 4
     finally:
         for pool in pools.values():
             pool.shutdown()

@@ -120,7 +120,8 @@ class EvaluatorActor:
     def fitness_of_recipe(self, recipe, start: int, stop: int,
                           generation: int) -> tuple[torch.Tensor, torch.Tensor, float, int, float]:
         """Rows ``start:stop`` of the population ``recipe`` describes, sampled here (only those rows with
-        row sampling): ``(fitness, nonfinite, seconds evaluating, checksum of the rows, seconds sampling)``."""
+        row sampling): ``(fitness, nonfinite, seconds evaluating, checksum of the first and last row,
+        seconds sampling)``."""
         from .sampling import checksum
 
         t0 = time.perf_counter()
@@ -128,7 +129,7 @@ class EvaluatorActor:
         sampled = time.perf_counter() - t0
         t1 = time.perf_counter()
         fitness, nonfinite = self._fitness(genomes, generation)
-        return fitness, nonfinite, time.perf_counter() - t1, checksum(genomes), sampled
+        return fitness, nonfinite, time.perf_counter() - t1, checksum(genomes[[0, -1]]), sampled
 
     def _fitness(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()
@@ -292,9 +293,9 @@ class RayPool:
         whichever actor is free, so a slow or busy node evaluates fewer of them (the fitness does not
         depend on the split). With ``recipe`` (:class:`~evoplast.evolution.sampling.PopulationRecipe` of
         ``genomes``) the actors get the recipe once, through the object store, and sample the rows of
-        their chunks: O(D) moved per generation instead of O(P·D). Each chunk's checksum is compared
-        with the driver's; a chunk that differs is evaluated again from the genomes (and recipes are
-        turned off). ``last_timing`` then holds the generation's :data:`TIMING_KEYS`.
+        their chunks: O(D) moved per generation instead of O(P·D). The checksum of each chunk's first and
+        last row is compared with the driver's; a chunk that differs is evaluated again from the genomes
+        (and recipes are turned off). ``last_timing`` then holds the generation's :data:`TIMING_KEYS`.
         """
         import ray
 
@@ -330,9 +331,15 @@ class RayPool:
                 ref = self.actors[a].fitness.remote(chunk, generation)
             pending[ref] = (i, a, time.perf_counter())
 
+        # the driver's checksum of each chunk's first and last row (both parities of a pair; a wrong
+        # generator, torch or recipe changes every row), taken while the actors work: O(D) per chunk
+        expected: dict[int, int] = {}
+
         while todo or pending:
             while todo and free:
                 submit(free.pop(0), todo.pop(0))
+            if use_recipe and not expected:
+                expected = {i: checksum(chunks[i][[0, -1]]) for i in by_recipe}
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 i, a, submitted = pending.pop(ref)
@@ -351,7 +358,7 @@ class RayPool:
                 row["end"] = now - t0
                 row["chunks"] += 1
                 free.append(a)
-                if by_recipe[i] and check != checksum(chunks[i]):
+                if by_recipe[i] and check != expected[i]:
                     self.use_recipes = False
                     self.on_event("recipe_mismatch", {"generation": generation, "actor": a, "chunk": i,
                                                       "retry": retries[i]})

@@ -199,9 +199,10 @@ def recipe_of(searcher: Any, popsize: int, seed: int) -> Optional[PopulationReci
 
 
 def checksum(values: torch.Tensor) -> int:
-    """An exact fingerprint of float32 ``values [n, D]``: the sum of their bit patterns (int64).
-    Equal for bit-identical tensors; any sampling difference changes it except by a vanishing chance."""
+    """An exact fingerprint of float32 ``values [n, D]``: the bit patterns (int32), summed over rows and
+    weighted by column (1..D), modulo 2**64. Equal for bit-identical tensors; any sampling difference
+    changes it except by a vanishing chance. One pass over the values (0.08 s for 128 x 94,205 here)."""
     v = values.detach().contiguous().cpu().to(torch.float32).as_subclass(torch.Tensor)
-    bits = v.view(torch.int32).to(torch.int64)
-    weights = torch.arange(1, bits.shape[-1] + 1, dtype=torch.int64) if bits.dim() else 1
-    return int((bits * weights).sum())
+    bits = v.view(torch.int32).reshape(-1, v.shape[-1] if v.dim() else 1)
+    columns = bits.sum(0, dtype=torch.int64)
+    return int((columns * torch.arange(1, bits.shape[-1] + 1, dtype=torch.int64)).sum())
