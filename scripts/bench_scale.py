@@ -4,6 +4,7 @@
     python scripts/bench_scale.py                   # everything (about 10-15 minutes on 2 busy cores)
     python scripts/bench_scale.py --nodes 2,4       # fewer simulated nodes
     python scripts/bench_scale.py --skip-cluster    # sampling and bytes only (no Ray)
+    python scripts/bench_scale.py --only-cluster    # the multi-node Ray only
 
 1. per-actor sampling time vs N actors at configs/cluster.yaml sizes (P=512, D=94,205), beside the
    actor's projected GPU lifetime time (docs/cluster.md's H200 throughputs);
@@ -11,7 +12,9 @@
 3. a local multi-node Ray (``ray.cluster_utils.Cluster``, nodes advertising a fake GPU each, one actor
    per node, the lifetimes simulated by a sleep at the H200's throughput, the sampling real): the
    generation, the driver's share, Ray's dispatch overhead, the actors' sampling;
-4. 4 nodes, one 2x slower: a generation with chunks handed to free actors vs one chunk per actor.
+4. 4 nodes, one 2x slower: a generation with chunks handed to free actors vs one chunk per actor;
+5. the cost model: predicted generation time of configs/cluster.yaml on 1, 4, 8, 64 H200s from those
+   constants, and the term that limits each.
 """
 
 from __future__ import annotations
@@ -204,28 +207,65 @@ STRAGGLER_PER_GENOME = 0.01    # s: 1.3 s of lifetimes per actor and generation,
 
 
 def straggler(pool, trainer, generations: int, per_genome: float) -> dict:
-    """Actor 0 of 4 made 2x slower: generations with chunks handed to free actors vs 1 chunk per actor."""
+    """Actor 0 of 4 made 2x slower: generations with chunks handed to free actors vs 1 chunk per actor,
+    each beside the all-equal generation with the same chunks."""
     import ray
 
     out = {}
-    for label, per, slow in (("equal, 4 chunks/actor", 4, 1.0), ("1 slow, 1 chunk/actor", 1, 2.0),
-                             ("1 slow, 4 chunks/actor", 4, 2.0), ("1 slow, 8 chunks/actor", 8, 2.0)):
-        pool.cfg = pool.cfg.replace(**{"ray.chunks_per_actor": per})
-        ray.get([a.simulate.remote(per_genome, slow if i == 0 else 1.0) for i, a in enumerate(pool.actors)])
-        times = []
-        for _ in range(generations):
-            trainer.step()
-            times.append(pool.last_timing["wall"])
-        out[label] = statistics.median(times)
+    for per in (1, 4, 8):
+        for slow in (1.0, 2.0):
+            pool.cfg = pool.cfg.replace(**{"ray.chunks_per_actor": per})
+            ray.get([a.simulate.remote(per_genome, slow if i == 0 else 1.0) for i, a in enumerate(pool.actors)])
+            times = []
+            for _ in range(generations):
+                trainer.step()
+                times.append(pool.last_timing["wall"])
+            out[(per, slow)] = statistics.median(times)
     print(f"\n4. 4 nodes, lifetimes simulated at {per_genome * 1000:.0f} ms per genome, actor 0 made 2x slower "
           f"(its lifetimes take twice as long); the evaluation's wall time, median of {generations}")
-    ref = out["equal, 4 chunks/actor"]
-    for label, seconds in out.items():
-        print(f"   {label:<24} {seconds:6.2f} s  {seconds / ref:5.2f}x")
-    best = min(out["1 slow, 4 chunks/actor"], out["1 slow, 8 chunks/actor"]) / ref
-    print(f"   target: <= 1.3x the all-equal time with one node 2x slower: {best:.2f}x (static split "
-          f"{out['1 slow, 1 chunk/actor'] / ref:.2f}x) -> {verdict(best <= 1.3)}")
+    print(f"   {'chunks/actor':>12} {'all equal s':>11} {'one slow s':>10} {'slow/equal':>10} {'vs equal, 1 chunk':>17}")
+    for per in (1, 4, 8):
+        print(f"   {per:>12} {out[(per, 1.0)]:>11.2f} {out[(per, 2.0)]:>10.2f} {out[(per, 2.0)] / out[(per, 1.0)]:>9.2f}x "
+              f"{out[(per, 2.0)] / out[(1, 1.0)]:>16.2f}x")
+    best = min(out[(per, 2.0)] / out[(per, 1.0)] for per in (4, 8))
+    print(f"   target: <= 1.3x the all-equal time with one node 2x slower: {best:.2f}x with chunks handed to free "
+          f"actors (static split {out[(1, 2.0)] / out[(1, 1.0)]:.2f}x) -> {verdict(best <= 1.3)}")
+    pool.cfg = pool.cfg.replace(**{"ray.chunks_per_actor": "auto"})
+    ray.get([a.simulate.remote(None, 1.0) for a in pool.actors])
     return out
+
+
+def cost_model(P: int, episodes: int, row_seconds: float, driver_seconds: float,
+               dispatch: dict[int, float]) -> list[dict]:
+    """Predicted generation time of the cluster config on N H200s, one actor (one chunk) per GPU:
+    driver (its own sampling + update) + Ray dispatch (interpolated over the measured node counts, linear
+    beyond) + the actor's row sampling + its lifetimes; each row names the largest term."""
+    points = sorted(dispatch.items())
+
+    def dispatch_at(n: int) -> float:
+        if len(points) == 1 or n <= points[0][0]:
+            return points[0][1]
+        for (n0, d0), (n1, d1) in zip(points, points[1:]):
+            if n <= n1:
+                return d0 + (d1 - d0) * (n - n0) / (n1 - n0)
+        (n0, d0), (n1, d1) = points[-2], points[-1]
+        return max(d1, d1 + (d1 - d0) * (n - n1) / (n1 - n0))
+
+    rows = []
+    for n in (1, 4, 8, 64):
+        terms = {"driver": driver_seconds, "dispatch": dispatch_at(n), "sampling": row_seconds * P / n,
+                 "lifetimes": h200_seconds(P * episodes / n)}
+        rows.append({"gpus": n, **terms, "total": sum(terms.values()), "limit": max(terms, key=terms.get)})
+    one = rows[0]["total"]
+    print(f"\n5. cost model, configs/cluster.yaml on N H200s (one actor per GPU): driver {driver_seconds:.2f} s, "
+          f"sampling {row_seconds * 1000:.2f} ms per row per actor, dispatch measured at "
+          + ", ".join(f"{n} nodes {d:.3f} s" for n, d in points))
+    print(f"   {'GPUs':>4} {'driver':>7} {'dispatch':>8} {'sampling':>8} {'lifetimes':>9} {'total s':>8} "
+          f"{'speed-up':>8}  limited by")
+    for r in rows:
+        print(f"   {r['gpus']:>4} {r['driver']:>7.3f} {r['dispatch']:>8.3f} {r['sampling']:>8.3f} {r['lifetimes']:>9.3f} "
+              f"{r['total']:>8.3f} {one / r['total']:>7.2f}x  {r['limit']}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,14 +290,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bench_scale: configs/cluster.yaml, P={P}, D={D:,}, {E} episodes/genome; this machine: "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared)")
-    if not args.only_cluster:
-        sampling(P, D, E)
+    times = sampling(P, D, E) if not args.only_cluster else {}
     torch.set_num_threads(args.threads)
-    if not args.only_cluster:
-        bytes_per_searcher(P, D)
-    if not args.skip_cluster:
-        multi_node(nodes, args.generations, P, E)
-    print("\n5. Ray 2 actors vs 1 on the heavy config: `python scripts/benchmark.py evolve` (its own line)")
+    driver = bytes_per_searcher(P, D) if not args.only_cluster else {}
+    cluster = multi_node(nodes, args.generations, P, E) if not args.skip_cluster else {}
+    if times and driver and cluster:
+        row_seconds = statistics.median(t / (P // n) for n, t in times.items())
+        cost_model(P, E, row_seconds, driver["pgpe"],
+                   {n: r["dispatch"] for n, r in cluster.items() if isinstance(n, int)})
+    print("\n6. Ray 2 actors vs 1 on the heavy config: `python scripts/benchmark.py evolve --only heavy` (its own run)")
     return 0
 
 

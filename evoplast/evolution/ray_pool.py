@@ -275,14 +275,14 @@ class RayPool:
 
     def chunk_count(self, popsize: int) -> int:
         """How many chunks a population of ``popsize`` is split into: ``ray.chunks_per_actor`` per actor;
-        ``auto``: as many (1 to 4) as keep at least ``GPU_CHUNK_LIFETIMES`` (GPU actors) or
+        ``auto``: as many (1 to 8) as keep at least ``GPU_CHUNK_LIFETIMES`` (GPU actors) or
         ``CPU_CHUNK_LIFETIMES`` (CPU actors) lifetimes in each chunk."""
         n = len(self.actors)
         per = self.cfg.ray.chunks_per_actor
         if per == "auto":
             least = GPU_CHUNK_LIFETIMES if self.cfg.ray.num_gpus_per_actor > 0 else CPU_CHUNK_LIFETIMES
             lifetimes = popsize * self.cfg.evaluation.episodes / max(1, n)
-            per = int(max(1, min(4, lifetimes // least)))
+            per = int(max(1, min(8, lifetimes // least)))
         return int(max(1, min(popsize, n * per)))
 
     def evaluate(self, genomes: torch.Tensor, generation: int,
