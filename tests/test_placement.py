@@ -349,3 +349,18 @@ def test_an_impossible_request_fails_in_one_line_within_seconds(gpu_nodes, store
     client = MlflowClient(store)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert not experiments or not client.search_runs(experiments)      # no run left behind
+
+
+def test_speed_metrics_and_the_progress_note_say_where_a_generation_went():
+    from evoplast.evolution.ray_pool import speed_metrics, speed_note
+
+    timing = {"wall": 1.0, "compute_max": 0.9, "sample_sum": 0.5, "sample_max": 0.2, "evaluate_sum": 2.4,
+              "evaluate_max": 0.7, "transfer_sum": 0.04, "transfer_max": 0.01, "straggler_wait": 0.1,
+              "chunks": 8.0, "actors_used": 4.0, "bytes": 753640.0}
+    row = speed_metrics(timing, 1.6, 0.25)
+    assert row["speed/driver_s"] == pytest.approx(0.6) and row["speed/sample_driver_s"] == 0.25
+    assert (row["speed/evaluate_s"], row["speed/evaluate_max_s"], row["speed/straggler_wait_s"]) == (2.4, 0.7, 0.1)
+    assert row["speed/bytes_sent"] == 753640.0 and row["speed/chunks"] == 8.0
+    # terms under 5% of the generation (moving data: 0.01 s of 1.6) are left out of the line
+    assert speed_note(timing, 1.6) == "eval 0.70 driver 0.60 sample 0.20 wait 0.10 s"
+    assert speed_note({}, 1.6) == "" and speed_metrics({}, 1.6) == {}       # in-process: nothing (NaN dropped)

@@ -8,7 +8,7 @@ how many, evaluate it, nor on the chunks. An actor that dies mid-generation (its
 lost) is replaced and its chunk evaluated again; every such event is reported to ``on_event``.
 
 Actors are placed with Ray's ``SPREAD`` strategy: on a cluster they go to as many nodes as can hold
-them, so losing one node costs as few slices as possible (GPU actors are spread by their GPUs anyway).
+them, so losing one node costs as few chunks as possible (GPU actors are spread by their GPUs anyway).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class RayPool:
         self.last_timing: dict[str, float] = {}   # wall and slowest actor's compute of the last evaluate
         self.last_bytes: dict[str, int] = {}      # what the last evaluate sent: genomes or a recipe
         self.last_chunks: list[int] = []          # chunks each actor evaluated in the last evaluate
-        self.use_recipes = True                   # off after a regenerated slice differed (never seen)
+        self.use_recipes = True                   # off after a regenerated chunk differed (never seen)
 
     def _new_actor(self):
         return self._remote.remote(self._cfg_dict, max(1, int(self.cfg.ray.num_cpus_per_actor)), self._start_delay)
