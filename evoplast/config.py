@@ -275,6 +275,10 @@ class RayConfig(_Section):
                             "heavy); see docs/cluster.md")
     num_cpus_per_actor: Float = Field(1.0, ge=0.0, description="CPUs reserved by each actor")
     num_gpus_per_actor: Float = Field(0.0, ge=0.0, description="GPUs per actor (fractions share one GPU's memory)")
+    chunks_per_actor: Union[Literal["auto"], Annotated[Int, Field(ge=1)]] = Field(
+        "auto", description="the population is split into num_actors x this many chunks, each handed to whichever "
+                            "actor is free (a slow node takes fewer); auto = as many (1-8) as keep >= 1,024 "
+                            "lifetimes (GPU actors) or >= 16 (CPU actors) in a chunk; see docs/cluster.md")
     address: Optional[Str] = Field(None, description="null = join $RAY_ADDRESS or the cluster `ray start` runs on "
                                                      "this node if there is one, else no Ray unless it pays; '' = a "
                                                      "private local Ray; 'auto' = join the running cluster (fail if "

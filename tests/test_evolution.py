@@ -129,3 +129,30 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
         ckpt.load_checkpoint(path)
+
+
+def test_separable_cmaes_improves_on_a_toy_problem_with_an_o_d_recipe():
+    """search.algorithm=cmaes with search.separable=true (the default): diagonal CMA-ES, sampled by rows,
+    whose population travels as m, A (D numbers each) and sigma; on a 200-dimensional shifted sphere it
+    closes three quarters of the squared distance to the optimum in 60 generations."""
+    from evoplast.evolution.sampling import RowCMAES
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    d = 200
+    target = torch.linspace(-1, 1, d)
+    sizes = []
+
+    def sphere(genomes, generation, recipe=None):
+        sizes.append(recipe.nbytes)
+        assert torch.equal(recipe.sample(0, len(genomes)), genomes)
+        return -((genomes - target) ** 2).sum(1), torch.zeros(len(genomes), dtype=torch.bool)
+
+    cfg = tiny("search.algorithm=cmaes", "search.popsize=16", "search.stdev_init=0.3")
+    trainer = EvolutionTrainer(cfg, sphere, torch.zeros(d), recipes=True)
+    assert isinstance(trainer.searcher, RowCMAES) and trainer.searcher.separable
+    start = float(((trainer.center() - target) ** 2).sum())
+    for _ in range(60):
+        trainer.step()
+    end = float(((trainer.center() - target) ** 2).sum())
+    assert end < 0.35 * start, (start, end)     # measured: 67.3 -> 15.6
+    assert set(sizes) == {(2 * d + 1) * 4}            # m [D], A [D], sigma []: float32, whatever the popsize

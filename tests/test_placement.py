@@ -110,7 +110,7 @@ def test_the_default_config_is_light_and_the_cluster_config_heavy():
 # populations as recipes
 
 
-@pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem"])
+@pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem", "cmaes"])
 def test_a_recipe_regenerates_the_population_bit_for_bit(algorithm):
     from evoplast.evaluation import Evaluator
     from evoplast.evolution.trainer import EvolutionTrainer
@@ -137,10 +137,77 @@ def test_searchers_without_an_o_d_recipe_send_genomes():
     from evoplast.evolution.trainer import EvolutionTrainer
 
     for algorithm in ("cmaes", "xnes"):
-        c = cfg(f"search.algorithm={algorithm}")
+        c = cfg(f"search.algorithm={algorithm}", "search.separable=false")
         trainer = EvolutionTrainer(c, Evaluator(c).fitness, Evaluator(c).spec.initial_vector(), recipes=True)
         trainer.step()      # the in-process evaluate takes no recipe: it would fail if one were passed
         assert recipe_of(trainer.searcher, 8, 0) is None
+
+
+@pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem", "cmaes"])
+def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm, monkeypatch):
+    """Row sampling: the rows of 1, 2 or 3 chunks (pair-splitting bounds included) are the driver's
+    population, bit for bit; each actor draws only its rows; PGPE's antithetic rows stay +e/-e pairs."""
+    from evoplast.evaluation import Evaluator
+    from evoplast.evolution import rows
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    c = cfg(f"search.algorithm={algorithm}", "search.popsize=12", "search.elite_ratio=0.5")
+    ev = Evaluator(c)
+    recipes, drawn = [], []
+
+    def evaluate(genomes, generation, recipe=None):
+        recipes.append((recipe, genomes.clone()))
+        return ev.fitness(genomes, generation)
+
+    trainer = EvolutionTrainer(c, evaluate, ev.spec.initial_vector(), recipes=True)
+    trainer.step()
+    trainer.step()          # a moved distribution (sigma != its initial value)
+    recipe, genomes = recipes[-1]
+    assert recipe.scheme == rows.SCHEME and recipe.nbytes <= 3 * ev.spec.dim * 4     # O(D)
+    real = rows.row_seed
+    monkeypatch.setattr(rows, "row_seed", lambda key, r: drawn.append(r) or real(key, r))   # one per row drawn
+    for bounds in ([0, 12], [0, 5, 12], [0, 3, 7, 12]):
+        for a, b in zip(bounds, bounds[1:]):
+            drawn.clear()
+            part = recipe.sample(a, b)
+            assert torch.equal(part, genomes[a:b]), (a, b)
+            # each chunk draws only its own rows (PGPE: the directions of its rows, once each)
+            assert 0 < len(drawn) <= b - a and len(set(drawn)) == len(drawn), (a, b, drawn)
+    if algorithm == "pgpe":
+        noise = rows.symmetric_rows(recipe.seed, 0, 12, ev.spec.dim)
+        assert torch.equal(noise[0::2], -noise[1::2]) and not torch.equal(noise[0], noise[2])
+        mu = recipe.parameters["mu"]
+        torch.testing.assert_close(genomes[0::2] - mu, -(genomes[1::2] - mu), rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_keeps_its_sampling_scheme():
+    """A checkpoint records the scheme; one from before row sampling resumes with EvoTorch's own
+    sampler (the population it would have drawn then); an unknown scheme is refused in one line."""
+    from evoplast.evaluation import Evaluator
+    from evoplast.evolution.sampling import POPULATION, sampling_of
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    c = cfg("search.algorithm=pgpe", "search.popsize=8")
+    ev = Evaluator(c)
+    first = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    first.step()
+    state = first.state_dict()
+    assert state["sampling"] == "rows-v1"
+    old = dict(state)
+    del old["sampling"]                              # as written before row sampling
+    legacy = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    legacy.load_state_dict(old)
+    assert sampling_of(legacy.searcher) == POPULATION
+    rows_run = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    rows_run.load_state_dict(state)
+    legacy.step()
+    rows_run.step()
+    a, b = legacy.population()[0], rows_run.population()[0]
+    assert a.shape == b.shape and not torch.equal(a, b)      # the two schemes draw different populations
+    assert legacy.state_dict()["sampling"] == POPULATION      # and it stays with its scheme
+    with pytest.raises(ValueError, match="sampling scheme 'rows-v9' is unknown") as info:
+        EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector()).load_state_dict(dict(state, sampling="rows-v9"))
+    assert "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,3 +349,18 @@ def test_an_impossible_request_fails_in_one_line_within_seconds(gpu_nodes, store
     client = MlflowClient(store)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert not experiments or not client.search_runs(experiments)      # no run left behind
+
+
+def test_speed_metrics_and_the_progress_note_say_where_a_generation_went():
+    from evoplast.evolution.ray_pool import speed_metrics, speed_note
+
+    timing = {"wall": 1.0, "compute_max": 0.9, "sample_sum": 0.5, "sample_max": 0.2, "evaluate_sum": 2.4,
+              "evaluate_max": 0.7, "transfer_sum": 0.04, "transfer_max": 0.01, "straggler_wait": 0.1,
+              "chunks": 8.0, "actors_used": 4.0, "bytes": 753640.0}
+    row = speed_metrics(timing, 1.6, 0.25)
+    assert row["speed/driver_s"] == pytest.approx(0.6) and row["speed/sample_driver_s"] == 0.25
+    assert (row["speed/evaluate_s"], row["speed/evaluate_max_s"], row["speed/straggler_wait_s"]) == (2.4, 0.7, 0.1)
+    assert row["speed/bytes_sent"] == 753640.0 and row["speed/chunks"] == 8.0
+    # terms under 5% of the generation (moving data: 0.01 s of 1.6) are left out of the line
+    assert speed_note(timing, 1.6) == "eval 0.70 driver 0.60 sample 0.20 wait 0.10 s"
+    assert speed_note({}, 1.6) == "" and speed_metrics({}, 1.6) == {}       # in-process: nothing (NaN dropped)

@@ -1,5 +1,6 @@
 """Ray for real: a local cluster, actor-count determinism, a lost actor, impossible resources."""
 
+import dataclasses
 import os
 import threading
 import time
@@ -8,6 +9,8 @@ import pytest
 import ray
 import torch
 
+
+from mlflow.tracking import MlflowClient
 
 from evoplast.evaluation import Evaluator
 from evoplast.evolution.ray_pool import RayPool, RayUnavailable
@@ -44,6 +47,18 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
     assert lines["auto-local"][0].endswith("local Ray: 1 Ray actors x 2 CPU (ray.address='': 2 cores)"), lines["auto-local"][0]
     assert lines[2][0].endswith("local Ray: 2 Ray actors x 1 CPU (ray.num_actors=2, no Ray cluster)"), lines[2][0]
     ref = runs[0]
+    # where a generation's time went, in MLflow: per actor and critical path on Ray, the driver's sampling always
+    client = MlflowClient()
+    ray_metrics = client.get_run(runs[2].run_id).data.metrics
+    for key in ("sample", "evaluate", "transfer"):
+        assert len(client.get_metric_history(runs[2].run_id, f"speed/{key}_s")) == 6
+        assert 0 <= ray_metrics[f"speed/{key}_max_s"] <= ray_metrics[f"speed/{key}_s"]
+    assert ray_metrics["speed/evaluate_s"] > 0 and ray_metrics["speed/sample_s"] > 0
+    assert ray_metrics["speed/chunks"] == 4 and 0 < ray_metrics["speed/bytes_sent"] <= 3 * Evaluator(
+        small_config(TINY)).spec.dim * 4     # PGPE: a recipe of mu and sigma; 2 actors x 2 chunks of 16 lifetimes
+    assert 0 <= ray_metrics["speed/straggler_wait_s"] <= ray_metrics["speed/evaluate_wall_s"]
+    local = client.get_run(runs[0].run_id).data.metrics
+    assert local["speed/sample_driver_s"] > 0 and "speed/evaluate_s" not in local
     for actors in (1, 2, "auto", "auto-local"):
         # tolerance: exact. Each genome's lifetime is computed alone in its slice of the batch, with the
         # same kernels whatever the slice size, so the fitness bits do not depend on the split.
@@ -113,6 +128,56 @@ def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
     assert pool.use_recipes
 
 
+def test_chunks_of_any_count_give_the_in_process_fitness_and_a_slow_actor_takes_fewer(local_ray):
+    """1, 2 or 3 chunks per actor: the same fitness as in-process, bit for bit (PGPE and separable CMA-ES,
+    sampled by the actors from the recipe); with actor 0 made 4x slower, actor 1 evaluates more chunks."""
+    from evoplast.evolution.trainer import EvolutionTrainer
+
+    cfg = small_config(TINY + ["search.popsize=12", "ray.num_actors=2", "ray.num_cpus_per_actor=0.5"])  # 2 pools, 2 CPUs
+    ev = Evaluator(cfg)
+    pools = {n: RayPool(cfg.replace(**{"ray.chunks_per_actor": n})) for n in (1, 3)}
+    slow = pools[3]
+    counts = {}
+    last = {}
+
+    def evaluate(genomes, generation, recipe=None):
+        last.update(genomes=genomes.clone(), generation=generation, recipe=recipe)
+        expected, _ = ev.fitness(genomes, generation)
+        for n, pool in pools.items():
+            fitness, _ = pool.evaluate(genomes, generation, recipe=recipe)
+            assert torch.equal(fitness, expected), n
+            assert pool.last_bytes["genomes"] == 0 and pool.last_timing["chunks"] == 2 * n
+            counts[n] = pool.last_chunks
+        return expected, torch.zeros(len(genomes), dtype=torch.bool)
+
+    try:
+        pgpe = EvolutionTrainer(cfg, evaluate, ev.spec.initial_vector(), recipes=True)
+        cmaes = EvolutionTrainer(cfg.replace(**{"search.algorithm": "cmaes"}), evaluate, ev.spec.initial_vector(),
+                                 recipes=True)
+        for trainer in (pgpe, cmaes, cmaes):
+            trainer.step()
+        # real fitness, plus 50 ms per genome (the tiny lifetimes take ~1 ms), actor 0 four times as long
+        ray.get([slow.actors[0].simulate.remote(0.05, 4.0, True), slow.actors[1].simulate.remote(0.05, 1.0, True)])
+        pgpe.step()
+        assert counts[1] == [1, 1] and sum(counts[3]) == 6 and counts[3][1] > counts[3][0], counts
+        # two chunks per actor, split in the middle of PGPE pairs: still the same fitness
+        pools.pop(1).shutdown()
+        pools[2] = RayPool(cfg.replace(**{"ray.chunks_per_actor": 2}))
+        pgpe.step()
+        # a recipe that does not describe the genomes (another seed): every chunk's checksum differs, the
+        # chunks are evaluated again from the genomes, recipes are turned off
+        events = []
+        pools[2].on_event = lambda kind, details: events.append(kind)
+        wrong = dataclasses.replace(last["recipe"], seed=last["recipe"].seed + 1)
+        fitness, _ = pools[2].evaluate(last["genomes"], last["generation"], recipe=wrong)
+        assert torch.equal(fitness, ev.fitness(last["genomes"], last["generation"])[0])
+        assert events.count("recipe_mismatch") == 4 and not pools[2].use_recipes
+        assert pools[2].last_bytes["genomes"] == last["genomes"].numel() * 4
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+
+
 def test_impossible_resources_fail_fast_with_one_line(local_ray):
     cfg = small_config(TINY + ["ray.num_actors=1", "ray.num_gpus_per_actor=4"])
     t0 = time.perf_counter()
@@ -142,7 +207,7 @@ def test_a_slice_that_keeps_losing_its_actor_stops_with_one_line(local_ray):
     try:
         ev = Evaluator(cfg)
         ray.kill(pool.actors[1], no_restart=True)
-        with pytest.raises(ActorsLost, match="slice 1 of generation 0 lost its actor 1 times"):
+        with pytest.raises(ActorsLost, match=r"chunk \d of generation 0 lost its actor 1 times"):
             pool.evaluate(ev.spec.initial_vector().reshape(1, -1).repeat(4, 1), 0)
     finally:
         pool.shutdown()

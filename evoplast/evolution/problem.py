@@ -33,6 +33,7 @@ class LifetimeProblem(Problem):
         self.cfg = cfg
         self.generation = 0
         self.last_nonfinite = 0
+        self.sample_seconds = float("nan")    # the driver's row sampling of this generation (sampling.py)
         self._evaluate_fn = evaluate
         # set by the trainer when ``evaluate`` takes ``recipe=`` (a Ray pool): () -> PopulationRecipe or None
         self.recipe_source: Optional[Callable[[int, int], object]] = None
@@ -40,6 +41,7 @@ class LifetimeProblem(Problem):
     def begin_generation(self, generation: int) -> None:
         """Set the generation (its episodes) and reseed the search's sampler from ``(seed, generation)``."""
         self.generation = generation
+        self.sample_seconds = float("nan")
         self.manual_seed(derive_seed(self.cfg.seed, Purpose.SEARCH, generation))
 
     def _evaluate_batch(self, batch: SolutionBatch) -> None:

@@ -1,13 +1,14 @@
 """Ray: starting or joining a cluster, and a pool of evaluator actors that survives lost actors.
 
-Each actor builds its own :class:`~evoplast.evaluation.Evaluator` from the config and evaluates a
-contiguous slice of the population on its own device (the GPU Ray assigned it, else the CPU). Episodes
-are derived from ``(seed, generation)`` inside the actor, so the fitness of a genome does not depend on
-which actor, or how many, evaluate it. An actor that dies mid-generation (its process or its node lost)
-is replaced and its slice evaluated again; every such event is reported to ``on_event``.
+Each actor builds its own :class:`~evoplast.evaluation.Evaluator` from the config and evaluates
+contiguous chunks of the population on its own device (the GPU Ray assigned it, else the CPU), one
+chunk at a time, the next going to whichever actor is free. Episodes are derived from
+``(seed, generation)`` inside the actor, so the fitness of a genome does not depend on which actor, or
+how many, evaluate it, nor on the chunks. An actor that dies mid-generation (its process or its node
+lost) is replaced and its chunk evaluated again; every such event is reported to ``on_event``.
 
 Actors are placed with Ray's ``SPREAD`` strategy: on a cluster they go to as many nodes as can hold
-them, so losing one node costs as few slices as possible (GPU actors are spread by their GPUs anyway).
+them, so losing one node costs as few chunks as possible (GPU actors are spread by their GPUs anyway).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import WorldError
 from ..config import Config, RayConfig, to_dict
+from ..errors import WorldError
 
 
 class RayUnavailable(WorldError):
@@ -29,7 +30,7 @@ class RayUnavailable(WorldError):
 
 
 class ActorsLost(WorldError):
-    """A slice lost its actor more often than allowed in one generation; the run stops."""
+    """A chunk lost its actor more often than allowed in one generation; the run stops."""
 
 
 def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
@@ -71,6 +72,10 @@ def init_ray(cfg: RayConfig, *, include_dashboard: bool = False) -> None:
 
 WAIT_LINE_SECONDS = 10.0   # while actors start: one "waiting for Ray actors" line this often
 START_DELAY_ENV = "EVOPLAST_TEST_ACTOR_START_DELAY"   # tests only: seconds each actor sleeps as it starts
+GPU_CHUNK_LIFETIMES = 1024   # a GPU's throughput saturates from about this many lifetimes per call (docs/cluster.md)
+CPU_CHUNK_LIFETIMES = 16     # a CPU actor: enough that a chunk's compute outweighs its round trip through Ray
+TIMING_KEYS = ("wall", "sample_sum", "sample_max", "evaluate_sum", "evaluate_max", "transfer_sum", "transfer_max",
+               "straggler_wait", "chunks", "actors_used", "bytes")
 
 
 class EvaluatorActor:
@@ -97,6 +102,9 @@ class EvaluatorActor:
             self.fallback = (f"GPU {','.join(str(g) for g in gpus)} assigned by Ray but no CUDA in this process "
                              f"(torch {torch.__version__}): evaluating on the CPU")
         self.evaluator = Evaluator(from_dict(cfg_dict), "cuda" if gpus and cuda else "cpu")
+        self._simulated: Optional[float] = None
+        self._slowdown = 1.0
+        self._real = False
 
     def info(self) -> dict:
         import ray
@@ -104,21 +112,45 @@ class EvaluatorActor:
         return {"device": str(self.evaluator.device), "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "fallback": self.fallback}
 
-    def fitness(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``(fitness, nonfinite, seconds of compute in this actor)``."""
+    def fitness(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor, float, int, float]:
+        """``(fitness, nonfinite, seconds evaluating, 0, 0.0)``: the genomes were sent."""
         t0 = time.perf_counter()
-        fitness, nonfinite = self.evaluator.fitness(genomes, generation)
-        return fitness, nonfinite, time.perf_counter() - t0
+        fitness, nonfinite = self._fitness(genomes, generation)
+        return fitness, nonfinite, time.perf_counter() - t0, 0, 0.0
 
     def fitness_of_recipe(self, recipe, start: int, stop: int,
-                          generation: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
-        """Rows ``start:stop`` of the population ``recipe`` regenerates; also their :func:`checksum`."""
+                          generation: int) -> tuple[torch.Tensor, torch.Tensor, float, int, float]:
+        """Rows ``start:stop`` of the population ``recipe`` describes, sampled here (only those rows with
+        row sampling): ``(fitness, nonfinite, seconds evaluating, checksum of the first and last row,
+        seconds sampling)``."""
         from .sampling import checksum
 
         t0 = time.perf_counter()
-        genomes = recipe.sample()[start:stop]
-        fitness, nonfinite = self.evaluator.fitness(genomes, generation)
-        return fitness, nonfinite, time.perf_counter() - t0, checksum(genomes)
+        genomes = recipe.sample(start, stop, device=self.evaluator.device)
+        sampled = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        fitness, nonfinite = self._fitness(genomes, generation)
+        return fitness, nonfinite, time.perf_counter() - t1, checksum(genomes[[0, -1]]), sampled
+
+    def _fitness(self, genomes: torch.Tensor, generation: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        if self._simulated is None or self._real:
+            out = self.evaluator.fitness(genomes, generation)
+        else:
+            out = (torch.full((len(genomes),), -1.0), torch.zeros(len(genomes), dtype=torch.bool))
+        if self._simulated:
+            time.sleep(self._simulated * len(genomes))
+        if self._slowdown > 1:
+            time.sleep((self._slowdown - 1) * (time.perf_counter() - t0))
+        return out
+
+    def simulate(self, seconds_per_genome: Optional[float] = None, slowdown: float = 1.0, real: bool = False) -> None:
+        """Benchmarks and tests only. ``seconds_per_genome``: sleep that long per genome instead of evaluating
+        (fitness -1), or with ``real`` after evaluating; ``slowdown``: then take that many times as long
+        (a slower or busy node)."""
+        self._simulated = seconds_per_genome
+        self._slowdown = float(slowdown)
+        self._real = bool(real)
 
 
 class RayPool:
@@ -134,13 +166,13 @@ class RayPool:
         replace_timeout: the placement wait for the replacement of a lost actor. Longer: when the lost
             actor's node is gone and no other node has room, an autoscaling cluster launches and sets up
             a new node first (minutes on AWS).
-        max_retries: how many times one slice may lose its actor in one generation (a replacement
+        max_retries: how many times one chunk may lose its actor in one generation (a replacement
             that dies before it starts counts too) before :meth:`evaluate` gives up.
         on_event: called with ``(kind, details)`` when an actor is lost (``actor_lost``) or replaced
             (``actor_replaced``, with the new actor's ``node_id``, ``device`` and ``pid``), or when a
-            regenerated slice differs from the driver's (``recipe_mismatch``); ``details`` always has
-            ``generation``, ``actor`` (slice index) and ``retry`` (losses of that slice so far in this
-            generation).
+            regenerated chunk differs from the driver's (``recipe_mismatch``); ``details`` always has
+            ``generation``, ``actor`` (actor index), ``retry`` (losses of that chunk so far in this
+            generation) and, for losses and mismatches, ``chunk``.
         progress: called with a line while actors start (every ``progress_every`` s).
 
     ``actor_info[i]`` is ``{"device", "node_id", "pid", "fallback"}`` of actor ``i``, kept current across
@@ -172,7 +204,8 @@ class RayPool:
         self.actor_info = self._wait_ready(self.actors, self.start_timeout)
         self.last_timing: dict[str, float] = {}   # wall and slowest actor's compute of the last evaluate
         self.last_bytes: dict[str, int] = {}      # what the last evaluate sent: genomes or a recipe
-        self.use_recipes = True                   # off after a regenerated slice differed (never seen)
+        self.last_chunks: list[int] = []          # chunks each actor evaluated in the last evaluate
+        self.use_recipes = True                   # off after a regenerated chunk differed (never seen)
 
     def _new_actor(self):
         return self._remote.remote(self._cfg_dict, max(1, int(self.cfg.ray.num_cpus_per_actor)), self._start_delay)
@@ -241,62 +274,117 @@ class RayPool:
             except Exception:  # noqa: BLE001 - already gone
                 pass
 
+    def chunk_count(self, popsize: int) -> int:
+        """How many chunks a population of ``popsize`` is split into: ``ray.chunks_per_actor`` per actor;
+        ``auto``: as many (1 to 8) as keep at least ``GPU_CHUNK_LIFETIMES`` (GPU actors) or
+        ``CPU_CHUNK_LIFETIMES`` (CPU actors) lifetimes in each chunk."""
+        n = len(self.actors)
+        per = self.cfg.ray.chunks_per_actor
+        if per == "auto":
+            least = GPU_CHUNK_LIFETIMES if self.cfg.ray.num_gpus_per_actor > 0 else CPU_CHUNK_LIFETIMES
+            lifetimes = popsize * self.cfg.evaluation.episodes / max(1, n)
+            per = int(max(1, min(8, lifetimes // least)))
+        return int(max(1, min(popsize, n * per)))
+
     def evaluate(self, genomes: torch.Tensor, generation: int,
                  recipe=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fitness ``[P]`` and non-finite flags ``[P]`` of ``genomes [P, D]``, slice per actor.
+        """Fitness ``[P]`` and non-finite flags ``[P]`` of ``genomes [P, D]``.
 
-        With ``recipe`` (:class:`~evoplast.evolution.sampling.PopulationRecipe` of ``genomes``) the
-        actors get the recipe once, through the object store, and each regenerates its slice: O(D)
-        moved per generation instead of O(P·D). Each slice's checksum is compared with the driver's; a
-        slice that differs is evaluated again from the genomes themselves (and recipes are turned off).
+        The population is split into :meth:`chunk_count` contiguous chunks, handed out one at a time to
+        whichever actor is free, so a slow or busy node evaluates fewer of them (the fitness does not
+        depend on the split). With ``recipe`` (:class:`~evoplast.evolution.sampling.PopulationRecipe` of
+        ``genomes``) the actors get the recipe once, through the object store, and sample the rows of
+        their chunks: O(D) moved per generation instead of O(P·D). The checksum of each chunk's first and
+        last row is compared with the driver's; a chunk that differs is evaluated again from the genomes
+        (and recipes are turned off). ``last_timing`` then holds the generation's :data:`TIMING_KEYS`.
         """
         import ray
 
         from .sampling import checksum
 
         t0 = time.perf_counter()
-        bounds = np.linspace(0, genomes.shape[0], len(self.actors) + 1).round().astype(int)
+        n_chunks = self.chunk_count(genomes.shape[0])
+        bounds = np.linspace(0, genomes.shape[0], n_chunks + 1).round().astype(int)
         # copies, not views: a view is serialized with its whole storage, i.e. every actor would receive
         # the whole population (measured: 2 actors, P=512, D=91,505 -> 375 MB instead of 187 MB)
-        slices = [genomes[bounds[i]:bounds[i + 1]].clone() for i in range(len(self.actors))]
-        results: list = [None] * len(slices)
-        retries = [0] * len(slices)
+        chunks = [genomes[bounds[i]:bounds[i + 1]] for i in range(n_chunks)]
+        results: list = [None] * n_chunks
+        retries = [0] * n_chunks
         use_recipe = recipe is not None and self.use_recipes and recipe.popsize == genomes.shape[0]
         recipe_ref = ray.put(recipe) if use_recipe else None
-        self.last_bytes = ({"recipe": recipe.nbytes, "genomes": 0} if use_recipe else
-                           {"recipe": 0, "genomes": sum(s.numel() * s.element_size() for s in slices)})
+        self.last_bytes = {"recipe": recipe.nbytes if use_recipe else 0, "genomes": 0}
+        todo = [i for i in range(n_chunks) if len(chunks[i])]
+        for i in range(n_chunks):
+            if not len(chunks[i]):
+                results[i] = (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
+        by_recipe = {i: use_recipe for i in todo}
+        free = list(range(len(self.actors)))
+        pending: dict = {}                      # ref -> (chunk, actor, submitted at)
+        per_actor = {a: {"sample": 0.0, "evaluate": 0.0, "transfer": 0.0, "end": 0.0, "chunks": 0}
+                     for a in range(len(self.actors))}
 
-        def submit(i: int, by_recipe: bool):
-            if by_recipe:
-                return self.actors[i].fitness_of_recipe.remote(recipe_ref, int(bounds[i]), int(bounds[i + 1]), generation)
-            return self.actors[i].fitness.remote(slices[i], generation)
+        def submit(a: int, i: int) -> None:
+            if by_recipe[i]:
+                ref = self.actors[a].fitness_of_recipe.remote(recipe_ref, int(bounds[i]), int(bounds[i + 1]), generation)
+            else:
+                chunk = chunks[i].clone()
+                self.last_bytes["genomes"] += chunk.numel() * chunk.element_size()
+                ref = self.actors[a].fitness.remote(chunk, generation)
+            pending[ref] = (i, a, time.perf_counter())
 
-        pending = {submit(i, use_recipe): (i, use_recipe) for i, s in enumerate(slices) if len(s)}
-        for i, s in enumerate(slices):
-            if not len(s):
-                results[i] = (torch.zeros(0), torch.zeros(0, dtype=torch.bool), 0.0)
-        while pending:
+        # the driver's checksum of each chunk's first and last row (both parities of a pair; a wrong
+        # generator, torch or recipe changes every row), taken while the actors work: O(D) per chunk
+        expected: dict[int, int] = {}
+
+        while todo or pending:
+            while todo and free:
+                submit(free.pop(0), todo.pop(0))
+            if use_recipe and not expected:
+                expected = {i: checksum(chunks[i][[0, -1]]) for i in by_recipe}
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                i, by_recipe = pending.pop(ref)
+                i, a, submitted = pending.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    fitness, nonfinite, evaluating, check, sampling = ray.get(ref)
                 except _lost_errors() as exc:
-                    retries[i] = self._replace(i, generation, retries[i], exc)
-                    pending[submit(i, by_recipe)] = (i, by_recipe)
+                    retries[i] = self._replace(a, generation, retries[i], exc, chunk=i)
+                    todo.insert(0, i)
+                    free.append(a)
                     continue
-                if by_recipe and result[3] != checksum(slices[i]):
+                now = time.perf_counter()
+                row = per_actor[a]
+                row["sample"] += sampling
+                row["evaluate"] += evaluating
+                row["transfer"] += max(0.0, now - submitted - sampling - evaluating)
+                row["end"] = now - t0
+                row["chunks"] += 1
+                free.append(a)
+                if by_recipe[i] and check != expected[i]:
                     self.use_recipes = False
-                    self.on_event("recipe_mismatch", {"generation": generation, "actor": i, "retry": retries[i]})
-                    self.last_bytes["genomes"] += slices[i].numel() * slices[i].element_size()
-                    pending[submit(i, False)] = (i, False)
+                    self.on_event("recipe_mismatch", {"generation": generation, "actor": a, "chunk": i,
+                                                      "retry": retries[i]})
+                    by_recipe[i] = False
+                    todo.insert(0, i)
                     continue
-                results[i] = result[:3]
-        self.last_timing = {"wall": time.perf_counter() - t0, "compute_max": max(r[2] for r in results)}
+                results[i] = (fitness, nonfinite)
+        wall = time.perf_counter() - t0
+        used = [r for r in per_actor.values() if r["chunks"]]
+        self.last_chunks = [per_actor[a]["chunks"] for a in range(len(self.actors))]
+        self.last_timing = {
+            "wall": wall,
+            "compute_max": max((r["sample"] + r["evaluate"] for r in used), default=0.0),
+            **{f"{k}_sum": sum(r[k] for r in used) for k in ("sample", "evaluate", "transfer")},
+            **{f"{k}_max": max((r[k] for r in used), default=0.0) for k in ("sample", "evaluate", "transfer")},
+            # how long the first actor to run out of work waited for the last one (stragglers)
+            "straggler_wait": wall - min((r["end"] for r in used), default=wall),
+            "chunks": float(n_chunks), "actors_used": float(len(used)),
+            "bytes": float(self.last_bytes["recipe"] + self.last_bytes["genomes"]),
+        }
         return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
-    def _replace(self, i: int, generation: int, retries: int, error: BaseException) -> int:
-        """Replace lost actor ``i`` by a new one that is ready; returns the slice's retry count.
+    def _replace(self, i: int, generation: int, retries: int, error: BaseException, chunk: Optional[int] = None) -> int:
+        """Replace lost actor ``i`` by a new one that is ready; returns the retry count of the chunk it was
+        evaluating (``chunk``; events name the actor as ``actor`` and the chunk as ``chunk``).
 
         A replacement can itself die before it starts: after a node dies without saying so, Ray keeps the
         node alive for its health check's grace period (seconds) and may place the replacement there.
@@ -308,9 +396,11 @@ class RayPool:
         while True:
             retries += 1
             self.on_event("actor_lost", {"generation": generation, "actor": i, "retry": retries,
-                                         "error": type(error).__name__, "node_id": node_id})
+                                         "error": type(error).__name__, "node_id": node_id}
+                          | ({"chunk": chunk} if chunk is not None else {}))
             if retries > self.max_retries:
-                raise ActorsLost(f"slice {i} of generation {generation} lost its actor {retries} times "
+                raise ActorsLost(f"chunk {i if chunk is None else chunk} of generation {generation} lost its actor "
+                                 f"{retries} times "
                                  f"(last: {type(error).__name__}); giving up") from None
             try:   # an unavailable actor may still be running somewhere: free its resources
                 ray.kill(self.actors[i], no_restart=True)
@@ -363,3 +453,33 @@ def _placed(actor) -> Optional[bool]:
     # a worker process is leased to it (its pid is known) once a node has given it room; before that the
     # entry names at most the node whose queue it waits in
     return entry.get("State") == "ALIVE" or bool(entry.get("Pid"))
+
+
+def speed_metrics(timing: dict, generation_seconds: float, driver_sample_seconds: float = float("nan")) -> dict[str, float]:
+    """One generation's ``speed/`` MLflow metrics from :attr:`RayPool.last_timing` (empty: in-process).
+
+    ``*_s`` are summed over actors (compute bought), ``*_max_s`` the largest actor's total (the
+    critical path); ``transfer`` is each chunk's round trip less the actor's own time (Ray's scheduling,
+    serialization, the network); ``straggler_wait_s`` how long the first actor out of work waited for
+    the last; ``driver_s`` the generation less its evaluation (the driver's own sampling, ranking and
+    update), ``sample_driver_s`` the driver's sampling alone.
+    """
+    row = {"speed/sample_driver_s": driver_sample_seconds}
+    if timing:
+        row |= {f"speed/{k}_s": timing[f"{k}_sum"] for k in ("sample", "evaluate", "transfer")}
+        row |= {f"speed/{k}_max_s": timing[f"{k}_max"] for k in ("sample", "evaluate", "transfer")}
+        row |= {"speed/straggler_wait_s": timing["straggler_wait"], "speed/evaluate_wall_s": timing["wall"],
+                "speed/driver_s": max(0.0, generation_seconds - timing["wall"]), "speed/bytes_sent": timing["bytes"],
+                "speed/chunks": timing["chunks"]}
+    return {k: float(v) for k, v in row.items() if v == v}
+
+
+def speed_note(timing: dict, generation_seconds: float, share: float = 0.05) -> str:
+    """The progress line's account of a Ray generation: the critical path's evaluation, and each other
+    term (driver, sampling, moving data, waiting for a straggler) when it is at least ``share`` of it."""
+    if not timing or generation_seconds <= 0:
+        return ""
+    terms = {"driver": max(0.0, generation_seconds - timing["wall"]), "sample": timing["sample_max"],
+             "move": timing["transfer_max"], "wait": timing["straggler_wait"]}
+    shown = [f"{k} {v:.2f}" for k, v in terms.items() if v >= share * generation_seconds]
+    return " ".join([f"eval {timing['evaluate_max']:.2f}", *shown]) + " s"

@@ -31,6 +31,7 @@ from ..runs import genome_record
 from ..session import RunLock, WriteFailed, end_orphaned_children, refuse_finished, write_failed
 from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 from .placement import Placement, choose, generation_gflop, size
+from .ray_pool import speed_metrics, speed_note
 from ..trainers.loop import BaseCallback, run_outer
 from .trainer import EvolutionTrainer
 
@@ -140,11 +141,13 @@ def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, 
     return from_dict(merge_overrides(data, overrides))
 
 
-def _format_stats(s: dict[str, float], best_so_far: float, heldout: str) -> dict[str, str]:
+def _format_stats(s: dict[str, float], best_so_far: float, heldout: str, speed: str = "") -> dict[str, str]:
     """The values of one progress line (after ``gen   40/1000``): the best fitness so far (it never goes
-    down, unlike a generation's best), this generation's median, the latest held-out loss of the center."""
+    down, unlike a generation's best), this generation's median, the latest held-out loss of the center;
+    on Ray, where the generation's time went (``speed``: :func:`~evoplast.evolution.ray_pool.speed_note`)."""
     return {"best so far": f"{best_so_far:8.3f}", "median": f"{s['median']:8.3f}", "held-out": heldout,
-            "evals/s": f"{s['evals_per_s']:.1f}", "non-finite": f"{int(s['nonfinite'])}"}
+            "evals/s": f"{s['evals_per_s']:.1f}", "non-finite": f"{int(s['nonfinite'])}"} | (
+        {"time": speed} if speed else {})
 
 
 def metric_row(stats: dict[str, float], best_so_far: float) -> dict[str, float]:
@@ -336,14 +339,17 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                 nonlocal best_so_far, latest
                 if stats["best"] == stats["best"]:
                     best_so_far = max(best_so_far, stats["best"])
-                tracker.log_metrics(metric_row(stats, best_so_far), step=g)
+                timing = pool.last_timing if pool is not None else {}
+                tracker.log_metrics(metric_row(stats, best_so_far)
+                                    | speed_metrics(timing, stats["seconds"], trainer.problem.sample_seconds), step=g)
                 if g % cfg.tracking.gain_every == 0 or g == total:
                     h = evaluator.learning_measures(trainer.center())
                     heldout.append({"generation": g, **h})
                     tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
                     latest = f"{h['loss']:.3f}"
                 if print_every:
-                    progress.update(g, _format_stats(stats, best_so_far, latest), last=last)
+                    progress.update(g, _format_stats(stats, best_so_far, latest, speed_note(timing, stats["seconds"])),
+                                    last=last)
                 if heldout and heldout[-1]["generation"] == g and print_every:
                     h = heldout[-1]
                     metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"

@@ -14,6 +14,8 @@ import torch
 
 from ..config import Config
 from .problem import EvaluateFn, LifetimeProblem
+from .rows import SCHEME
+from .sampling import POPULATION, sampling_of, set_sampling
 from .searchers import load_searcher_state, make_searcher, search_center, search_stepsize, searcher_state
 
 
@@ -34,6 +36,7 @@ class EvolutionTrainer:
         self.cfg = cfg
         self.problem = LifetimeProblem(cfg, center.numel(), evaluate)
         self.searcher = make_searcher(self.problem, cfg.search, center.to(torch.float32))
+        set_sampling(self.searcher, SCHEME)     # rows keyed by (seed, generation, row): sampling.py
         if recipes:
             from .sampling import recipe_of
 
@@ -80,9 +83,13 @@ class EvolutionTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"generation": self.generation, "searcher": searcher_state(self.searcher),
-                "history": [dict(h) for h in self.history]}
+                "history": [dict(h) for h in self.history], "sampling": sampling_of(self.searcher)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. A checkpoint without ``sampling`` was made before row sampling and
+        continues with the sampling it was made with (``population``); an unknown scheme is refused
+        (ValueError, one line)."""
+        set_sampling(self.searcher, state.get("sampling", POPULATION))
         load_searcher_state(self.searcher, state["searcher"])
         self.generation = int(state["generation"])
         self.history = [dict(h) for h in state["history"]]
