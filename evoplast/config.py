@@ -263,6 +263,11 @@ class SearchConfig(_Section):
     optimizer: Literal["clipup", "adam", "sgd"] = Field("clipup", description="PGPE: optimizer of the center")
     max_speed: Optional[Float] = Field(None, gt=0.0, description="PGPE with clipup: max speed (null = 2 * center lr)")
     elite_ratio: Float = Field(0.2, gt=0.0, le=1.0, description="CEM: fraction of the population used as elites")
+    sampling: Literal["rows", "population"] = Field(
+        "rows", description="how a generation's population is drawn: rows (each row from (seed, generation, "
+                            "row): an actor draws only its own rows) or population (EvoTorch's one generator, "
+                            "as before December 2026: reproduces the numbers published until then; every actor "
+                            "then draws the whole population)")
 
 
 class RayConfig(_Section):

@@ -36,7 +36,8 @@ class EvolutionTrainer:
         self.cfg = cfg
         self.problem = LifetimeProblem(cfg, center.numel(), evaluate)
         self.searcher = make_searcher(self.problem, cfg.search, center.to(torch.float32))
-        set_sampling(self.searcher, SCHEME)     # rows keyed by (seed, generation, row): sampling.py
+        # rows keyed by (seed, generation, row) (sampling.py), or EvoTorch's sampler where the config asks
+        set_sampling(self.searcher, SCHEME if cfg.search.sampling == "rows" else POPULATION)
         if recipes:
             from .sampling import recipe_of
 

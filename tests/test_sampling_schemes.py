@@ -1,0 +1,15 @@
+"""search.sampling: rows (the default since row sampling) or population (EvoTorch's one generator, which made
+every number published before it). The published default run is reproduced with the latter."""
+
+from evoplast.config import load_config
+from evoplast.evolution.run import run_evolution
+
+
+def test_population_sampling_reproduces_the_published_first_generation(tmp_path):
+    """README (before row sampling): 'best training fitness -4.349 (generation 1)' of the default run."""
+    common = ["search.generations=1", "finetune.after_evolution=false", "ray.num_actors=0",
+              f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db", f"checkpoint.dir={tmp_path}/ck"]
+    old = run_evolution(load_config(None, [*common, "search.sampling=population"]), out=lambda line: None)
+    new = run_evolution(load_config(None, common), out=lambda line: None)
+    assert round(old.history[0]["best"], 3) == -4.349
+    assert new.history[0]["best"] != old.history[0]["best"]       # the schemes draw different populations
