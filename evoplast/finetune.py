@@ -21,7 +21,8 @@ from .evaluation import Evaluator
 from .genome import GenomeSpec, build_genome_spec
 from .seeding import Purpose
 from .tasks import make_task
-from .describe import applicable_params, finetune_description, rule_equations, rule_legend, run_name, run_tags
+from .describe import (applicable_params, child_name, finetune_description, rule_equations, rule_legend, run_name,
+                       run_tags)
 from .progress import LineStream, quiet_libraries
 from .tracking import Tracker, environment_params, resolve_tracking_uri
 from .trainers.bptt import BPTTTrainer
@@ -80,7 +81,7 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
     if parent_run_id:
         parent = tracker.get_run(parent_run_id)
         experiment = tracker.client.get_experiment(parent.info.experiment_id).name
-        name = f"{parent.info.run_name}-finetune" if parent.info.run_name else run_name(flat, "finetune")
+        name = child_name("finetune", parent.info.run_name) if parent.info.run_name else run_name(flat, "finetune")
     else:
         experiment = cfg.tracking.experiment
         name = f"{flat.get('task.name')}-{flat.get('rule.name')}-bptt-s{flat.get('seed')}"
@@ -89,7 +90,8 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
                       system_metrics=True)
     status = "FAILED"
     try:
-        tracker.log_params({**applicable_params(flat), **environment_params(),
+        tracker.log_params({**applicable_params(flat, ray=False, gpu=device != "cpu", command="finetune"),
+                            **environment_params(),
                             "finetune.source": parent_run_id or "scratch",
                             "finetune.genomes": ", ".join(labels), "finetune.trained_segments": len(spec.evolved)})
         out(f"evoplast: fine-tune run {tracker.run_id}" + (f" (nested under {parent_run_id})" if parent_run_id else "")
@@ -97,8 +99,10 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
             + ("full BPTT" if not cfg.finetune.bptt_window else f"truncated BPTT, window {cfg.finetune.bptt_window}")
             + (", activation checkpointing" if cfg.finetune.checkpoint_activations else ""))
         before = [ev.learning_measures(g) for g in start]
-        for i, b in enumerate(before):
-            tracker.log_metrics({f"heldout/loss_g{i}": b["loss"]}, step=0)
+        # step 0: the "before" point of the held-out curve (per genome only when there are several)
+        tracker.log_metrics({"heldout/loss": min(b["loss"] for b in before),
+                             **({f"heldout/loss_g{i}": b["loss"] for i, b in enumerate(before)} if len(before) > 1
+                                else {})}, step=0)
         trainer = BPTTTrainer(cfg, start, spec=spec, device=device)               # [k, D], k at once
         steps = cfg.finetune.steps
         print_every = print_every or max(1, steps // 20)
@@ -106,7 +110,7 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         progress = _FinetuneProgress(steps, "meta-step", stream=None if out is print else LineStream(out),
                                      every=print_every)
         progress.heldout = f"{min(b['loss'] for b in before):.3f}"
-        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, TrackingCallback(tracker, end_run=False)])
+        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, TrackingCallback(tracker, end_run=False, select=lambda row: chart_metrics(row, len(labels)))])
         history = [{k: r[k] for k in ("step", "meta_loss", "grad_norm", "skipped", "seconds")} for r in rows]
         final = trainer.current()
         after = [ev.learning_measures(g) for g in final]
@@ -119,7 +123,8 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         tracker.set_description(finetune_description(
             run_id=tracker.run_id, parent_run_id=parent_run_id, labels=labels, before=before, after=after,
             chosen=chosen, steps=steps, equations=rule_equations(spec.model, spec.decode(final[chosen].float())),
-            legend=rule_legend(spec.model), uri=tracker.shown_uri))
+            legend=rule_legend(spec.model), uri=tracker.shown_uri, experiment_id=tracker.experiment_id,
+            classification=ev.task.kind != "regression", skipped=int(trainer.inner.skipped)))
         status = "FINISHED"
         return FinetuneResult(tracker.run_id, parent_run_id, labels, before, after, chosen, final[chosen],
                               [s.name for s in spec.evolved], history, tracker.ui_command())
@@ -128,6 +133,20 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         raise
     finally:
         tracker.end(status)
+
+
+def chart_metrics(row: dict[str, float], genomes: int) -> dict[str, float]:
+    """The metrics of one meta-step worth a chart: not ``meta/loss_g0`` / ``heldout/loss_g0`` beside the same
+    ``meta/loss`` / ``heldout/loss`` of a single genome, not the constant ``speed/lifetimes``, not the per-step
+    ``meta/skipped`` flag; the running count ``meta/skipped_steps`` only once an update was skipped."""
+    out = {}
+    for key, value in row.items():
+        if genomes == 1 and key.rsplit("_g", 1)[-1].isdigit() and "_g" in key:
+            continue
+        if key in ("speed/lifetimes", "meta/skipped") or (key == "meta/skipped_steps" and not value):
+            continue
+        out[key] = value
+    return out
 
 
 class _FinetuneProgress(ProgressCallback):

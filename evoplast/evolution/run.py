@@ -22,8 +22,9 @@ from ..signals import Interrupted, StopFlag as _StopFlag
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
-from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, learner_curves,
-                        rule_equations, rule_legend, run_name, run_tags, summary_table)
+from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, headline,
+                        headline_metrics, learner_curves, rule_equations, rule_legend, run_name, run_tags,
+                        summary_table)
 from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
@@ -124,12 +125,15 @@ def _format_stats(s: dict[str, float], best_so_far: float, heldout: str) -> dict
 
 
 def metric_row(stats: dict[str, float], best_so_far: float) -> dict[str, float]:
-    """One generation's MLflow metrics, grouped by prefix: ``fitness/`` (training episodes), ``search/``
-    (the search distribution), ``speed/``. A NaN (no median in some modes) is left out."""
-    row = {f"fitness/{k}": stats[k] for k in ("best", "mean", "median", "worst")} | {
-        "fitness/best_so_far": best_so_far, "fitness/nonfinite": stats["nonfinite"],
+    """One generation's MLflow metrics, grouped by prefix: ``search/`` (the population's fitness on training
+    episodes and the search distribution's step size: the evolution's progress), ``speed/``. A NaN (no median
+    in some modes) is left out. MLflow's UI orders chart sections by name, so the held-out results
+    (``headline/``, ``heldout/``) come before ``search/`` and ``speed/`` (docs/tracking-ux.md). Lifetimes per
+    second are not logged: they are evals/s times ``evaluation.episodes`` (one chart per quantity)."""
+    row = {f"search/{k}": stats[k] for k in ("best", "mean", "median", "worst")} | {
+        "search/best_so_far": best_so_far, "search/nonfinite": stats["nonfinite"],
         "search/stepsize": stats["stepsize"], "speed/evals_per_s": stats["evals_per_s"],
-        "speed/lifetimes_per_s": stats["lifetimes_per_s"], "speed/generation_seconds": stats["seconds"]}
+        "speed/generation_seconds": stats["seconds"]}
     return {k: v for k, v in row.items() if v == v and v not in (float("inf"), float("-inf"))}
 
 
@@ -232,8 +236,10 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
             tracker.start_run(cfg.tracking.experiment, run_name(flat), tags=run_tags(flat, "es"),
                               source="scripts/evolve.py", system_metrics=True)
             status = "FAILED"
-            tracker.log_params({**applicable_params(flat), **environment_params()})
-            tracker.log_params(placement.params())
+            tracker.log_params({**applicable_params(flat, ray=placement.where != "in-process",
+                                                    gpu=placement.device != "cpu" or bool(placement.num_gpus_per_actor),
+                                                    command="evolve"), **environment_params()})
+            tracker.log_params(placement_params(placement))
             tracker.log_text(to_yaml(cfg), "config.yaml")
         ckpt_path = Path(cfg.checkpoint.dir) / tracker.run_id / "latest.pt"
         if resume is not None:   # a resumed run may be placed elsewhere: its params stay the first placement's
@@ -263,6 +269,10 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         stream = None if out is print else LineStream(out)
         progress = Progress(total, "gen", stream=stream, every=print_every or total + 1, start=trainer.generation)
         best_so_far = max((h["best"] for h in trainer.history if h["best"] == h["best"]), default=float("-inf"))
+        if resume is None:              # the "before" point (step 0) of the held-out curves
+            h = evaluator.learning_measures(center0)
+            heldout.append({"generation": 0, **h})
+            tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=0)
         latest = f"{heldout[-1]['loss']:.3f}" if heldout else "-"
 
         class Generations:
@@ -434,9 +444,13 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                                          else "query cross-entropy"), "mse_vs_tasks_seen.png")
     tracker.log_dict(report, "report.json")
     tracker.log_table(summary_table(report), "heldout_summary.json")
-    for key, value in baselines.items():   # a flat line over the run beside heldout/loss (two points)
-        tracker.log_metrics({f"baseline/{key}": value}, step=0)
-        tracker.log_metrics({f"baseline/{key}": value}, step=trainer.generation)
+    for key, value in baselines.items():   # a flat line over the run in heldout/loss's section (two points)
+        tracker.log_metrics({f"heldout/baseline_{key}": value}, step=0)
+        tracker.log_metrics({f"heldout/baseline_{key}": value}, step=trainer.generation)
+    if not cfg.finetune.after_evolution:     # else once the fine-tune is known (add_finetune_to_description)
+        head = headline(report)
+        tracker.log_metrics(headline_metrics(head), step=trainer.generation)
+        tracker.set_tags(headline_tags(head))
     tracker.flush()
     describe_run(tracker, cfg, evaluator, trainer.generation, report, trainer.history,
                  evaluator.spec.decode(center.to(torch.float32)))
@@ -448,21 +462,65 @@ def describe_run(tracker: Tracker, cfg: Config, evaluator: Evaluator, generation
     tracker.set_description(evolution_description(
         run_id=tracker.run_id, flat=flatten(cfg), generations=generations, report=report,
         equations=rule_equations(evaluator.spec.model, segments), legend=rule_legend(evaluator.spec.model),
-        history=history, finetune=finetune, uri=tracker.shown_uri))
+        history=history, finetune=finetune, uri=tracker.shown_uri, experiment_id=tracker.experiment_id))
+
+
+def placement_params(placement: Placement) -> dict[str, str]:
+    """``placement.*`` params of what ran: no actor or GPU keys for an in-process CPU run."""
+    params = placement.params()
+    if placement.where == "in-process":
+        params = {k: v for k, v in params.items() if k not in ("placement.address", "placement.num_actors",
+                                                                "placement.num_cpus_per_actor",
+                                                                "placement.num_gpus_per_actor")}
+    if placement.device == "cpu" and not placement.num_gpus_per_actor:
+        params.pop("placement.num_gpus_per_actor", None)
+    return params
+
+
+def headline_tags(head: dict[str, Any]) -> dict[str, str]:
+    """Tags beside the headline metrics: which genome the run recommends and the best baseline's name."""
+    return {"headline.recommended": head["which"], "headline.recommended_rule": head["recommended_label"],
+            **({"headline.best_baseline": head["best_baseline_label"]} if "best_baseline_label" in head else {})}
 
 
 def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, before: float, after: float,
-                                better: bool) -> None:
-    """Rewrite an evolution run's description once its fine-tune is done: the fine-tune's result, and the next
-    commands for the genome to use (the fine-tuned one when it is better on held-out episodes)."""
-    from ..describe import next_commands
+                                better: bool, *, report: Optional[dict[str, Any]] = None, generations: int = 0,
+                                history=(), equations=(), finetuned_equations=(), steps: int = 0) -> None:
+    """Rewrite an evolution run's description once its fine-tune is done: the rule to use first (the fine-tuned
+    one when it is better on held-out episodes), the fine-tune's result, the next commands for that genome;
+    and its headline metrics and tags with the fine-tune in them. Without ``report`` (an older caller) the
+    fine-tune's line is added to the description as it is."""
+    from ..describe import next_commands, rule_legend
 
     tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
-    tracker.run_id = run_id
-    text = tracker.get_run(run_id).data.tags.get("mlflow.note.content", "")
+    run = tracker.get_run(run_id)
+    tracker.run_id, tracker.experiment_id = run_id, run.info.experiment_id
+    if report is not None:
+        from ..finetune import train_spec_of
+
+        finetune = {"run_id": finetune_run_id, "before": before, "after": after, "steps": steps,
+                    "equations": list(finetuned_equations)}
+        model = train_spec_of(cfg)[1].model
+        tracker.set_description(evolution_description(
+            run_id=run_id, flat=flatten(cfg), generations=generations, report=report, equations=list(equations),
+            legend=rule_legend(model), history=history, finetune=finetune, uri=tracker.shown_uri,
+            experiment_id=run.info.experiment_id))
+        head = headline(report, finetune)
+        tracker.client.log_batch(run_id, metrics=[_metric(k, v, generations) for k, v in headline_metrics(head).items()])
+        tracker.set_tags(headline_tags(head))
+        return
+    text = run.data.tags.get("mlflow.note.content", "")
     head = text.split("\n### Next", 1)[0].rstrip()
     metric = "MSE" if cfg.task.name == "sinusoid" else "cross-entropy"
     head += (f"\n\nFine-tuned by BPTT (nested run `{finetune_run_id}`): held-out {metric} {before:.3f} → {after:.3f}; "
              f"the genome to use: {'the fine-tuned one' if better else 'the search center (fine-tuning did not help)'}.")
     tracker.set_description("\n".join([head, "", "### Next", "", "```",
                                         *next_commands(run_id, finetuned=better, uri=tracker.shown_uri), "```"]))
+
+
+def _metric(key: str, value: float, step: int):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), int(step))
