@@ -258,7 +258,7 @@ class TrackingConfig(_Section):
                                               "sqlite:///mlflow.db (the scripts' --tracking-uri sets it)")
     experiment: Str = Field("evoplast", description="MLflow experiment name")
     run_name: Str = Field("", description="MLflow run name (empty = generated)")
-    gain_every: Int = Field(13, ge=1, description="log the held-out loss and learning gains every N generations (and at 0)")
+    gain_every: Int = Field(100, ge=1, description="log the held-out learning gains every N generations")
 
     @model_validator(mode="after")
     def _check(self) -> "TrackingConfig":

@@ -1,6 +1,7 @@
 """What a researcher sees: run names, tags, descriptions, grouped metrics, system metrics, plots, progress."""
 
 import io
+import json
 import re
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evoplast.config import flatten, load_config
-from evoplast.describe import CENTER, applicable_params, learner_curves, rule_equations, run_name
+from evoplast.describe import CENTER, FINETUNED, applicable_params, learner_curves, rule_equations, run_name
 from evoplast.network import ModelSpec
 from evoplast.plots import fitness_curve, mse_vs_tasks_seen
 from evoplast.progress import Progress, format_seconds
@@ -36,41 +37,95 @@ def test_a_run_describes_itself_in_mlflow(store, capsys, monkeypatch):
     assert tags["mlflow.source.name"] == "scripts/evolve.py" and tags["mlflow.source.type"] == "LOCAL"
     assert re.fullmatch(r"[0-9a-f]{40}", tags["mlflow.source.git.commit"]) and tags["mlflow.user"]
     child = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
-    assert [c.info.run_name for c in child] == ["sinusoid-hebb-pgpe-s0-finetune"]
-    assert child[0].data.tags["outer"] == "es+bptt" and "ΔW3 = " in child[0].data.tags["mlflow.note.content"]
-    # the description: the rule with its numbers (from the saved genome), the table, the next commands
+    assert [c.info.run_name for c in child] == ["finetune · sinusoid-hebb-pgpe-s0"]    # role first
+    ft = child[0]
+    assert ft.data.tags["outer"] == "es+bptt" and "ΔW3 = " in ft.data.tags["mlflow.note.content"]
+    # headline metrics with stable names: the recommended rule, the evolved rule, the best baseline
+    report = json.loads(open(client.download_artifacts(run_id, "report.json")).read())
+    m = run.data.metrics
+    after = ft.data.metrics["heldout/loss"]
+    use_ft = after <= report["loss"]
+    assert m["headline/evolved_loss"] == pytest.approx(report["loss"], abs=1e-6)
+    assert m["headline/finetuned_loss"] == pytest.approx(after, abs=1e-6)
+    assert m["headline/recommended_loss"] == pytest.approx(min(after, report["loss"]), abs=1e-6)
+    baselines = {k: report[k] for k in ("sgd_plastic_weights", "sgd_same_init", "fa_same_init", "sgd_seed_init",
+                                        "sgd_iid_same_init", "input_only")}
+    assert m["headline/best_baseline_loss"] == pytest.approx(min(baselines.values()), abs=1e-6)
+    assert tags["headline.recommended"] == ("finetuned" if use_ft else "best")
+    # the description: first line the rule to use and its number, its equations, the table with the best
+    # learner marked and the baselines that beat the rule, units, links, the next commands
     note = tags["mlflow.note.content"]
+    first = note.splitlines()[0]
+    rule = FINETUNED if use_ft else CENTER
+    assert first.startswith(f"**Use: the {rule}**, held-out query MSE **{min(after, report['loss']):.3f}**"), first
+    tuned = torch.load(client.download_artifacts(ft.info.run_id, "finetuned_genome.pt"), weights_only=True)
     saved = torch.load(client.download_artifacts(run_id, "best_genome.pt"), weights_only=True)
-    eta = float(saved["segments"]["layer3.eta"].reshape(-1)[0])
-    assert f"ΔW3 = {eta:.3g} · mean over rows[p3 h2ᵀ]" in note
+    shown = tuned if use_ft else saved
+    eta = float(shown["segments"]["layer3.eta"].reshape(-1)[0])
+    assert note.splitlines()[4] == f"ΔW3 = {eta:.3g} · mean over rows[p3 h2ᵀ]"     # the rule to use, first
     assert f"| {CENTER} | {run.data.metrics['heldout/loss']:.3f} |" in note
+    beat = [k for k, v in baselines.items() if v < min(after, report["loss"])]
+    assert (f"Baselines that beat the {rule}: " in note) == bool(beat)
+    assert note.count("← best") == 1 and "Units: query MSE: the mean squared error" in note
+    assert f"(#/experiments/{run.info.experiment_id}/runs/{ft.info.run_id})" in note
     assert f"python scripts/export.py --run-id {run_id} --which " in note
     assert f"python scripts/evaluate.py --run-id {run_id} --which " in note
-    # metrics grouped by prefix, no one-dot final.* charts, system metrics recorded
+    # one chart per quantity, sections in order of importance: headline/, heldout/ (with the baselines), search/
     metrics = set(run.data.metrics)
     assert all("/" in k for k in metrics), sorted(k for k in metrics if "/" not in k)
-    assert {"fitness/best", "fitness/best_so_far", "fitness/median", "heldout/loss", "speed/evals_per_s",
-            "baseline/sgd_plastic_weights", "search/stepsize"} <= metrics
+    assert {"search/best", "search/best_so_far", "search/median", "heldout/loss", "speed/evals_per_s",
+            "heldout/baseline_sgd_plastic_weights", "search/stepsize"} <= metrics
+    assert not {"speed/lifetimes_per_s", "baseline/sgd_plastic_weights", "fitness/best"} & metrics
+    assert sorted({k.split("/")[0] for k in metrics if not k.startswith("system/")})[:2] == ["headline", "heldout"]
     assert any(k.startswith("system/") for k in metrics)
-    so_far = [m.value for m in sorted(client.get_metric_history(run_id, "fitness/best_so_far"), key=lambda m: m.step)]
+    so_far = [m.value for m in sorted(client.get_metric_history(run_id, "search/best_so_far"), key=lambda m: m.step)]
     assert len(so_far) == 6 and so_far == sorted(so_far)
-    assert [m.step for m in client.get_metric_history(run_id, "baseline/sgd_plastic_weights")] in ([0, 6], [6, 0])
-    # params: only those that apply; tuned learning rates as params
+    assert sorted(m.step for m in client.get_metric_history(run_id, "heldout/baseline_sgd_plastic_weights")) == [0, 6]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "heldout/loss")) == list(range(7))  # 0: before
+    assert sorted(m.step for m in client.get_metric_history(run_id, "heldout/learning_gain")) == [0, 3, 6]
+    # the fine-tune: no chart twice, none constant; its held-out curve starts at step 0 (before)
+    ft_metrics = {k for k in ft.data.metrics if not k.startswith("system/")}
+    assert ft_metrics == {"heldout/loss", "meta/loss", "meta/grad_norm", "speed/step_seconds"}, ft_metrics
+    assert sorted(m.step for m in client.get_metric_history(ft.info.run_id, "heldout/loss")) == [0, 2]
+    # params: only those that apply (no Ray keys on an in-process run, the fine-tune's real step count)
     params = run.data.params
     assert "task.glyph_classes" not in params and "network.conv_channels" not in params
     assert "task.image_size" not in params and "task.amplitude" in params
     assert float(params["tuned_lr.sgd_plastic_weights"]) > 0
+    assert not [k for k in params if k.startswith("ray.") or "gpu" in k], params
+    assert params["finetune.after_evolution_steps"] == "2" and "finetune.steps" not in params
+    assert ft.data.params["finetune.steps"] == "2" and not [k for k in ft.data.params if k.startswith("ray.")]
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"heldout_summary.json", "report.json", "fitness_curve.png", "mse_vs_tasks_seen.png"} <= names
     # the terminal: a Next: block with this run's commands
     tail = out.split("Next:\n", 1)[1]
     assert f"python scripts/export.py --run-id {run_id}" in tail and f"scripts/evaluate.py --run-id {run_id}" in tail
-    # a registered version carries a description (the rule) and tags
+    # a registered version carries a description (the rule) and tags; its source run is the producing run
     assert scripts.load("export").main(["--run-id", run_id, "--out", "rule.pt2"]) == 0
     version = client.get_model_version("evoplast-rule", "1")
+    eta = float(saved["segments"]["layer3.eta"].reshape(-1)[0])
     assert f"ΔW3 = {eta:.3g}" in version.description and run_id in version.description
     assert version.tags["task"] == "sinusoid" and version.tags["source_run"] == run_id
     assert float(version.tags["heldout_loss"]) == pytest.approx(saved["heldout_loss"], abs=1e-4)
+    assert version.run_id == run_id
+    assert scripts.load("export").main(["--run-id", run_id, "--which", "finetuned", "--out", "tuned.pt2"]) == 0
+    tuned_version = client.get_model_version("evoplast-rule", "2")
+    assert tuned_version.run_id == ft.info.run_id                     # the fine-tune produced it
+    model = client.get_registered_model("evoplast-rule")
+    assert "evoplast" in model.description and model.tags["tasks"] == "sinusoid"
+    assert model.aliases == {"recommended": 2 if use_ft else 1}
+    # the parent lists its versions (tag, links); export runs are named role first, with tags and a description
+    parent = client.get_run(run_id).data.tags
+    assert parent["registered_versions"] == "evoplast-rule v1 (best), evoplast-rule v2 (finetuned)"
+    assert "[evoplast-rule v2](#/models/evoplast-rule/versions/2) (finetuned)" in parent["mlflow.note.content"]
+    exports = {c.info.run_name: c for c in client.search_runs([run.info.experiment_id],
+                                                              f"tags.mlflow.parentRunId = '{run_id}'")}
+    assert set(exports) == {"finetune · sinusoid-hebb-pgpe-s0", "export best · sinusoid-hebb-pgpe-s0",
+                            "export finetuned · sinusoid-hebb-pgpe-s0"}
+    export = exports["export finetuned · sinusoid-hebb-pgpe-s0"]
+    assert export.data.tags["source_run"] == ft.info.run_id and export.data.tags["which"] == "finetuned"
+    assert export.data.tags["mlflow.note.content"].startswith("**Export of the finetuned rule**")
+    assert export.data.metrics["heldout/loss"] == pytest.approx(after, abs=1e-4)
 
 
 def test_params_apply_to_the_task_and_model():
@@ -80,7 +135,14 @@ def test_params_apply_to_the_task_and_model():
     kept = applicable_params(glyphs)
     assert kept["task.glyph_classes"] == glyphs["task.glyph_classes"] and "network.conv_channels" in kept
     assert "task.amplitude" not in kept and "task.data_dir" not in kept
-    assert run_name(glyphs, "finetune") == f"glyphs-{glyphs['rule.name']}-{glyphs['search.algorithm']}-s0-finetune"
+    assert run_name(glyphs, "finetune") == f"finetune · glyphs-{glyphs['rule.name']}-{glyphs['search.algorithm']}-s0"
+    default = flatten(load_config(None, []))
+    evolve = applicable_params(default, ray=False, gpu=False, command="evolve")
+    assert "finetune.steps" not in evolve and evolve["finetune.after_evolution_steps"] == 1000
+    assert not [k for k in evolve if k.startswith("ray.")]
+    assert "finetune.after_evolution" not in applicable_params(default, command="finetune")
+    alone = applicable_params(flatten(load_config(None, ["finetune.after_evolution=false"])), command="evolve")
+    assert not [k for k in alone if k.startswith("finetune.")]
 
 
 def test_rule_equation_writes_the_numbers():

@@ -269,6 +269,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         stream = None if out is print else LineStream(out)
         progress = Progress(total, "gen", stream=stream, every=print_every or total + 1, start=trainer.generation)
         best_so_far = max((h["best"] for h in trainer.history if h["best"] == h["best"]), default=float("-inf"))
+        curve_every = heldout_curve_every(total)
         if resume is None:              # the "before" point (step 0) of the held-out curves
             h = evaluator.learning_measures(center0)
             heldout.append({"generation": 0, **h})
@@ -310,9 +311,14 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                     heldout.append({"generation": g, **h})
                     tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
                     latest = f"{h['loss']:.3f}"
+                elif g % curve_every == 0:     # the loss alone between: a curve for ~5% of the time
+                    loss = float(evaluator.score(trainer.center().reshape(1, -1)).loss[0])
+                    heldout.append({"generation": g, "loss": loss})
+                    tracker.log_metrics({"heldout/loss": loss}, step=g)
+                    latest = f"{loss:.3f}"
                 if print_every:
                     progress.update(g, _format_stats(stats, best_so_far, latest), last=last)
-                if heldout and heldout[-1]["generation"] == g and print_every:
+                if heldout and heldout[-1]["generation"] == g and print_every and "learning_gain" in heldout[-1]:
                     h = heldout[-1]
                     metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
                     progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
@@ -463,6 +469,17 @@ def describe_run(tracker: Tracker, cfg: Config, evaluator: Evaluator, generation
         run_id=tracker.run_id, flat=flatten(cfg), generations=generations, report=report,
         equations=rule_equations(evaluator.spec.model, segments), legend=rule_legend(evaluator.spec.model),
         history=history, finetune=finetune, uri=tracker.shown_uri, experiment_id=tracker.experiment_id))
+
+
+CURVE_POINTS = 20    # held-out losses of the search center per run, besides step 0 (the "before" point)
+
+
+def heldout_curve_every(generations: int) -> int:
+    """Generations between two held-out losses of the search center: :data:`CURVE_POINTS` per run. One costs
+    about half a generation (one batched lifetime over the held-out episodes, no baselines), so ~20 of them
+    cost ~4% of a 250-generation run (docs/tracking-ux.md); the learning gains stay every
+    ``tracking.gain_every`` generations (three lifetimes each)."""
+    return max(1, generations // CURVE_POINTS)
 
 
 def placement_params(placement: Placement) -> dict[str, str]:
