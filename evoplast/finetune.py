@@ -116,7 +116,10 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         after = [ev.learning_measures(g) for g in final]
         validation = ev.episodes(Purpose.VALIDATION, 1, cfg.evaluation.heldout_episodes)
         chosen = int(ev.score(final, episodes=validation).loss.argmin())
-        _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after)
+        curve = [(0, min(b["loss"] for b in before))] + [(int(r["step"]), float(r["heldout/loss"])) for r in rows
+                                                          if "heldout/loss" in r]
+        _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after,
+                       curve, labels)
         tracker.log_table({"genome": list(labels), "held-out before": [b["loss"] for b in before],
                            "held-out after": [a["loss"] for a in after],
                            "kept": [i == chosen for i in range(len(labels))]}, "finetune_summary.json")
@@ -159,7 +162,7 @@ class _FinetuneProgress(ProgressCallback):
 
 
 def _log_artifacts(tracker: Tracker, cfg: Config, spec: GenomeSpec, genome: torch.Tensor, label: str,
-                   parent_run_id: Optional[str], history, before, after) -> None:
+                   parent_run_id: Optional[str], history, before, after, curve=(), labels=()) -> None:
     from .plots import finetune_curve
 
     with tempfile.TemporaryDirectory(prefix="evoplast-finetune-") as tmp:
@@ -173,4 +176,4 @@ def _log_artifacts(tracker: Tracker, cfg: Config, spec: GenomeSpec, genome: torc
         tracker.log_artifact(d / "finetuned_genome.pt")
     tracker.log_text(to_yaml(cfg), "config.yaml")
     tracker.log_dict({"before": list(before), "after": list(after)}, "finetune_report.json")
-    tracker.log_figure(finetune_curve(history, before, after), "finetune_curve.png")
+    tracker.log_figure(finetune_curve(history, before, after, heldout=curve, labels=labels), "finetune_curve.png")

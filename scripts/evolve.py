@@ -143,7 +143,8 @@ def finetune_center(cfg, result) -> bool:
     add_finetune_to_description(cfg, result.run_id, ft.run_id, b["loss"], a["loss"], better, report=result.report,
                                 generations=result.generations, history=result.history, steps=steps,
                                 equations=rule_equations(evo_spec.model, evo_spec.decode(result.center.float())),
-                                finetuned_equations=rule_equations(spec.model, spec.decode(ft.genome.float())))
+                                finetuned_equations=rule_equations(spec.model, spec.decode(ft.genome.float())),
+                                finetuned_genome=ft.genome)
     return better
 
 

@@ -165,11 +165,20 @@ def test_plots_show_every_learner_and_a_readable_range():
     keys = ("loss", "loss_plasticity_off", "sgd_plastic_weights", "sgd_same_init", "fa_same_init", "sgd_seed_init",
             "sgd_iid_same_init")
     report = {"curves_per_episode": {k: [[1.0 + i, 2.0], [1.5 + i, 2.5], [1.2, 2.2]] for i, k in enumerate(keys)}}
-    fig = mse_vs_tasks_seen(learner_curves(report))
-    ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert len(labels) == 7 and labels[0] == CENTER and "feedback alignment, same initial weights" in labels
-    assert len(ax.collections) == 7                       # one 95% band per learner
+    curves = {FINETUNED: [[0.5, 1.0], [0.7, 1.1], [0.6, 1.2]], **learner_curves(report)}
+    fig = mse_vs_tasks_seen(curves)
+    rules, others = fig.axes                               # a panel of rules, a panel of baselines: bands apart
+    labels = [t.get_text() for t in rules.get_legend().get_texts()]
+    assert labels == [FINETUNED, CENTER, "same genome, plasticity off"] and len(rules.collections) == 3
+    labels = [t.get_text() for t in others.get_legend().get_texts()]
+    assert len(labels) == 6 and "feedback alignment, same initial weights" in labels and labels[-1] == FINETUNED
+    assert len(others.collections) == 5                   # one 95% band per baseline; the rule's line only
+    colors = {line.get_label(): line.get_color() for ax in fig.axes for line in ax.get_lines()}
+    assert len(set(colors.values())) == len(colors) == 8  # one colour per learner, the same in both panels
+    assert [ln.get_color() for ln in others.get_lines() if ln.get_label() == FINETUNED] == [colors[FINETUNED]]
+    fig.canvas.draw()
+    for ax in fig.axes:                                    # the legends are under the axes, off the data
+        assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0
     history = [{"generation": g, "best": -3 + g / 100, "mean": -5 + g / 100, "median": -4.0,
                 "worst": -100.0 if g == 50 else -8.0} for g in range(100)]
     fig = fitness_curve(history, [{"generation": 100, "loss": 2.5}], baselines={"online SGD": 2.0})
@@ -179,6 +188,14 @@ def test_plots_show_every_learner_and_a_readable_range():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "best so far (training episodes)" in labels and "online SGD, held-out (−loss)" in labels
     assert any(label.startswith("search center, held-out") for label in labels)
+    # the same learner in the same colour as in mse_vs_tasks_seen; no colour means two things
+    fig = fitness_curve(history, [{"generation": 100, "loss": 2.5}],
+                        baselines={"online SGD of every weight, same initial weights": 2.0,
+                                   "same genome, plasticity off": 3.0})
+    drawn = {line.get_label().split(", held-out")[0]: line.get_color() for line in fig.axes[0].get_lines()}
+    assert drawn["search center"] == colors[CENTER]
+    assert drawn["online SGD of every weight, same initial weights"] == colors["online SGD of every weight, same initial weights"]
+    assert len(set(drawn.values())) == len(drawn)
 
 
 class _Clock:

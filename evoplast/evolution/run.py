@@ -450,7 +450,9 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                                          else "query cross-entropy"), "mse_vs_tasks_seen.png")
     tracker.log_dict(report, "report.json")
     tracker.log_table(summary_table(report), "heldout_summary.json")
-    for key, value in baselines.items():   # a flat line over the run in heldout/loss's section (two points)
+    for key, value in baselines.items():   # a flat line over the run in heldout/loss's section (two points);
+        if key == "loss_plasticity_off":    # not this one: heldout/loss_plasticity_off is its curve already
+            continue
         tracker.log_metrics({f"heldout/baseline_{key}": value}, step=0)
         tracker.log_metrics({f"heldout/baseline_{key}": value}, step=trainer.generation)
     if not cfg.finetune.after_evolution:     # else once the fine-tune is known (add_finetune_to_description)
@@ -502,7 +504,8 @@ def headline_tags(head: dict[str, Any]) -> dict[str, str]:
 
 def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, before: float, after: float,
                                 better: bool, *, report: Optional[dict[str, Any]] = None, generations: int = 0,
-                                history=(), equations=(), finetuned_equations=(), steps: int = 0) -> None:
+                                history=(), equations=(), finetuned_equations=(), steps: int = 0,
+                                finetuned_genome: Optional[torch.Tensor] = None) -> None:
     """Rewrite an evolution run's description once its fine-tune is done: the rule to use first (the fine-tuned
     one when it is better on held-out episodes), the fine-tune's result, the next commands for that genome;
     and its headline metrics and tags with the fine-tune in them. Without ``report`` (an older caller) the
@@ -525,6 +528,16 @@ def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, 
         head = headline(report, finetune)
         tracker.client.log_batch(run_id, metrics=[_metric(k, v, generations) for k, v in headline_metrics(head).items()])
         tracker.set_tags(headline_tags(head))
+        if finetuned_genome is not None:    # mse_vs_tasks_seen.png again, with the fine-tuned rule in it
+            from ..describe import FINETUNED
+
+            spec = train_spec_of(cfg)[1]
+            ev = Evaluator(cfg, "cpu", spec=spec)
+            scores = ev.score(finetuned_genome.reshape(1, -1).float(), curve=True)
+            curves = {FINETUNED: scores.curve_per_episode[0].tolist(), **learner_curves(report)}
+            tracker.log_figure(mse_vs_tasks_seen(curves, title=f"held-out episodes, {cfg.task.order} stream",
+                                                 ylabel="query MSE" if ev.task.kind == "regression"
+                                                 else "query cross-entropy"), "mse_vs_tasks_seen.png")
         return
     text = run.data.tags.get("mlflow.note.content", "")
     head = text.split("\n### Next", 1)[0].rstrip()
