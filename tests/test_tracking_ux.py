@@ -233,3 +233,22 @@ def test_progress_in_a_terminal_and_in_a_log():
     assert lines == [f"gen {g:4d}/100 | best so far -1.0 | elapsed {format_seconds(g)} | ETA {format_seconds(100 - g)}"
                      for g in (25, 50, 75, 100)]
     assert "\r" not in plain.getvalue() and format_seconds(3725) == "1:02:05"
+
+
+def test_evaluate_shows_progress_while_it_meta_trains_oml():
+    """scripts/evaluate.py's OML baseline (minutes on the default run): a line with elapsed time and ETA."""
+    from evoplast.analysis import oml_train
+    from evoplast.evaluation import Evaluator
+
+    from .conftest import small_config
+
+    log = io.StringIO()
+    progress = scripts.load("evaluate").oml_progress(4, None, stream=log)
+    cfg = small_config(["task.num_tasks=2", "task.batches_per_task=2", "task.batch_size=4", "task.query_size=4",
+                        "network.hidden=[8,8]", "finetune.episodes=2"])
+    *_, done = oml_train(cfg, Evaluator(cfg), 4, progress=progress)
+    progress.close()
+    lines = log.getvalue().splitlines()
+    assert done == 4 and len(lines) == 4
+    assert re.fullmatch(r"OML meta-step    4/4 \| meta-loss [0-9.]+ \| elapsed \d+:\d\d \| ETA 0:00",
+                        lines[-1]), lines
