@@ -1,6 +1,7 @@
 """What a researcher sees: run names, tags, descriptions, grouped metrics, system metrics, plots, progress."""
 
 import io
+from pathlib import Path
 import json
 import re
 
@@ -252,3 +253,32 @@ def test_evaluate_shows_progress_while_it_meta_trains_oml():
     assert done == 4 and len(lines) == 4
     assert re.fullmatch(r"OML meta-step    4/4 \| meta-loss [0-9.]+ \| elapsed \d+:\d\d \| ETA 0:00",
                         lines[-1]), lines
+
+
+def test_a_copied_or_moved_store_serves_its_own_artifacts(tmp_path, monkeypatch):
+    """The default store (sqlite:///mlflow.db + mlruns/ in the working directory) keeps relative artifact
+    locations: moved elsewhere, its runs' artifacts are the moved files, not the original's (nor missing)."""
+    import shutil
+
+    first = tmp_path / "first"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    tracker = Tracker("sqlite:///mlflow.db")
+    run_id = tracker.start_run("portable", "a run")
+    tracker.log_text("the first store's file", "note.txt")
+    tracker.end()
+    client = MlflowClient("sqlite:///mlflow.db")
+    assert client.get_experiment(tracker.experiment_id).artifact_location == f"mlruns/{tracker.experiment_id}"
+    assert client.get_run(run_id).info.artifact_uri == f"mlruns/{tracker.experiment_id}/{run_id}/artifacts"
+    shutil.copytree(first, tmp_path / "copy")
+    (tmp_path / "copy" / "mlruns" / tracker.experiment_id / run_id / "artifacts" / "note.txt").write_text("the copy's")
+    shutil.move(first, tmp_path / "moved")
+    for folder, text in (("copy", "the copy's"), ("moved", "the first store's file")):
+        monkeypatch.chdir(tmp_path / folder)
+        got = MlflowClient("sqlite:///mlflow.db").download_artifacts(run_id, "note.txt", str(tmp_path))
+        assert Path(got).read_text() == text
+    # a store named by an absolute path keeps MLflow's absolute locations (it is opened from anywhere)
+    absolute = Tracker(f"sqlite:///{tmp_path / 'moved' / 'mlflow.db'}")
+    absolute.start_run("elsewhere", "b run")
+    absolute.end()
+    assert Path(absolute.client.get_experiment(absolute.experiment_id).artifact_location).is_absolute()
