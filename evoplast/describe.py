@@ -314,12 +314,12 @@ def headline(report: dict[str, Any], finetune: Optional[dict[str, Any]] = None) 
 
 
 def headline_metrics(head: dict[str, Any]) -> dict[str, float]:
-    """``headline/recommended_loss``, ``headline/evolved_loss``, ``headline/finetuned_loss``,
-    ``headline/best_baseline_loss``, ``headline/recommended_minus_best_baseline`` (negative: the rule wins)."""
-    out = {f"headline/{k}_loss": float(head[k]) for k in ("recommended", "evolved", "finetuned", "best_baseline")
+    """``summary/recommended_loss``, ``summary/evolved_loss``, ``summary/finetuned_loss``,
+    ``summary/best_baseline_loss``, ``summary/recommended_minus_best_baseline`` (negative: the rule wins)."""
+    out = {f"summary/{k}_loss": float(head[k]) for k in ("recommended", "evolved", "finetuned", "best_baseline")
            if k in head}
     if "best_baseline" in head:
-        out["headline/recommended_minus_best_baseline"] = float(head["recommended"]) - float(head["best_baseline"])
+        out["summary/recommended_minus_best_baseline"] = float(head["recommended"]) - float(head["best_baseline"])
     return out
 
 

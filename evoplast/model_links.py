@@ -38,9 +38,7 @@ def register_version(client, name: str, model_uri: str, model_id: Optional[str],
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return client.create_model_version(name, source=model_uri, run_id=source_run,
-                                       run_link=f"#/experiments/{experiment_id}/runs/{source_run}",
-                                       description=description, tags={k: str(v) for k, v in tags.items()},
+    return client.create_model_version(name, source=model_uri, run_id=source_run, description=description, tags={k: str(v) for k, v in tags.items()},
                                        model_id=model_id)
 
 

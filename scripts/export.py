@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                                    experiment_id=run.info.experiment_id, description="", tags=tags).version
         describe_version(tracker, name, version, manifest, genome, cfg, model, source_run, args.run_id,
                          args.which, score=score, experiment_id=run.info.experiment_id)
-        recommended = run.data.tags.get("headline.recommended", "best") == args.which
+        recommended = run.data.tags.get("summary.recommended", "best") == args.which
         tag_model(tracker.client, name, version, task=cfg.task.name, rule=manifest["rule"], recommended=recommended)
         list_version_on_run(tracker.client, args.run_id, name, version, args.which)
         tracker.client.set_tag(export_run.info.run_id, "mlflow.note.content", export_description(

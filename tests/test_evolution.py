@@ -45,7 +45,7 @@ def test_evolution_improves_and_the_genome_learns(store):
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(result.run_id, "search/best")] == list(range(1, 151))
-    assert len(client.get_metric_history(result.run_id, "heldout/episode_gain")) == 31   # step 0, then every 5
+    assert len(client.get_metric_history(result.run_id, "learning/episode_gain")) == 31   # step 0, then every 5
     assert run.data.params["search.popsize"] == "16" and "version.torch" in run.data.params
     names = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "best_genome.pt", "population.pt", "fitness_curve.png", "mse_vs_tasks_seen.png",

@@ -46,13 +46,15 @@ def test_a_run_describes_itself_in_mlflow(store, capsys, monkeypatch):
     m = run.data.metrics
     after = ft.data.metrics["heldout/loss"]
     use_ft = after <= report["loss"]
-    assert m["headline/evolved_loss"] == pytest.approx(report["loss"], abs=1e-6)
-    assert m["headline/finetuned_loss"] == pytest.approx(after, abs=1e-6)
-    assert m["headline/recommended_loss"] == pytest.approx(min(after, report["loss"]), abs=1e-6)
+    assert m["summary/evolved_loss"] == pytest.approx(report["loss"], abs=1e-6)
+    assert m["summary/finetuned_loss"] == pytest.approx(after, abs=1e-6)
+    assert m["summary/recommended_loss"] == pytest.approx(min(after, report["loss"]), abs=1e-6)
     baselines = {k: report[k] for k in ("sgd_plastic_weights", "sgd_same_init", "fa_same_init", "sgd_seed_init",
                                         "sgd_iid_same_init", "input_only")}
-    assert m["headline/best_baseline_loss"] == pytest.approx(min(baselines.values()), abs=1e-6)
-    assert tags["headline.recommended"] == ("finetuned" if use_ft else "best")
+    assert m["summary/best_baseline_loss"] == pytest.approx(min(baselines.values()), abs=1e-6)
+    assert tags["summary.recommended"] == ("finetuned" if use_ft else "best")
+    assert m["summary/recommended_minus_best_baseline"] == pytest.approx(
+        m["summary/recommended_loss"] - m["summary/best_baseline_loss"], abs=1e-6)
     # the description: first line the rule to use and its number, its equations, the table with the best
     # learner marked and the baselines that beat the rule, units, links, the next commands
     note = tags["mlflow.note.content"]
@@ -71,19 +73,23 @@ def test_a_run_describes_itself_in_mlflow(store, capsys, monkeypatch):
     assert f"(#/experiments/{run.info.experiment_id}/runs/{ft.info.run_id})" in note
     assert f"python scripts/export.py --run-id {run_id} --which " in note
     assert f"python scripts/evaluate.py --run-id {run_id} --which " in note
-    # one chart per quantity, sections in order of importance: headline/, heldout/ (with the baselines), search/
+    # one chart per quantity; sections (MLflow orders them by name) by importance: heldout/ (the loss first,
+    # the baselines beside it), learning/, search/, speed/, the one-number summary/ last
     metrics = set(run.data.metrics)
     assert all("/" in k for k in metrics), sorted(k for k in metrics if "/" not in k)
     assert {"search/best", "search/best_so_far", "search/median", "heldout/loss", "speed/evals_per_s",
-            "heldout/baseline_sgd_plastic_weights", "search/stepsize"} <= metrics
-    assert not {"speed/lifetimes_per_s", "baseline/sgd_plastic_weights", "fitness/best"} & metrics
-    assert sorted({k.split("/")[0] for k in metrics if not k.startswith("system/")})[:2] == ["headline", "heldout"]
+            "heldout/loss_baseline_sgd_plastic_weights", "search/stepsize", "learning/gain"} <= metrics
+    assert not {"speed/lifetimes_per_s", "baseline/sgd_plastic_weights", "fitness/best",
+                "heldout/loss_baseline_loss_plasticity_off"} & metrics
+    sections = sorted({k.split("/")[0] for k in metrics if not k.startswith("system/")})
+    assert sections == ["heldout", "learning", "search", "speed", "summary"]
+    assert sorted(k for k in metrics if k.startswith("heldout/"))[0] == "heldout/loss"
     assert any(k.startswith("system/") for k in metrics)
     so_far = [m.value for m in sorted(client.get_metric_history(run_id, "search/best_so_far"), key=lambda m: m.step)]
     assert len(so_far) == 6 and so_far == sorted(so_far)
-    assert sorted(m.step for m in client.get_metric_history(run_id, "heldout/baseline_sgd_plastic_weights")) == [0, 6]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "heldout/loss_baseline_sgd_plastic_weights")) == [0, 6]
     assert sorted(m.step for m in client.get_metric_history(run_id, "heldout/loss")) == list(range(7))  # 0: before
-    assert sorted(m.step for m in client.get_metric_history(run_id, "heldout/learning_gain")) == [0, 3, 6]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "learning/gain")) == [0, 3, 6]
     # the fine-tune: no chart twice, none constant; its held-out curve starts at step 0 (before)
     ft_metrics = {k for k in ft.data.metrics if not k.startswith("system/")}
     assert ft_metrics == {"heldout/loss", "meta/loss", "meta/grad_norm", "speed/step_seconds"}, ft_metrics

@@ -128,7 +128,8 @@ def metric_row(stats: dict[str, float], best_so_far: float) -> dict[str, float]:
     """One generation's MLflow metrics, grouped by prefix: ``search/`` (the population's fitness on training
     episodes and the search distribution's step size: the evolution's progress), ``speed/``. A NaN (no median
     in some modes) is left out. MLflow's UI orders chart sections by name, so the held-out results
-    (``headline/``, ``heldout/``) come before ``search/`` and ``speed/`` (docs/tracking-ux.md). Lifetimes per
+    (``heldout/``, ``learning/``) come before ``search/`` and ``speed/``, and the one-number ``summary/`` last
+    (docs/tracking-ux.md). Lifetimes per
     second are not logged: they are evals/s times ``evaluation.episodes`` (one chart per quantity)."""
     row = {f"search/{k}": stats[k] for k in ("best", "mean", "median", "worst")} | {
         "search/best_so_far": best_so_far, "search/nonfinite": stats["nonfinite"],
@@ -273,7 +274,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         if resume is None:              # the "before" point (step 0) of the held-out curves
             h = evaluator.learning_measures(center0)
             heldout.append({"generation": 0, **h})
-            tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=0)
+            tracker.log_metrics(heldout_metrics(h), step=0)
         latest = f"{heldout[-1]['loss']:.3f}" if heldout else "-"
 
         class Generations:
@@ -309,7 +310,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                 if g % cfg.tracking.gain_every == 0 or g == total:
                     h = evaluator.learning_measures(trainer.center())
                     heldout.append({"generation": g, **h})
-                    tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
+                    tracker.log_metrics(heldout_metrics(h), step=g)
                     latest = f"{h['loss']:.3f}"
                 elif g % curve_every == 0:     # the loss alone between: a curve for ~5% of the time
                     loss = float(evaluator.score(trainer.center().reshape(1, -1)).loss[0])
@@ -453,8 +454,8 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
     for key, value in baselines.items():   # a flat line over the run in heldout/loss's section (two points);
         if key == "loss_plasticity_off":    # not this one: heldout/loss_plasticity_off is its curve already
             continue
-        tracker.log_metrics({f"heldout/baseline_{key}": value}, step=0)
-        tracker.log_metrics({f"heldout/baseline_{key}": value}, step=trainer.generation)
+        tracker.log_metrics({f"heldout/loss_baseline_{key}": value}, step=0)
+        tracker.log_metrics({f"heldout/loss_baseline_{key}": value}, step=trainer.generation)
     if not cfg.finetune.after_evolution:     # else once the fine-tune is known (add_finetune_to_description)
         head = headline(report)
         tracker.log_metrics(headline_metrics(head), step=trainer.generation)
@@ -471,6 +472,14 @@ def describe_run(tracker: Tracker, cfg: Config, evaluator: Evaluator, generation
         run_id=tracker.run_id, flat=flatten(cfg), generations=generations, report=report,
         equations=rule_equations(evaluator.spec.model, segments), legend=rule_legend(evaluator.spec.model),
         history=history, finetune=finetune, uri=tracker.shown_uri, experiment_id=tracker.experiment_id))
+
+
+def heldout_metrics(h: dict[str, float]) -> dict[str, float]:
+    """MLflow names of :meth:`~evoplast.evaluation.Evaluator.learning_measures`: the losses in ``heldout/`` (the
+    UI's first chart section, ``heldout/loss`` its first chart, the baselines' ``heldout/loss_baseline_*``
+    beside it), the gains in ``learning/`` (``learning/gain``, ``learning/episode_gain``)."""
+    names = {"learning_gain": "learning/gain", "episode_gain": "learning/episode_gain"}
+    return {names.get(k, f"heldout/{k}"): v for k, v in h.items()}
 
 
 CURVE_POINTS = 20    # held-out losses of the search center per run, besides step 0 (the "before" point)
@@ -498,8 +507,8 @@ def placement_params(placement: Placement) -> dict[str, str]:
 
 def headline_tags(head: dict[str, Any]) -> dict[str, str]:
     """Tags beside the headline metrics: which genome the run recommends and the best baseline's name."""
-    return {"headline.recommended": head["which"], "headline.recommended_rule": head["recommended_label"],
-            **({"headline.best_baseline": head["best_baseline_label"]} if "best_baseline_label" in head else {})}
+    return {"summary.recommended": head["which"], "summary.recommended_rule": head["recommended_label"],
+            **({"summary.best_baseline": head["best_baseline_label"]} if "best_baseline_label" in head else {})}
 
 
 def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, before: float, after: float,
