@@ -122,6 +122,7 @@ class Browser:
             if wait_for and wait_for in text or not wait_for and len(text) > 200:
                 await asyncio.sleep(2.5)
                 return True
+        print(f"screenshots.py: {url} did not show {wait_for!r} in {seconds:.0f} s", file=sys.stderr)
         return False
 
     async def screenshot(self, path: Path) -> Path:
@@ -167,12 +168,12 @@ async def shoot(base: str, chromium: str, profile: Path, exp: str, run, model: t
         # first, the run's nested runs expanded
         ml = "workflowType=machine_learning"
         await browser.goto(f"{base}/#/experiments/{exp}/runs?{ml}", "Run Name")
+        await browser.goto(f"{base}/health", "OK", seconds=10)      # the app saves its state as it leaves
         await browser.js("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));"
                          "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
                          "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
                          f"localStorage.setItem('MLflowLocalStorage-1.1-ExperimentView-{exp}-expandRows', 'true')")
         await _pick_columns(browser, run.info.run_id)
-        await browser.call("Page.reload")
         ok = await browser.goto(f"{base}/#/experiments/{exp}/runs?{ml}", "recommended_loss")
         shots.append(await browser.screenshot(out / "mlflow-runs.png"))
         seen["runs_table_columns"] = ok
@@ -196,7 +197,7 @@ async def shoot(base: str, chromium: str, profile: Path, exp: str, run, model: t
         await asyncio.sleep(3)
         shots.append(await browser.screenshot(out / "mlflow-metrics.png"))
         seen["sections"] = await browser.js("[...document.body.innerText.matchAll(/^(summary|heldout|learning|search|"
-                                            "speed|meta) \\(\\d+\\)$/gm)].map(m => m[1])")
+                                            "speed|meta)\\s*\\(\\d+\\)/gm)].map(m => m[1])")
         if model is not None:
             name, version = model
             await browser.goto(f"{base}/#/models/{name}/versions/{version}?{ml}", "Source Run")

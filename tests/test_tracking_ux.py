@@ -288,3 +288,25 @@ def test_a_copied_or_moved_store_serves_its_own_artifacts(tmp_path, monkeypatch)
     absolute.start_run("elsewhere", "b run")
     absolute.end()
     assert Path(absolute.client.get_experiment(absolute.experiment_id).artifact_location).is_absolute()
+
+
+@pytest.mark.slow
+def test_the_run_page_shows_the_rule_to_use_on_its_first_screen(tmp_path, monkeypatch, capsys):
+    """In a real browser (headless Chromium on `mlflow ui`, serving a copy of the store): the run page's first
+    screen shows the rule to use and its held-out number; the runs table and the metrics tab come out too."""
+    shots = scripts.load("screenshots")
+    if shots.find_chromium() is None:
+        pytest.skip("no Chromium installed (apt-get install -y chromium)")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert scripts.load("evolve").main(TINY) == 0
+    run_id = capsys.readouterr().out.split("MLflow run ")[1].split(":")[0]
+    first = MlflowClient("sqlite:///mlflow.db").get_run(run_id).data.tags["mlflow.note.content"].splitlines()[0]
+    seen = shots.serve_and_shoot(tmp_path, None, tmp_path / "img", shots.find_chromium())
+    assert seen["run_id"] == run_id and seen["first_line"] == first.replace("**", "")
+    assert shots.shows_first_line(seen), seen["first_screen"][:2000]
+    number = first.split("**")[3]                                          # the held-out number, bold
+    assert re.fullmatch(r"\d+\.\d{3}", number) and number in seen["first_screen"]
+    assert seen["sections"][:2] == ["heldout", "learning"], seen["sections"]   # the held-out charts first
+    assert {Path(f).name for f in seen["files"]} == {"mlflow-runs.png", "mlflow-run.png", "mlflow-metrics.png"}
+    assert all(Path(f).stat().st_size > 20_000 for f in seen["files"])      # a page, not a blank
