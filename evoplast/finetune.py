@@ -110,7 +110,8 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
         progress = _FinetuneProgress(steps, "meta-step", stream=None if out is print else LineStream(out),
                                      every=print_every)
         progress.heldout = f"{min(b['loss'] for b in before):.3f}"
-        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, TrackingCallback(tracker, end_run=False, select=lambda row: chart_metrics(row, len(labels)))])
+        tracking = TrackingCallback(tracker, end_run=False, select=lambda row: chart_metrics(row, len(labels)))
+        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, tracking])
         history = [{k: r[k] for k in ("step", "meta_loss", "grad_norm", "skipped", "seconds")} for r in rows]
         final = trainer.current()
         after = [ev.learning_measures(g) for g in final]

@@ -28,7 +28,7 @@ def model_description(name: str) -> str:
 
 
 def register_version(client, name: str, model_uri: str, model_id: Optional[str], *, source_run: str,
-                     experiment_id: str, description: str, tags: dict[str, Any]):
+                     description: str, tags: dict[str, Any]):
     """A new version of ``name`` (created with a description and tags when missing) whose source run is
     ``source_run`` (the run that produced the genome, not the export run that logged the file)."""
     from mlflow.exceptions import MlflowException
@@ -38,7 +38,8 @@ def register_version(client, name: str, model_uri: str, model_id: Optional[str],
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return client.create_model_version(name, source=model_uri, run_id=source_run, description=description, tags={k: str(v) for k, v in tags.items()},
+    return client.create_model_version(name, source=model_uri, run_id=source_run, description=description,
+                                       tags={k: str(v) for k, v in tags.items()},
                                        model_id=model_id)
 
 

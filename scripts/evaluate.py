@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from evoplast.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
-    from evoplast.describe import (CENTER, applicable_params, learner_curves, rule_equations, run_name, run_tags,
-                                   table_markdown)
+    from evoplast.describe import (CENTER, applicable_params, child_name, learner_curves, rule_equations, run_name,
+                                   run_tags, table_markdown)
     from evoplast.evaluation import Evaluator
     from evoplast.finetune import check_finetune_overrides, train_spec_of
     from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
@@ -206,14 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
 
     flat = flatten(cfg)
-    name = (f"{run.info.run_name}-evaluate-{args.which}" if args.run_id and run.info.run_name
-            else run_name(flat, f"evaluate-{args.which}"))
+    name = (child_name(f"evaluate {args.which}", run.info.run_name) if args.run_id and run.info.run_name
+            else run_name(flat, f"evaluate {args.which}"))
     tracker.start_run(cfg.tracking.experiment if not args.run_id else
                       tracker.client.get_experiment(run.info.experiment_id).name,
                       name, parent_run_id=args.run_id, tags=run_tags(flat, "evaluation"),
                       source="scripts/evaluate.py", system_metrics=True)
     try:
-        tracker.log_params({**applicable_params(flat), **environment_params(), "evaluate.which": args.which})
+        tracker.log_params({**applicable_params(flat, ray=False, command="evaluate"), **environment_params(),
+                            "evaluate.which": args.which})
         tracker.log_table({"learner": [n for n, _ in rows], ("accuracy" if classification else "query MSE"):
                            [float(report[k]) for _, k in rows]}, "heldout_summary.json")
         tracker.set_description("\n".join([f"Evaluation of the {args.which} genome" +

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
                 signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         version = register_version(tracker.client, name, info.model_uri, info.model_id, source_run=source_run,
-                                   experiment_id=run.info.experiment_id, description="", tags=tags).version
+                                   description="", tags=tags).version
         describe_version(tracker, name, version, manifest, genome, cfg, model, source_run, args.run_id,
                          args.which, score=score, experiment_id=run.info.experiment_id)
         recommended = run.data.tags.get("summary.recommended", "best") == args.which
