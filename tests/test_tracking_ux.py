@@ -310,3 +310,42 @@ def test_the_run_page_shows_the_rule_to_use_on_its_first_screen(tmp_path, monkey
     assert seen["sections"][:2] == ["heldout", "learning"], seen["sections"]   # the held-out charts first
     assert {Path(f).name for f in seen["files"]} == {"mlflow-runs.png", "mlflow-run.png", "mlflow-metrics.png"}
     assert all(Path(f).stat().st_size > 20_000 for f in seen["files"])      # a page, not a blank
+
+
+def test_the_description_leads_with_the_rule_to_use_and_names_the_baselines_that_beat_it():
+    """Pure text, both kinds of task: the first line, the marked best learner, who beats the rule and by how much."""
+    from evoplast.describe import evolution_description, headline, headline_metrics
+
+    flat = flatten(load_config(None, []))
+    regression = {"loss": 2.567, "loss_plasticity_off": 4.602, "sgd_plastic_weights": 2.498, "sgd_same_init": 2.573,
+                  "fa_same_init": 3.011, "sgd_seed_init": 3.658, "sgd_iid_same_init": 1.731, "input_only": 2.944,
+                  "sgd_plastic_weights_lr": 0.14, "learning_gain": 2.035, "episode_gain": 0.854}
+    finetune = {"run_id": "f" * 32, "before": 2.567, "after": 0.618, "steps": 1000, "equations": ["ΔW3 = tuned"]}
+    note = evolution_description(run_id="r" * 32, flat=flat, generations=250, report=regression,
+                                 equations=["ΔW3 = evolved"], legend="legend", finetune=finetune, experiment_id="1")
+    lines = note.splitlines()
+    assert lines[0] == ("**Use: the fine-tuned rule (ES then BPTT)**, held-out query MSE **0.618** (lower is better; "
+                        "best baseline 1.731)")
+    assert lines[3] == "ΔW3 = tuned" and "ΔW3 = evolved" in note
+    assert "| **fine-tuned rule (ES then BPTT)** ← best | 0.618 |  |" in note
+    assert "No baseline beats the fine-tuned rule (ES then BPTT)." in note
+    assert ("Baselines that beat the evolved rule (search center) before fine-tuning: online SGD on the shuffled (iid) "
+            "stream, same initial weights (1.731: 0.836 lower, -33%); online SGD on the plastic weights only, same "
+            "initial weights (2.498: 0.069 lower, -3%).") in note
+    assert f"[finetune · {run_name(flat)}](#/experiments/1/runs/{'f' * 32})" in note
+    assert headline_metrics(headline(regression, finetune)) == pytest.approx({
+        "summary/recommended_loss": 0.618, "summary/evolved_loss": 2.567, "summary/finetuned_loss": 0.618,
+        "summary/best_baseline_loss": 1.731, "summary/recommended_minus_best_baseline": 0.618 - 1.731})
+    worse = {**finetune, "after": 2.9}                   # fine-tuning did not help: the search center is the rule
+    assert headline(regression, worse)["which"] == "best"
+    assert evolution_description(run_id="r", flat=flat, generations=1, report=regression, equations=["e"], legend="",
+                                 finetune=worse).startswith("**Use: the evolved rule (search center)**, held-out query "
+                                                            "MSE **2.567**")
+    classification = {"accuracy": 0.61, "loss": 1.2, "accuracy_plasticity_off": 0.2, "loss_plasticity_off": 2.1,
+                       "sgd_same_init_accuracy": 0.7, "sgd_same_init": 0.9, "sgd_same_init_lr": 0.1,
+                       "prototype_accuracy": 0.65, "learning_gain": 0.9, "episode_gain": 0.3}
+    note = evolution_description(run_id="r", flat=flat, generations=1, report=classification, equations=["e"],
+                                 legend="")
+    assert note.startswith("**Use: the evolved rule (search center)**, held-out query cross-entropy **1.200**")
+    assert "| **online SGD on every weight and bias, same initial weights** ← best | 0.900 | 0.700 | 0.1 |" in note
+    assert "Units: query cross-entropy" in note
