@@ -49,7 +49,8 @@ def applicable_params(flat: dict[str, Any], *, ray: Optional[bool] = None, gpu: 
                       command: str = "") -> dict[str, Any]:
     """The flattened config without the keys that do not apply to its task, model, rule and searcher
     (``task.glyph_classes`` on a sinusoid run, ``network.conv_channels`` without a conv stack, ...), nor to
-    what ran: ``ray=False`` drops ``ray.*`` (an in-process run), ``gpu=False`` drops the GPU keys (a CPU run);
+    what ran: ``ray=False`` drops ``ray.*`` (an in-process run; an evolution keeps ``ray.num_actors``, the choice
+    that placed it), ``gpu=False`` drops the GPU keys (a CPU run);
     ``command="evolve"`` keeps only the fine-tune keys that the evolution's own fine-tune used
     (``finetune.after_evolution_steps``, not ``finetune.steps``, when that is set; none without one),
     ``command="finetune"`` / ``"train"`` drop ``finetune.after_evolution*`` (they do not run it)."""
@@ -58,8 +59,9 @@ def applicable_params(flat: dict[str, Any], *, ray: Optional[bool] = None, gpu: 
         rules = [test for prefix, test in _APPLIES if key == prefix or (prefix.endswith(".") and key.startswith(prefix))]
         if all(test(flat) for test in rules):
             out[key] = value
-    if ray is False:
-        out = {k: v for k, v in out.items() if not k.startswith("ray.")}
+    if ray is False:     # an evolution keeps ray.num_actors: that choice (e.g. auto) placed it in-process
+        out = {k: v for k, v in out.items() if not k.startswith("ray.") or
+               (command == "evolve" and k == "ray.num_actors")}
     if gpu is False:
         out = {k: v for k, v in out.items() if "gpu" not in k}
     if command == "evolve":
