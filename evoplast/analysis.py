@@ -100,9 +100,10 @@ def oml_init(cfg: Config, ev: Evaluator, steps: int, lr: float = 0.03,
 
 
 def oml_train(cfg: Config, ev: Evaluator, steps: int, lr: float = 0.03, start: Tensor | None = None,
-              seconds: float | None = None) -> tuple[GenomeSpec, Tensor, GradientLearner, int]:
+              seconds: float | None = None, progress=None) -> tuple[GenomeSpec, Tensor, GradientLearner, int]:
     """:func:`oml_init` with a budget: ``steps`` meta-steps, or (``seconds``) as many as fit in that much
-    wall-clock time, at most ``steps``. Returns ``(spec, genome [D], learner, meta-steps done)``."""
+    wall-clock time, at most ``steps``. ``progress(meta-steps done, meta-loss)`` is called after each one (a
+    progress line). Returns ``(spec, genome [D], learner, meta-steps done)``."""
     spec = oml_spec(ev.spec, lr)
     learner = GradientLearner(spec.model, lr, layers=(spec.model.num_layers,))
     genome = spec.initial_vector().reshape(1, -1)
@@ -116,7 +117,9 @@ def oml_train(cfg: Config, ev: Evaluator, steps: int, lr: float = 0.03, start: T
     for _ in range(steps):
         if seconds is not None and time.perf_counter() - t0 >= seconds:
             break
-        trainer.step()
+        r = trainer.step()
+        if progress is not None:
+            progress(trainer.step_count, float(r.loss.mean()))
     return spec, trainer.current()[0], learner, trainer.step_count
 
 

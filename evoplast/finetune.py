@@ -22,7 +22,8 @@ from .evaluation import Evaluator
 from .genome import GenomeSpec, build_genome_spec
 from .seeding import Purpose
 from .tasks import make_task
-from .describe import applicable_params, finetune_description, rule_equations, rule_legend, run_name, run_tags
+from .describe import (applicable_params, child_name, finetune_description, rule_equations, rule_legend, run_name,
+                       run_tags)
 from .preflight import check_device
 from .progress import LineStream, quiet_libraries
 from .session import LOCKED_TAG, RunLock, end_orphaned_children
@@ -97,7 +98,7 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
         parent = tracker.get_run(parent_run_id)
         end_orphaned_children(tracker, parent_run_id, cfg.checkpoint.dir, out)
         experiment = tracker.client.get_experiment(parent.info.experiment_id).name
-        name = f"{parent.info.run_name}-finetune" if parent.info.run_name else run_name(flat, "finetune")
+        name = child_name("finetune", parent.info.run_name) if parent.info.run_name else run_name(flat, "finetune")
     else:
         experiment = cfg.tracking.experiment
         name = f"{flat.get('task.name')}-{flat.get('rule.name')}-bptt-s{flat.get('seed')}"
@@ -109,7 +110,8 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
     lock = None
     try:
         lock = RunLock(cfg.checkpoint.dir, tracker.run_id).acquire(out)    # its parent sees it is alive
-        tracker.log_params({**applicable_params(flat), **environment_params(),
+        tracker.log_params({**applicable_params(flat, ray=False, gpu=device != "cpu", command="finetune"),
+                            **environment_params(),
                             "finetune.source": parent_run_id or "scratch",
                             "finetune.genomes": ", ".join(labels), "finetune.trained_segments": len(spec.evolved)})
         out(f"evoplast: fine-tune run {tracker.run_id}" + (f" (nested under {parent_run_id})" if parent_run_id else "")
@@ -117,8 +119,10 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
             + ("full BPTT" if not cfg.finetune.bptt_window else f"truncated BPTT, window {cfg.finetune.bptt_window}")
             + (", activation checkpointing" if cfg.finetune.checkpoint_activations else ""))
         before = [ev.learning_measures(g) for g in start]
-        for i, b in enumerate(before):
-            tracker.log_metrics({f"heldout/loss_g{i}": b["loss"]}, step=0)
+        # step 0: the "before" point of the held-out curve (per genome only when there are several)
+        tracker.log_metrics({"heldout/loss": min(b["loss"] for b in before),
+                             **({f"heldout/loss_g{i}": b["loss"] for i, b in enumerate(before)} if len(before) > 1
+                                else {})}, step=0)
         trainer = BPTTTrainer(cfg, start, spec=spec, device=device)               # [k, D], k at once
         steps = cfg.finetune.steps
         print_every = print_every or max(1, steps // 20)
@@ -126,8 +130,8 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
         progress = _FinetuneProgress(steps, "meta-step", stream=None if out is print else LineStream(out),
                                      every=print_every)
         progress.heldout = f"{min(b['loss'] for b in before):.3f}"
-        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, TrackingCallback(tracker, end_run=False)],
-                         stop=stop)
+        tracking = TrackingCallback(tracker, end_run=False, select=lambda row: chart_metrics(row, len(labels)))
+        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, tracking], stop=stop)
         stop.immediate = True           # from here (held-out, artifacts) a signal stops at once
         if stop.signal is not None:
             raise Interrupted(stop.signal)
@@ -136,14 +140,18 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
         after = [ev.learning_measures(g) for g in final]
         validation = ev.episodes(Purpose.VALIDATION, 1, cfg.evaluation.heldout_episodes)
         chosen = int(ev.score(final, episodes=validation).loss.argmin())
-        _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after)
+        curve = [(0, min(b["loss"] for b in before))] + [(int(r["step"]), float(r["heldout/loss"])) for r in rows
+                                                          if "heldout/loss" in r]
+        _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after,
+                       curve, labels)
         tracker.log_table({"genome": list(labels), "held-out before": [b["loss"] for b in before],
                            "held-out after": [a["loss"] for a in after],
                            "kept": [i == chosen for i in range(len(labels))]}, "finetune_summary.json")
         tracker.set_description(finetune_description(
             run_id=tracker.run_id, parent_run_id=parent_run_id, labels=labels, before=before, after=after,
             chosen=chosen, steps=steps, equations=rule_equations(spec.model, spec.decode(final[chosen].float())),
-            legend=rule_legend(spec.model), uri=tracker.shown_uri))
+            legend=rule_legend(spec.model), uri=tracker.shown_uri, experiment_id=tracker.experiment_id,
+            classification=ev.task.kind != "regression", skipped=int(trainer.inner.skipped)))
         if stop.signal is not None:     # a signal that a library swallowed: still a stop
             raise Interrupted(stop.signal)
         status = "FINISHED"
@@ -169,6 +177,20 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
                 lock.release()
 
 
+def chart_metrics(row: dict[str, float], genomes: int) -> dict[str, float]:
+    """The metrics of one meta-step worth a chart: not ``meta/loss_g0`` / ``heldout/loss_g0`` beside the same
+    ``meta/loss`` / ``heldout/loss`` of a single genome, not the constant ``speed/lifetimes``, not the per-step
+    ``meta/skipped`` flag; the running count ``meta/skipped_steps`` only once an update was skipped."""
+    out = {}
+    for key, value in row.items():
+        if genomes == 1 and key.rsplit("_g", 1)[-1].isdigit() and "_g" in key:
+            continue
+        if key in ("speed/lifetimes", "meta/skipped") or (key == "meta/skipped_steps" and not value):
+            continue
+        out[key] = value
+    return out
+
+
 class _FinetuneProgress(ProgressCallback):
     """The fine-tune's progress line: meta-loss, gradient norm, held-out, s/step, skipped updates."""
 
@@ -179,7 +201,7 @@ class _FinetuneProgress(ProgressCallback):
 
 
 def _log_artifacts(tracker: Tracker, cfg: Config, spec: GenomeSpec, genome: torch.Tensor, label: str,
-                   parent_run_id: Optional[str], history, before, after) -> None:
+                   parent_run_id: Optional[str], history, before, after, curve=(), labels=()) -> None:
     from .plots import finetune_curve
 
     with tempfile.TemporaryDirectory(prefix="evoplast-finetune-") as tmp:
@@ -193,4 +215,4 @@ def _log_artifacts(tracker: Tracker, cfg: Config, spec: GenomeSpec, genome: torc
         tracker.log_artifact(d / "finetuned_genome.pt")
     tracker.log_text(to_yaml(cfg), "config.yaml")
     tracker.log_dict({"before": list(before), "after": list(after)}, "finetune_report.json")
-    tracker.log_figure(finetune_curve(history, before, after), "finetune_curve.png")
+    tracker.log_figure(finetune_curve(history, before, after, heldout=curve, labels=labels), "finetune_curve.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -46,16 +47,47 @@ def _smooth(values: Sequence[float], window: int) -> tuple[list[float], list[flo
     return means, stds
 
 
+# one colour per learner in every plot (evolve, fine-tune, evaluate), by the learner's label (evoplast.describe)
+LEARNER_COLORS = {
+    "fine-tuned rule": "#d62728",                                          # red: the rule to use, when fine-tuned
+    "evolved rule": "#1f77b4",                                             # blue: the search center
+    "same genome, plasticity off": "#7f7f7f",
+    "online SGD of the plastic weights, same initial weights": "#ff7f0e",
+    "online SGD of every weight, same initial weights": "#2ca02c",
+    "feedback alignment, same initial weights": "#9467bd",
+    "online SGD, seed's initial weights": "#8c564b",
+    "online SGD on the shuffled (iid) stream, same initial weights": "#e377c2",
+    "best input-only predictor": "#bcbd22",
+    "OML (meta-learned init, SGD of the head)": "#17becf",
+}
+RULES = ("fine-tuned rule", "evolved rule", "same genome, plasticity off")   # the rule and its own ablation
+
+
+def color_of(label: str, fallback: int = 0) -> str:
+    """The colour of a learner in every plot: its entry of :data:`LEARNER_COLORS` (a rule's label may say more,
+    ``"evolved rule (search center)"``), else matplotlib's ``C{fallback}``."""
+    for key, color in LEARNER_COLORS.items():
+        if label == key or label.startswith(key):
+            return color
+    return f"C{fallback % 10}"
+
+
+def _legend_below(ax, ncol: int = 2, fontsize: int = 7):
+    """The legend under the axes, off the data."""
+    ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
+
+
 def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, baselines: dict[str, float] | None = None,
                   center_name: str = "search center"):
     """The figure of a search: best fitness so far, the population's mean fitness smoothed over a window
     with a ±1 s.d. band (training episodes), the held-out loss of the search center (negated, as fitness),
-    and the baselines' held-out losses as dashed reference lines.
+    and the baselines' held-out losses as dashed reference lines, each in its learner's colour
+    (:data:`LEARNER_COLORS`); the training curves in black and gray; the legend under the axes.
 
     The y-range is set from the smoothed curves and the references (robust to a few capped genomes at the
     loss cap: one −100 does not stretch it). Returns the matplotlib figure (``save_figure`` / ``log_figure``).
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.6))
     gens = [h["generation"] + 1 for h in history]
     best = [h["best"] for h in history]
     so_far, top = [], float("-inf")
@@ -66,17 +98,17 @@ def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, base
     mean, std = _smooth([h["mean"] for h in history], window)
     shown: list[float] = []
     if history:
-        ax.fill_between(gens, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="C0",
-                        alpha=0.2, lw=0)
-        ax.plot(gens, mean, color="C0", lw=1.2, label=f"population mean (training, {window}-generation mean ± s.d.)")
-        ax.plot(gens, so_far, color="C3", lw=1.6, label="best so far (training episodes)")
+        ax.fill_between(gens, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="0.6",
+                        alpha=0.25, lw=0)
+        ax.plot(gens, mean, color="0.45", lw=1.2, label=f"population mean (training, {window}-generation mean ± s.d.)")
+        ax.plot(gens, so_far, color="k", lw=1.6, label="best so far (training episodes)")
         finite_mean = sorted(v for v in mean if math.isfinite(v))
         if finite_mean:   # the mean's early dips (and capped genomes) do not set the range: its 5th percentile
             shown += [finite_mean[len(finite_mean) // 20], finite_mean[-1]]
         shown += [v for v in so_far if math.isfinite(v)]
     if heldout:
-        ax.plot([h["generation"] for h in heldout], [-h["loss"] for h in heldout], "o-", color="k", ms=4, lw=1.2,
-                label=f"{center_name}, held-out (−loss)")
+        ax.plot([h["generation"] for h in heldout], [-h["loss"] for h in heldout], "o-", color=color_of("evolved rule"),
+                ms=3.5, lw=1.2, label=f"{center_name}, held-out (−loss)")
         shown += [-h["loss"] for h in heldout]
     lo, hi = (min(shown), max(shown)) if shown else (-1.0, 0.0)
     span = hi - lo or 1.0
@@ -84,7 +116,7 @@ def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, base
         if not math.isfinite(value):
             continue
         inside = lo - span <= -value <= hi + span      # a reference far off the search's scale is named, not drawn
-        ax.axhline(-value if inside else float("nan"), ls="--", lw=1, color=f"C{(i + 2) % 10}",
+        ax.axhline(-value if inside else float("nan"), ls="--", lw=1.2, color=color_of(name, i + 2),
                    label=f"{name}, held-out (−loss)" + ("" if inside else f": {-value:.3g}, off the scale"))
         if inside:
             lo, hi = min(lo, -value), max(hi, -value)
@@ -93,67 +125,94 @@ def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, base
     pad = 0.08 * (hi - lo or 1.0)
     ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    _legend_below(ax)
     fig.tight_layout()
     return fig
 
 
+def _curve(ax, label: str, curve, color: str, band: bool = True, **kw) -> list[float]:
+    """One learner's mean curve over the tasks seen, with its 95% band over episodes; returns the means."""
+    from .stats import mean_ci
+
+    rows = [list(map(float, r)) for r in curve] if curve and isinstance(curve[0], (list, tuple)) else None
+    if rows:
+        cis = [mean_ci([r[c] for r in rows]) for c in range(len(rows[0]))]
+        mean = [iv.mean for iv in cis]
+        half = [0.0 if iv.half_width != iv.half_width else iv.half_width for iv in cis]
+        xs = range(1, len(mean) + 1)
+        if band:
+            ax.fill_between(xs, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                            color=color, alpha=0.18, lw=0)
+    else:
+        mean = list(map(float, curve))
+        xs = range(1, len(mean) + 1)
+    ax.plot(xs, mean, "o-", ms=3, color=color, label=label, **kw)
+    return [v for v in mean if math.isfinite(v)]
+
+
 def mse_vs_tasks_seen(curves: dict[str, Sequence], title: str = "", ylabel: str = "query MSE"):
-    """Query loss over the tasks seen so far, one line per learner, each with a 95% band over episodes.
+    """Query loss over the tasks seen so far, each learner in its colour (:data:`LEARNER_COLORS`) with a 95%
+    band over episodes, in two panels that share the y-axis so the bands can be told apart: the learned rules
+    (and the rule without plasticity) on the left, the baselines on the right with the best rule drawn again,
+    without its band, for reference. One panel when there are no baselines.
 
     ``curves``: ``{learner: [K, C] per-episode values}`` (a band from :func:`evoplast.stats.mean_ci` over the K
     episodes at each of the C points) or ``[C]`` (a mean curve, no band). Returns the figure.
     """
-    from .stats import mean_ci
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rules = {k: v for k, v in curves.items() if k.startswith(RULES)}
+    others = {k: v for k, v in curves.items() if k not in rules}
+    panels = [p for p in (rules, others) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), sharey=True, squeeze=False)
     means: list[float] = []
-    for i, (label, curve) in enumerate(curves.items()):
-        rows = [list(map(float, r)) for r in curve] if curve and isinstance(curve[0], (list, tuple)) else None
-        if rows:
-            cis = [mean_ci([r[c] for r in rows]) for c in range(len(rows[0]))]
-            mean = [iv.mean for iv in cis]
-            half = [0.0 if iv.half_width != iv.half_width else iv.half_width for iv in cis]
-            xs = range(1, len(mean) + 1)
-            ax.fill_between(xs, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
-                            color=f"C{i % 10}", alpha=0.15, lw=0)
-            ax.plot(xs, mean, "o-", ms=3, color=f"C{i % 10}", label=label)
-        else:
-            mean = list(map(float, curve))
-            ax.plot(range(1, len(curve) + 1), mean, "o-", ms=3, color=f"C{i % 10}", label=label)
-        means += [v for v in mean if math.isfinite(v)]
+    first_rule = next(iter(rules), None)
+    for ax, panel in zip(axes[0], panels):
+        for i, (label, curve) in enumerate(panel.items()):
+            means += _curve(ax, label, curve, color_of(label, i))
+        if panel is others and first_rule is not None:
+            means += _curve(ax, first_rule, rules[first_rule], color_of(first_rule), band=False, lw=2.2, alpha=0.8)
+        ax.set_xlabel("tasks seen")
+        ax.grid(alpha=0.3)
+        ax.set_title("learned rules" if panel is rules else "baselines (the rule again, for reference)", fontsize=9)
+        _legend_below(ax, ncol=1)
+    ax0 = axes[0][0]
     if means:   # the range follows the means (a diverged learner's band does not flatten the others)
         lo, hi = min(means), max(means)
         if lo > 0 and hi / lo > 5:
-            ax.set_yscale("log")
-            ax.set_ylim(lo / 1.5, hi * 1.5)
+            ax0.set_yscale("log")
+            ax0.set_ylim(lo / 1.5, hi * 1.5)
         else:
             pad = 0.15 * (hi - lo or abs(hi) or 1.0)
-            ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("tasks seen")
-    ax.set_ylabel(f"{ylabel} over the tasks seen (95% CI over episodes)")
+            ax0.set_ylim(lo - pad, hi + pad)
+    ax0.set_ylabel(f"{ylabel} over the tasks seen (95% CI over episodes)")
     if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Sequence[dict]):
-    """Meta-loss per meta-step, with each genome's held-out MSE before and after fine-tuning (the figure)."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
-    ax.plot([h["step"] for h in history], [h["meta_loss"] for h in history], lw=1)
+def finetune_curve(history: Sequence[dict], before: Sequence[dict], after: Sequence[dict],
+                   heldout: Sequence[tuple[int, float]] = (), labels: Sequence[str] = ()):
+    """Meta-loss per meta-step (training episodes) and the held-out loss at the steps it was measured (step 0:
+    before), with each genome's held-out loss before and after fine-tuning as bars (the figure)."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 4.6), gridspec_kw={"width_ratios": [2, 1]})
+    ax.plot([h["step"] for h in history], [h["meta_loss"] for h in history], lw=0.8, color="0.55",
+            label="meta-loss (training episodes)")
+    if heldout:
+        ax.plot([s for s, _ in heldout], [v for _, v in heldout], "o-", ms=3.5, lw=1.4,
+                color=color_of("fine-tuned rule"), label="held-out query loss (step 0: before)")
     ax.set_xlabel("meta-step")
-    ax.set_ylabel("meta-loss (training episodes)")
+    ax.set_ylabel("query loss")
     ax.grid(alpha=0.3)
+    _legend_below(ax)
     idx = range(len(before))
-    bx.bar([i - 0.2 for i in idx], [b["loss"] for b in before], width=0.4, label="before")
-    bx.bar([i + 0.2 for i in idx], [a["loss"] for a in after], width=0.4, label="after")
-    bx.set_xticks(list(idx))
+    bx.bar([i - 0.2 for i in idx], [b["loss"] for b in before], width=0.4, label="before",
+           color=color_of("evolved rule"))
+    bx.bar([i + 0.2 for i in idx], [a["loss"] for a in after], width=0.4, label="after",
+           color=color_of("fine-tuned rule"))
+    bx.set_xticks(list(idx), [textwrap.fill(str(l), 18) for l in labels] if labels else [str(i) for i in idx], fontsize=7)
     bx.set_xlabel("genome")
-    bx.set_ylabel("held-out query MSE")
-    bx.legend(fontsize=8)
+    bx.set_ylabel("held-out query loss")
+    _legend_below(bx)
     fig.tight_layout()
     return fig
 

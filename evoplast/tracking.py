@@ -355,6 +355,10 @@ class Tracker:
             try:   # the UI shows it as model training (charts, params), not as a GenAI experiment
                 self.experiment_id = self.client.create_experiment(
                     experiment, tags={"mlflow.experimentKind": "custom_model_development"})
+                from .portable import make_relative   # a copied or moved default store keeps its artifacts
+
+                make_relative(self.uri, self.experiment_id,
+                              self.client.get_experiment(self.experiment_id).artifact_location)
             except MlflowException as exc:   # another run created it a moment ago
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise

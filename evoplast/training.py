@@ -108,7 +108,8 @@ def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume
                 raise
         try:
             if not resume:
-                tracker.log_params({**applicable_params(flat), **environment_params(), "outer": outer})
+                tracker.log_params({**applicable_params(flat, ray=False, command="train"), **environment_params(),
+                                    "outer": outer})
                 tracker.log_text(to_yaml(cfg), "config.yaml")
             trainer = build_trainer(cfg, outer)
             if resume:

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from evoplast.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
-    from evoplast.describe import (CENTER, applicable_params, learner_curves, rule_equations, run_name, run_tags,
-                                   table_markdown)
+    from evoplast.describe import (CENTER, applicable_params, child_name, learner_curves, rule_equations, run_name,
+                                   run_tags, table_markdown)
     from evoplast.evaluation import Evaluator
     from evoplast.finetune import check_finetune_overrides, train_spec_of
     from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         what = f"{steps} meta-steps (set on the command line)"
     if steps:
         print(f"  meta-learning the OML baseline's initial weights: {what}...")
-        *oml, done = oml_train(cfg, ev, steps, seconds=seconds)
+        progress = oml_progress(steps, seconds)
+        *oml, done = oml_train(cfg, ev, steps, seconds=seconds, progress=progress)
+        progress.close()
         held = ev.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
         o = score_oml(ev, *oml, held, curve=True)
         report["oml"] = o.loss.item()
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg_n = cfg.replace(**{"task.num_tasks": n, "task.output_classes": ev.task.n_out})
             ev_n = Evaluator(cfg_n, spec=ev.spec)
             held = ev_n.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
-            row = {"evolved rule": ev_n.score(genome.reshape(1, -1), episodes=held).accuracy.item(),
+            row = {("fine-tuned rule" if args.which == "finetuned" else "evolved rule"): ev_n.score(genome.reshape(1, -1), episodes=held).accuracy.item(),
                    "plasticity off": ev_n.score(genome.reshape(1, -1), episodes=held, learn=False).accuracy.item(),
                    "SGD of the plastic weights, same init": ev_n.tuned_sgd(genome, plastic_only=True)[0].accuracy.item(),
                    "prototypes (nearest class mean), same init": ev_n.prototype(genome, held).mean().item(),
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     # 4. analyses: is the rule's update a gradient step? how much does learning task j erase task i?
     held = ev.episodes(Purpose.HELDOUT, 0, min(cfg.evaluation.heldout_episodes, 32))
     cosine = update_gradient_cosine(ev, genome, held)                                  # [T, plastic layers]
-    forgetting = {"evolved rule": forgetting_matrix(ev, genome, held)}
+    rule = "fine-tuned rule" if args.which == "finetuned" else "evolved rule"   # the genome under test
+    forgetting = {rule: forgetting_matrix(ev, genome, held)}
     sgd_lr = report["sgd_same_init_lr"]
     forgetting["online SGD, same init"] = forgetting_matrix(
         ev, genome, held, learner=ev.sgd_learner(), extra={"sgd.lr": torch.tensor([sgd_lr])})
@@ -153,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     # 5. the table, the plots, the MLflow run
     metric = "accuracy" if classification else "MSE"
     key = (lambda k: f"{k}_accuracy" if k else "accuracy") if classification else (lambda k: k or "loss")
-    rule = "fine-tuned rule" if args.which == "finetuned" else "evolved rule"   # the genome under test
     rows = [(rule, key("")), ("same genome, plasticity off", "accuracy_plasticity_off" if classification
                                         else "loss_plasticity_off"),
             ("online SGD of the plastic weights only, same init", key("sgd_plastic_weights")),
@@ -204,14 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
 
     flat = flatten(cfg)
-    name = (f"{run.info.run_name}-evaluate-{args.which}" if args.run_id and run.info.run_name
-            else run_name(flat, f"evaluate-{args.which}"))
+    name = (child_name(f"evaluate {args.which}", run.info.run_name) if args.run_id and run.info.run_name
+            else run_name(flat, f"evaluate {args.which}"))
     tracker.start_run(cfg.tracking.experiment if not args.run_id else
                       tracker.client.get_experiment(run.info.experiment_id).name,
                       name, parent_run_id=args.run_id, tags=run_tags(flat, "evaluation"),
                       source="scripts/evaluate.py", system_metrics=True)
     try:
-        tracker.log_params({**applicable_params(flat), **environment_params(), "evaluate.which": args.which})
+        tracker.log_params({**applicable_params(flat, ray=False, command="evaluate"), **environment_params(),
+                            "evaluate.which": args.which})
         tracker.log_table({"learner": [n for n, _ in rows], ("accuracy" if classification else "query MSE"):
                            [float(report[k]) for _, k in rows]}, "heldout_summary.json")
         tracker.set_description("\n".join([f"Evaluation of the {args.which} genome" +
@@ -233,6 +236,30 @@ def main(argv: list[str] | None = None) -> int:
           + (f" (nested under {args.run_id})" if args.run_id else ""))
     print(f"Look at it: {tracker.ui_command()}")
     return 0
+
+
+def oml_progress(steps: int, seconds: float | None, stream=None):
+    """``(meta-steps done, meta-loss) -> None`` for :func:`~evoplast.analysis.oml_train`: a progress line with
+    elapsed time and ETA (a bar in a terminal, ~20 plain lines in a log): over the meta-steps, or over the
+    seconds of a wall-clock budget."""
+    import time
+
+    from evoplast.progress import Progress
+
+    if seconds is not None:
+        bar = Progress(max(1, int(seconds)), "OML s", stream=stream)
+    else:
+        bar = Progress(steps, "OML meta-step", stream=stream)
+    t0 = time.monotonic()
+
+    def update(done: int, loss: float) -> None:
+        at = min(bar.total, int(time.monotonic() - t0)) if seconds is not None else done
+        if seconds is None or at > getattr(update, "at", -1):
+            update.at = at
+            bar.update(at, {**({"meta-steps": str(done)} if seconds is not None else {}), "meta-loss": f"{loss:.3f}"})
+
+    update.close = bar.close
+    return update
 
 
 def _check_out_dir(out_dir: Path) -> None:

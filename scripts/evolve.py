@@ -136,7 +136,15 @@ def finetune_center(cfg, result) -> bool:
     print(f"The rule to use: {'ES then BPTT (the fine-tuned genome)' if better else 'ES alone (the ' + CENTER + '; fine-tuning did not help on held-out episodes)'}")
     from evoplast.evolution.run import add_finetune_to_description
 
-    add_finetune_to_description(cfg, result.run_id, ft.run_id, b["loss"], a["loss"], better)
+    from evoplast.describe import rule_equations
+    from evoplast.finetune import train_spec_of
+
+    evo_spec, spec = train_spec_of(cfg)
+    add_finetune_to_description(cfg, result.run_id, ft.run_id, b["loss"], a["loss"], better, report=result.report,
+                                generations=result.generations, history=result.history, steps=steps,
+                                equations=rule_equations(evo_spec.model, evo_spec.decode(result.center.float())),
+                                finetuned_equations=rule_equations(spec.model, spec.decode(ft.genome.float())),
+                                finetuned_genome=ft.genome)
     return better
 
 

@@ -85,49 +85,77 @@ def main(argv: list[str] | None = None) -> int:
           f"plastic {manifest['plastic_layers']}, state of {manifest['state_size']} numbers; "
           f"tensors: {', '.join(manifest['tensors'])}")
 
-    # 4. MLflow: the same rule as a pytorch-flavour model in a nested run, a new registry version
+    # 4. MLflow: the same rule as a pytorch-flavour model in a nested run, a new registry version whose source
+    #    run is the run that produced the genome (the evolution run, or its fine-tune)
     if not args.no_mlflow_model:
         import mlflow
 
+        from evoplast.describe import child_name, rule_equations, rule_legend
+        from evoplast.model_links import export_description, list_version_on_run, register_version, tag_model
+
         name = args.name or cfg.export.registered_model
+        heldout = heldout_of(tracker, genome, source_run)
+        score = f"{float(heldout):.4f}" if heldout is not None else "not recorded"
+        tags = {"task": cfg.task.name, "rule": manifest["rule"], "source_run": source_run,
+                "evolution_run": args.run_id, "which": args.which, "heldout_loss": score}
         mlflow.set_tracking_uri(tracker.uri)
         with mlflow.start_run(experiment_id=run.info.experiment_id,
-                              run_name=f"{run.info.run_name or args.run_id[:8]}-export-{args.which}",
-                              tags={"mlflow.parentRunId": args.run_id}) as export_run:
+                              run_name=child_name(f"export {args.which}", run.info.run_name or args.run_id[:8]),
+                              tags={"mlflow.parentRunId": args.run_id, "outer": "export", **tags}) as export_run:
             mlflow.log_params({"source_run": source_run, "which": args.which, "rule": manifest["rule"]})
+            if heldout is not None:
+                mlflow.log_metric("heldout/loss", float(heldout))
             mlflow.log_artifact(str(out))
             mlflow.log_artifact(str(data_path(out)))            # the same rule as data (safetensors + manifest)
             info = mlflow.models.Model.log(
                 artifact_path=None, name="rule", flavor=_same_file_flavor(out), pytorch_model=reference.eval(),
                 serialization_format="pt2",
                 input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
-                signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                registered_model_name=name)
-        describe_version(tracker, name, info.registered_model_version, manifest, genome, cfg, model, source_run,
-                         args.run_id, args.which)
+                signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        version = register_version(tracker.client, name, info.model_uri, info.model_id, source_run=source_run,
+                                   description="", tags=tags).version
+        describe_version(tracker, name, version, manifest, genome, cfg, model, source_run, args.run_id,
+                         args.which, score=score, experiment_id=run.info.experiment_id)
+        recommended = run.data.tags.get("summary.recommended", "best") == args.which
+        tag_model(tracker.client, name, version, task=cfg.task.name, rule=manifest["rule"], recommended=recommended)
+        list_version_on_run(tracker.client, args.run_id, name, version, args.which)
+        tracker.client.set_tag(export_run.info.run_id, "mlflow.note.content", export_description(
+            which=args.which, evolution_run=args.run_id, source_run=source_run, experiment_id=run.info.experiment_id,
+            name=name, version=version, score=score, file=Path(args.out).name,
+            equations=rule_equations(model, genome["segments"]), legend=rule_legend(model)))
+        tracker.client.set_tag(export_run.info.run_id, "registered_version", f"{name} v{version}")
         print(f"MLflow: model {info.model_uri} in run {export_run.info.run_id}, registered as "
-              f"'{name}' version {info.registered_model_version}")
+              f"'{name}' version {version}" + (" (alias @recommended)" if recommended else ""))
     print(f"Load it with evoplast (reads it as data, safe for a received file): "
           f"step, manifest = evoplast.export.load_rule('{args.out}'); with PyTorch alone, for a file you trust: "
           f"torch.export.load('{args.out}').module() (docs/safe_rule_files.md)")
     return 0
 
 
-def describe_version(tracker, name: str, version, manifest: dict, genome: dict, cfg, model, source_run: str,
-                     evolution_run: str, which: str) -> None:
-    """The registered version's description (the rule written out, where it came from, its held-out score)
-    and tags (task, rule, source run, held-out score)."""
-    from evoplast.describe import rule_equations, rule_legend
-
+def heldout_of(tracker, genome: dict, source_run: str):
+    """The exported genome's held-out query loss: saved with it (an evolution's best genome), or its fine-tune
+    run's latest ``heldout/loss`` (of the genome it kept); None when neither has one."""
     heldout = genome.get("heldout_loss")
-    if heldout is None:   # a fine-tuned genome: its run's latest held-out loss (of the genome it kept)
+    if heldout is None:
         metrics = tracker.get_run(source_run).data.metrics
         losses = [v for k, v in metrics.items() if k.startswith("heldout/loss")]
         heldout = min(losses) if losses else None
-    score = f"{float(heldout):.4f}" if heldout is not None else "not recorded"
-    text = "\n".join([f"The {which} genome of evolution run `{evolution_run}` (genome from run `{source_run}`): "
-                      f"the {manifest['rule']} rule on layers {manifest['plastic_layers']} of {manifest['sizes']}, "
-                      f"task {cfg.task.name}; held-out query loss {score}.", "", "```",
+    return heldout
+
+
+def describe_version(tracker, name: str, version, manifest: dict, genome: dict, cfg, model, source_run: str,
+                     evolution_run: str, which: str, score: str = "", experiment_id: str = "") -> None:
+    """The registered version's description (its held-out score first, the rule written out, links to the runs
+    it came from) and tags (task, rule, source run, held-out score)."""
+    from evoplast.describe import rule_equations, rule_legend, run_link
+
+    score = score or (lambda h: f"{float(h):.4f}" if h is not None else "not recorded")(heldout_of(tracker, genome,
+                                                                                                   source_run))
+    came = (f"the fine-tune {run_link(experiment_id, source_run)} of the evolution run "
+            f"{run_link(experiment_id, evolution_run)}" if source_run != evolution_run
+            else f"the evolution run {run_link(experiment_id, evolution_run)}")
+    text = "\n".join([f"**The {which} {manifest['rule']} rule**, held-out query loss **{score}** (task "
+                      f"{cfg.task.name}; layers {manifest['plastic_layers']} of {manifest['sizes']}); from {came}.", "", "```",
                       *rule_equations(model, genome["segments"]), "```", rule_legend(model)])
     client = tracker.client
     client.update_model_version(name, str(version), description=text)

@@ -44,8 +44,8 @@ def test_evolution_improves_and_the_genome_learns(store):
     client = MlflowClient(store)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(result.run_id, "fitness/best")] == list(range(1, 151))
-    assert len(client.get_metric_history(result.run_id, "heldout/episode_gain")) == 30
+    assert [m.step for m in client.get_metric_history(result.run_id, "search/best")] == list(range(1, 151))
+    assert len(client.get_metric_history(result.run_id, "learning/episode_gain")) == 31   # step 0, then every 5
     assert run.data.params["search.popsize"] == "16" and "version.torch" in run.data.params
     names = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "best_genome.pt", "population.pt", "fitness_curve.png", "mse_vs_tasks_seen.png",
@@ -74,7 +74,7 @@ def test_resume_equals_uninterrupted(store, algorithm):
     assert resumed.run_id == part.run_id and resumed.generations == 8
     assert [h["best"] for h in resumed.history] == [h["best"] for h in whole.history]
     assert torch.equal(resumed.center, whole.center)
-    history = MlflowClient(store).get_metric_history(part.run_id, "fitness/best")
+    history = MlflowClient(store).get_metric_history(part.run_id, "search/best")
     assert sorted(m.step for m in history) == list(range(1, 9))
     assert MlflowClient(store).get_run(part.run_id).info.status == "FINISHED"
 

@@ -57,7 +57,7 @@ def test_unusable_checkpoint_is_one_line_and_leaves_the_run_killed(store, tmp_pa
         assert code == 1 and len(lines) == 1 and fragment in lines[0], (name, out, err)
         assert "Traceback" not in err
         assert client.get_run(part.run_id).info.status == "KILLED", name    # not flipped to RUNNING or FAILED
-    assert len(client.get_metric_history(part.run_id, "fitness/best")) == 2
+    assert len(client.get_metric_history(part.run_id, "search/best")) == 2
     # the run's own checkpoint still resumes to the end
     checkpoint, _ = resolve_resume(part.run_id)
     assert run_evolution(resume_config(checkpoint, []), resume=checkpoint, out=quiet).status == "FINISHED"
@@ -195,7 +195,7 @@ def test_losing_the_server_mid_run_ends_fast_with_a_local_checkpoint_and_resumes
         assert not (tmp_path / "mlflow.db").exists()      # the server was used, never a default file store
         client = MlflowClient(f"http://127.0.0.1:{port}")
         assert "best_genome.pt" in {a.path for a in client.list_artifacts(run_id)}
-        steps = sorted(m.step for m in client.get_metric_history(run_id, "fitness/best"))
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "search/best"))
         assert steps == list(range(1, 101))               # every generation once, across the loss
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
@@ -271,7 +271,7 @@ def test_sigterm_during_the_final_report_keeps_every_generation_and_resumes(tmp_
     checkpoint, _ = resolve_resume(run_id)
     resumed = run_evolution(resume_config(checkpoint, []), resume=checkpoint, out=quiet)
     assert resumed.status == "FINISHED" and resumed.generations == 30 and "loss" in resumed.report
-    assert sorted(m.step for m in client.get_metric_history(run_id, "fitness/best")) == list(range(1, 31))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "search/best")) == list(range(1, 31))
     assert "best_genome.pt" in {a.path for a in client.list_artifacts(run_id)}
     print(f"exit {seconds:.1f} s after SIGTERM")
 

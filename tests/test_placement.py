@@ -288,7 +288,7 @@ def test_evolve_joins_the_cluster_one_actor_per_gpu_with_cpu_fallback(gpu_nodes,
     assert sorted(a["node_id"] for a in actors) == sorted(w.node_id for w in workers)
     assert all(a["device"] == "cpu" and "no CUDA" in a["fallback"] for a in actors)
     # the same history as in-process (PGPE: the actors regenerated their slices from the recipe)
-    for key in ("fitness/best", "fitness/median", "fitness/worst"):
+    for key in ("search/best", "search/median", "search/worst"):
         assert ([m.value for m in client.get_metric_history(run_id, key)] ==
                 [m.value for m in client.get_metric_history(alone, key)]), key
     assert client.get_run(run_id).data.metrics["heldout/loss"] == client.get_run(alone).data.metrics["heldout/loss"]

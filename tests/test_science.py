@@ -3,6 +3,8 @@ predictor, transfer rows and results over seeds with confidence intervals."""
 
 import math
 
+import re
+
 import pytest
 import torch
 
@@ -206,6 +208,9 @@ def test_seeds_script_nests_three_runs_and_logs_the_aggregate(store, tmp_path, m
                                      "--seeds", "0", "1", "2", *tiny_auto]) == 0
     out = capsys.readouterr().out
     parent_id = out.split("MLflow parent run ")[1].split(";")[0]
+    # progress of every long step: each seed's OML meta-training, the seeds done, with elapsed time and ETA
+    assert re.search(r"\[seed 1\] OML meta-step +3/3 \| meta-loss [0-9.]+ \| elapsed \d+:\d\d \| ETA 0:00", out), out
+    assert re.search(r"seeds +2/3 \| last seed 1, held-out [0-9.]+ \| elapsed \d+:\d\d \| ETA \d+:\d\d", out), out
     client = MlflowClient(store)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"

@@ -88,7 +88,7 @@ def test_sigint_checkpoints_and_resume_finishes_the_same_run(store, monkeypatch,
     assert code == 0, err[-2000:]
     assert f"resumed at generation {stopped_at}" in out
     assert client.get_run(run_id).info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(run_id, "fitness/best"))
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "search/best"))
     assert steps == list(range(1, 61))              # every generation once, across the interruption
 
 

@@ -22,8 +22,9 @@ from ..signals import Interrupted, StopFlag as _StopFlag
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
-from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, learner_curves,
-                        rule_equations, rule_legend, run_name, run_tags, summary_table)
+from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, headline,
+                        headline_metrics, learner_curves, rule_equations, rule_legend, run_name, run_tags,
+                        summary_table)
 from ..plots import fitness_curve, mse_vs_tasks_seen
 from ..progress import LineStream, Progress, quiet_libraries
 from ..preflight import preflight
@@ -151,12 +152,16 @@ def _format_stats(s: dict[str, float], best_so_far: float, heldout: str, speed: 
 
 
 def metric_row(stats: dict[str, float], best_so_far: float) -> dict[str, float]:
-    """One generation's MLflow metrics, grouped by prefix: ``fitness/`` (training episodes), ``search/``
-    (the search distribution), ``speed/``. A NaN (no median in some modes) is left out."""
-    row = {f"fitness/{k}": stats[k] for k in ("best", "mean", "median", "worst")} | {
-        "fitness/best_so_far": best_so_far, "fitness/nonfinite": stats["nonfinite"],
+    """One generation's MLflow metrics, grouped by prefix: ``search/`` (the population's fitness on training
+    episodes and the search distribution's step size: the evolution's progress), ``speed/``. A NaN (no median
+    in some modes) is left out. MLflow's UI orders chart sections by name, so the held-out results
+    (``heldout/``, ``learning/``) come before ``search/`` and ``speed/``, and the one-number ``summary/`` last
+    (docs/tracking-ux.md). Lifetimes per
+    second are not logged: they are evals/s times ``evaluation.episodes`` (one chart per quantity)."""
+    row = {f"search/{k}": stats[k] for k in ("best", "mean", "median", "worst")} | {
+        "search/best_so_far": best_so_far, "search/nonfinite": stats["nonfinite"],
         "search/stepsize": stats["stepsize"], "speed/evals_per_s": stats["evals_per_s"],
-        "speed/lifetimes_per_s": stats["lifetimes_per_s"], "speed/generation_seconds": stats["seconds"]}
+        "speed/generation_seconds": stats["seconds"]}
     return {k: v for k, v in row.items() if v == v and v not in (float("inf"), float("-inf"))}
 
 
@@ -277,8 +282,10 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                               source="scripts/evolve.py", system_metrics=True)
             status = "FAILED"
             locks.append(RunLock(cfg.checkpoint.dir, tracker.run_id).acquire(out))
-            tracker.log_params({**applicable_params(flat), **environment_params()})
-            tracker.log_params(placement.params())
+            tracker.log_params({**applicable_params(flat, ray=placement.where != "in-process",
+                                                    gpu=placement.device != "cpu" or bool(placement.num_gpus_per_actor),
+                                                    command="evolve"), **environment_params()})
+            tracker.log_params(placement_params(placement))
             tracker.log_text(to_yaml(cfg), "config.yaml")
         ckpt_path = Path(cfg.checkpoint.dir) / tracker.run_id / "latest.pt"
         if resume is not None:   # a resumed run may be placed elsewhere: its params stay the first placement's
@@ -308,6 +315,11 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         stream = None if out is print else LineStream(out)
         progress = Progress(total, "gen", stream=stream, every=print_every or total + 1, start=trainer.generation)
         best_so_far = max((h["best"] for h in trainer.history if h["best"] == h["best"]), default=float("-inf"))
+        curve_every = heldout_curve_every(total)
+        if resume is None:              # the "before" point (step 0) of the held-out curves
+            h = evaluator.learning_measures(center0)
+            heldout.append({"generation": 0, **h})
+            tracker.log_metrics(heldout_metrics(h), step=0)
         latest = f"{heldout[-1]['loss']:.3f}" if heldout else "-"
 
         class Generations:
@@ -345,12 +357,17 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                 if g % cfg.tracking.gain_every == 0 or g == total:
                     h = evaluator.learning_measures(trainer.center())
                     heldout.append({"generation": g, **h})
-                    tracker.log_metrics({f"heldout/{k}": v for k, v in h.items()}, step=g)
+                    tracker.log_metrics(heldout_metrics(h), step=g)
                     latest = f"{h['loss']:.3f}"
+                elif g % curve_every == 0:     # the loss alone between: a curve for ~5% of the time
+                    loss = float(evaluator.score(trainer.center().reshape(1, -1)).loss[0])
+                    heldout.append({"generation": g, "loss": loss})
+                    tracker.log_metrics({"heldout/loss": loss}, step=g)
+                    latest = f"{loss:.3f}"
                 if print_every:
                     progress.update(g, _format_stats(stats, best_so_far, latest, speed_note(timing, stats["seconds"])),
                                     last=last)
-                if heldout and heldout[-1]["generation"] == g and print_every:
+                if heldout and heldout[-1]["generation"] == g and print_every and "learning_gain" in heldout[-1]:
                     h = heldout[-1]
                     metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
                     progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
@@ -508,9 +525,15 @@ def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, tr
                                          else "query cross-entropy"), "mse_vs_tasks_seen.png")
     tracker.log_dict(report, "report.json")
     tracker.log_table(summary_table(report), "heldout_summary.json")
-    for key, value in baselines.items():   # a flat line over the run beside heldout/loss (two points)
-        tracker.log_metrics({f"baseline/{key}": value}, step=0)
-        tracker.log_metrics({f"baseline/{key}": value}, step=trainer.generation)
+    for key, value in baselines.items():   # a flat line over the run in heldout/loss's section (two points);
+        if key == "loss_plasticity_off":    # not this one: heldout/loss_plasticity_off is its curve already
+            continue
+        tracker.log_metrics({f"heldout/loss_baseline_{key}": value}, step=0)
+        tracker.log_metrics({f"heldout/loss_baseline_{key}": value}, step=trainer.generation)
+    if not cfg.finetune.after_evolution:     # else once the fine-tune is known (add_finetune_to_description)
+        head = headline(report)
+        tracker.log_metrics(headline_metrics(head), step=trainer.generation)
+        tracker.set_tags(headline_tags(head))
     tracker.flush()
     describe_run(tracker, cfg, evaluator, trainer.generation, report, trainer.history,
                  evaluator.spec.decode(center.to(torch.float32)))
@@ -522,21 +545,95 @@ def describe_run(tracker: Tracker, cfg: Config, evaluator: Evaluator, generation
     tracker.set_description(evolution_description(
         run_id=tracker.run_id, flat=flatten(cfg), generations=generations, report=report,
         equations=rule_equations(evaluator.spec.model, segments), legend=rule_legend(evaluator.spec.model),
-        history=history, finetune=finetune, uri=tracker.shown_uri))
+        history=history, finetune=finetune, uri=tracker.shown_uri, experiment_id=tracker.experiment_id))
+
+
+def heldout_metrics(h: dict[str, float]) -> dict[str, float]:
+    """MLflow names of :meth:`~evoplast.evaluation.Evaluator.learning_measures`: the losses in ``heldout/`` (the
+    UI's first chart section, ``heldout/loss`` its first chart, the baselines' ``heldout/loss_baseline_*``
+    beside it), the gains in ``learning/`` (``learning/gain``, ``learning/episode_gain``)."""
+    names = {"learning_gain": "learning/gain", "episode_gain": "learning/episode_gain"}
+    return {names.get(k, f"heldout/{k}"): v for k, v in h.items()}
+
+
+CURVE_POINTS = 20    # held-out losses of the search center per run, besides step 0 (the "before" point)
+
+
+def heldout_curve_every(generations: int) -> int:
+    """Generations between two held-out losses of the search center: :data:`CURVE_POINTS` per run. One costs
+    about half a generation (one batched lifetime over the held-out episodes, no baselines), so ~20 of them
+    cost ~4% of a 250-generation run (docs/tracking-ux.md); the learning gains stay every
+    ``tracking.gain_every`` generations (three lifetimes each)."""
+    return max(1, generations // CURVE_POINTS)
+
+
+def placement_params(placement: Placement) -> dict[str, str]:
+    """``placement.*`` params of what ran: no actor or GPU keys for an in-process CPU run."""
+    params = placement.params()
+    if placement.where == "in-process":
+        params = {k: v for k, v in params.items() if k not in ("placement.address", "placement.num_actors",
+                                                                "placement.num_cpus_per_actor",
+                                                                "placement.num_gpus_per_actor")}
+    if placement.device == "cpu" and not placement.num_gpus_per_actor:
+        params.pop("placement.num_gpus_per_actor", None)
+    return params
+
+
+def headline_tags(head: dict[str, Any]) -> dict[str, str]:
+    """Tags beside the headline metrics: which genome the run recommends and the best baseline's name."""
+    return {"summary.recommended": head["which"], "summary.recommended_rule": head["recommended_label"],
+            **({"summary.best_baseline": head["best_baseline_label"]} if "best_baseline_label" in head else {})}
 
 
 def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, before: float, after: float,
-                                better: bool) -> None:
-    """Rewrite an evolution run's description once its fine-tune is done: the fine-tune's result, and the next
-    commands for the genome to use (the fine-tuned one when it is better on held-out episodes)."""
-    from ..describe import next_commands
+                                better: bool, *, report: Optional[dict[str, Any]] = None, generations: int = 0,
+                                history=(), equations=(), finetuned_equations=(), steps: int = 0,
+                                finetuned_genome: Optional[torch.Tensor] = None) -> None:
+    """Rewrite an evolution run's description once its fine-tune is done: the rule to use first (the fine-tuned
+    one when it is better on held-out episodes), the fine-tune's result, the next commands for that genome;
+    and its headline metrics and tags with the fine-tune in them. Without ``report`` (an older caller) the
+    fine-tune's line is added to the description as it is."""
+    from ..describe import next_commands, rule_legend
 
     tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
-    tracker.run_id = run_id
-    text = tracker.get_run(run_id).data.tags.get("mlflow.note.content", "")
+    run = tracker.get_run(run_id)
+    tracker.run_id, tracker.experiment_id = run_id, run.info.experiment_id
+    if report is not None:
+        from ..finetune import train_spec_of
+
+        finetune = {"run_id": finetune_run_id, "before": before, "after": after, "steps": steps,
+                    "equations": list(finetuned_equations)}
+        model = train_spec_of(cfg)[1].model
+        tracker.set_description(evolution_description(
+            run_id=run_id, flat=flatten(cfg), generations=generations, report=report, equations=list(equations),
+            legend=rule_legend(model), history=history, finetune=finetune, uri=tracker.shown_uri,
+            experiment_id=run.info.experiment_id))
+        head = headline(report, finetune)
+        tracker.client.log_batch(run_id, metrics=[_metric(k, v, generations) for k, v in headline_metrics(head).items()])
+        tracker.set_tags(headline_tags(head))
+        if finetuned_genome is not None:    # mse_vs_tasks_seen.png again, with the fine-tuned rule in it
+            from ..describe import FINETUNED
+
+            spec = train_spec_of(cfg)[1]
+            ev = Evaluator(cfg, "cpu", spec=spec)
+            scores = ev.score(finetuned_genome.reshape(1, -1).float(), curve=True)
+            curves = {FINETUNED: scores.curve_per_episode[0].tolist(), **learner_curves(report)}
+            tracker.log_figure(mse_vs_tasks_seen(curves, title=f"held-out episodes, {cfg.task.order} stream",
+                                                 ylabel="query MSE" if ev.task.kind == "regression"
+                                                 else "query cross-entropy"), "mse_vs_tasks_seen.png")
+        return
+    text = run.data.tags.get("mlflow.note.content", "")
     head = text.split("\n### Next", 1)[0].rstrip()
     metric = "MSE" if cfg.task.name == "sinusoid" else "cross-entropy"
     head += (f"\n\nFine-tuned by BPTT (nested run `{finetune_run_id}`): held-out {metric} {before:.3f} → {after:.3f}; "
              f"the genome to use: {'the fine-tuned one' if better else 'the search center (fine-tuning did not help)'}.")
     tracker.set_description("\n".join([head, "", "### Next", "", "```",
                                         *next_commands(run_id, finetuned=better, uri=tracker.shown_uri), "```"]))
+
+
+def _metric(key: str, value: float, step: int):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), int(step))

@@ -107,14 +107,18 @@ class TrackingCallback(BaseCallback):
         logged_through: steps up to this one are in the run already (a resumed run that died after its
             last checkpoint): they are not logged twice.
         end_run: end the MLflow run in :meth:`on_end` (False: the caller ends it, e.g. after a report).
+        select: ``{name: value} -> {name: value}``, the metrics of a step to log (default: all), e.g. without
+            the ones that repeat another or never change (:func:`evoplast.finetune.chart_metrics`).
     """
 
-    def __init__(self, tracker, *, logged_through: int = 0, end_run: bool = True):
-        self.tracker, self.logged_through, self.end_run = tracker, logged_through, end_run
+    def __init__(self, tracker, *, logged_through: int = 0, end_run: bool = True,
+                 select: Optional[Callable[[dict[str, float]], dict[str, float]]] = None):
+        self.tracker, self.logged_through, self.end_run, self.select = tracker, logged_through, end_run, select
 
     def on_step(self, step, metrics, trainer):
         if step > self.logged_through:
-            self.tracker.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step)
+            row = {metric_name(k): float(v) for k, v in metrics.items()}
+            self.tracker.log_metrics(self.select(row) if self.select is not None else row, step=step)
 
     def on_end(self, status, step, trainer):
         if self.end_run:
