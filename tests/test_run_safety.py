@@ -92,7 +92,7 @@ def test_lock_heartbeat_renews_its_mtime(tmp_path):
 def test_a_second_resume_of_a_running_run_is_refused(store, capsys, sleeper):
     part = _killed_run()
     client = MlflowClient(store)
-    rows = len(client.get_metric_history(part.run_id, "fitness/best"))
+    rows = len(client.get_metric_history(part.run_id, "search/best"))
     before = part.checkpoint.read_bytes()
     _write_lock(part.checkpoint.parent / "writer.lock", sleeper.pid)     # another process writes the run
     code, out, err = run_evolve(["--resume", part.run_id], capsys)
@@ -100,14 +100,14 @@ def test_a_second_resume_of_a_running_run_is_refused(store, capsys, sleeper):
     assert code == 1 and f"run {part.run_id} is being written by process {sleeper.pid}" in line, err
     assert f"then `python scripts/evolve.py --resume {part.run_id}`" in line
     assert client.get_run(part.run_id).info.status == "KILLED"                        # untouched
-    assert len(client.get_metric_history(part.run_id, "fitness/best")) == rows
+    assert len(client.get_metric_history(part.run_id, "search/best")) == rows
     assert part.checkpoint.read_bytes() == before
     sleeper.kill()
     sleeper.wait()                                                  # the writer died without removing its lock
     code, out, err = run_evolve(["--resume", part.run_id], capsys)
     assert code == 0, err[-2000:]
     assert f"taking over the lock of run {part.run_id} left by process {sleeper.pid}" in out
-    assert sorted(m.step for m in client.get_metric_history(part.run_id, "fitness/best")) == list(range(1, 7))
+    assert sorted(m.step for m in client.get_metric_history(part.run_id, "search/best")) == list(range(1, 7))
     assert not (part.checkpoint.parent / "writer.lock").exists()    # released at the end
 
 
@@ -225,13 +225,13 @@ def test_a_failed_artifact_write_is_one_line_and_keeps_the_checkpoint(store, mon
 def test_resume_of_a_finished_run_is_refused_unless_it_asks_for_more(store, capsys):
     done = run_evolution(tiny(*SMALL), out=quiet)
     client = MlflowClient(store)
-    rows = len(client.get_metric_history(done.run_id, "fitness/best"))
+    rows = len(client.get_metric_history(done.run_id, "search/best"))
     before = done.checkpoint.read_bytes()
     code, out, err = run_evolve(["--resume", done.run_id], capsys)
     line = error_line(err)
     assert code == 2 and f"run {done.run_id} is FINISHED (6 generations done); nothing to resume" in line
     assert f"`python scripts/evolve.py --resume {done.run_id} search.generations=12`" in line
-    assert len(client.get_metric_history(done.run_id, "fitness/best")) == rows
+    assert len(client.get_metric_history(done.run_id, "search/best")) == rows
     assert done.checkpoint.read_bytes() == before and client.get_run(done.run_id).info.status == "FINISHED"
     checkpoint, _ = resolve_resume(done.run_id)
     more = run_evolution(resume_config(checkpoint, ["search.generations=9"]), resume=checkpoint, out=quiet)
@@ -420,7 +420,7 @@ def test_two_resumes_of_one_run_at_once_the_second_is_refused(store, tmp_path, c
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     client = MlflowClient(store)
-    steps = [m.step for m in client.get_metric_history(part.run_id, "fitness/best")]
+    steps = [m.step for m in client.get_metric_history(part.run_id, "search/best")]
     assert sorted(steps) == list(range(1, max(steps) + 1))           # each generation once
     assert client.get_run(part.run_id).info.status == "KILLED"
     assert not (part.checkpoint.parent / "writer.lock").exists()
