@@ -320,8 +320,12 @@ class Tracker:
         self.uri = clean
         self.shown_uri = redact_uri(uri)
         if clean.startswith("sqlite:///"):       # MlflowClient creates (or migrates) the store right away
-            with _folder_lock(Path(clean[len("sqlite:///"):]).parent):
-                client = _guarded(lambda: MlflowClient(tracking_uri=clean), self.shown_uri, "create store")
+            # MLflow keeps one database engine per URI string for the life of the process: a relative path
+            # would reach the file of the folder where it was first opened, not of today's working directory
+            path = clean[len("sqlite:///"):]
+            client_uri = clean if path.startswith("/") else f"sqlite:///{Path(path).resolve()}"
+            with _folder_lock(Path(path).parent):
+                client = _guarded(lambda: MlflowClient(tracking_uri=client_uri), self.shown_uri, "create store")
                 _GuardedClient(client, self.shown_uri).search_experiments(max_results=1)
         else:
             client = MlflowClient(tracking_uri=clean)

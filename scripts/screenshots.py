@@ -242,7 +242,8 @@ def serve_and_shoot(store: Path, run_id: str | None, out: Path, chromium: str) -
         here = os.getcwd()
         os.chdir(copy)
         try:
-            client = MlflowClient("sqlite:///mlflow.db")
+            # absolute: MLflow keeps one engine per URI string in a process, wherever "mlflow.db" was first opened
+            client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
             exp, run = pick_run(client, run_id)
             versions = client.search_model_versions(f"tags.evolution_run = '{run.info.run_id}'")
             model = (versions[0].name, versions[0].version) if versions else None

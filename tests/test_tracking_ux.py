@@ -301,7 +301,9 @@ def test_the_run_page_shows_the_rule_to_use_on_its_first_screen(tmp_path, monkey
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert scripts.load("evolve").main(TINY) == 0
     run_id = capsys.readouterr().out.split("MLflow run ")[1].split(":")[0]
-    first = MlflowClient("sqlite:///mlflow.db").get_run(run_id).data.tags["mlflow.note.content"].splitlines()[0]
+    # an absolute URI: MLflow keeps one engine per URI string, and this worker may have opened "mlflow.db" elsewhere
+    first = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).data.tags["mlflow.note.content"]
+    first = first.splitlines()[0]
     seen = shots.serve_and_shoot(tmp_path, None, tmp_path / "img", shots.find_chromium())
     assert seen["run_id"] == run_id and seen["first_line"] == first.replace("**", "")
     assert shots.shows_first_line(seen), seen["first_screen"][:2000]
