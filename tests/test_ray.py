@@ -48,7 +48,7 @@ def test_same_fitness_history_with_0_1_2_actors(local_ray, store, monkeypatch):
     assert lines[2][0].endswith("local Ray: 2 Ray actors x 1 CPU (ray.num_actors=2, no Ray cluster)"), lines[2][0]
     ref = runs[0]
     # where a generation's time went, in MLflow: per actor and critical path on Ray, the driver's sampling always
-    client = MlflowClient()
+    client = MlflowClient(store)          # not the process-wide URI: an earlier test may have set mlflow's
     ray_metrics = client.get_run(runs[2].run_id).data.metrics
     for key in ("sample", "evaluate", "transfer"):
         assert len(client.get_metric_history(runs[2].run_id, f"speed/{key}_s")) == 6
