@@ -254,6 +254,39 @@ def _folder_lock(folder: Path):
         os.close(fd)
 
 
+def _create_store(db: Path, shown_uri: str) -> None:
+    """A new sqlite store, made whole or not at all: MLflow creates and migrates its tables in a temporary file
+    beside ``db``, which then takes ``db``'s name. A failure part way (a full disk) leaves no ``db`` behind, so
+    the next start creates it afresh instead of finding a half-migrated store."""
+    from mlflow.tracking import MlflowClient
+
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{time.time_ns()}")
+    try:
+        client = _guarded(lambda: MlflowClient(tracking_uri=f"sqlite:///{tmp}"), shown_uri, "create store")
+        _GuardedClient(client, shown_uri).search_experiments(max_results=1)
+        _dispose_engine(f"sqlite:///{tmp}")
+        os.replace(tmp, db)
+    except OSError as exc:
+        raise TrackingUnavailable(f"cannot create the MLflow store {shown_uri} ({exc.strerror or exc}); free space "
+                                  f"or choose another tracking.tracking_uri") from None
+    finally:
+        _dispose_engine(f"sqlite:///{tmp}")
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def _dispose_engine(uri: str) -> None:
+    """Close MLflow's cached database engine of ``uri`` (its file is about to be renamed)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    except (ImportError, AttributeError):       # another MLflow: nothing cached under that name
+        return
+    if engine is not None:
+        engine.dispose()
+
+
 def _guarded(fn, shown_uri: str, what: str):
     """``fn()``; a failure of the store itself becomes one line of :class:`TrackingUnavailable`, errors about
     the request (no such run ...) pass unchanged."""
@@ -325,6 +358,8 @@ class Tracker:
             path = clean[len("sqlite:///"):]
             client_uri = clean if path.startswith("/") else f"sqlite:///{Path(path).resolve()}"
             with _folder_lock(Path(path).parent):
+                if not Path(path).exists():
+                    _create_store(Path(path).resolve(), self.shown_uri)
                 client = _guarded(lambda: MlflowClient(tracking_uri=client_uri), self.shown_uri, "create store")
                 _GuardedClient(client, self.shown_uri).search_experiments(max_results=1)
         else:

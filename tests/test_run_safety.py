@@ -444,3 +444,30 @@ def test_a_store_in_a_folder_that_takes_no_new_file_is_refused_at_once(tmp_path,
     with pytest.raises(TrackingUnavailable, match=rf"cannot be written \(Read-only file system in '{tmp_path}'\)"):
         check_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     assert time.perf_counter() - t0 < 30          # a bound against retries (MLflow alone: ~107 s), not a speed claim
+
+
+def test_a_store_that_fails_while_it_is_created_leaves_nothing_half_made(tmp_path, monkeypatch):
+    """A full disk while MLflow creates and migrates a new sqlite store: one line, no mlflow.db (and no temporary
+    file) left behind, so the next start creates the store whole instead of finding it half-migrated."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    from evoplast.tracking import Tracker, TrackingUnavailable
+
+    monkeypatch.chdir(tmp_path)
+    real = MlflowClient.search_experiments
+
+    def full_disk(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(MlflowClient, "search_experiments", full_disk)
+    with pytest.raises(TrackingUnavailable, match="disk is full") as info:
+        Tracker("sqlite:///mlflow.db")
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(MlflowClient, "search_experiments", real)
+    tracker = Tracker("sqlite:///mlflow.db")
+    run_id = tracker.start_run("whole", "a run")
+    tracker.end()
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
