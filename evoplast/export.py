@@ -41,10 +41,9 @@ from .safe_pt2 import MAX_FILE_BYTES, UnsafePt2, check_pt2
 
 FORMAT = "evoplast.rule"
 VERSION = 2                  # 2: per-layer feedback activation, layers, granularity, batch reduction, step
-READABLE_VERSIONS = (1, 2)   # the step is in the program; version 1's manifest only described it less well
+VERSION_WITH_OPTIONS = 3     # 3: a count-normalised or gated rule (counts in the state): older readers refuse it
+READABLE_VERSIONS = (1, 2, 3)   # version 1's manifest only described the step less well
 MANIFEST = "evoplast.json"
-
-
 MAX_WIDTH = 1 << 16          # a layer's width in a rule file
 MAX_LAYERS = 64
 
@@ -178,7 +177,9 @@ def manifest_of(module: RuleStep, **extra: Any) -> dict[str, Any]:
                 row.update({"gate": f"layer{l}.gate", "gate_bias": f"layer{l}.gate_bias"})
         layers.append(row)
     return {
-        "format": FORMAT, "version": VERSION, "evoplast_version": __version__,
+        "format": FORMAT, "evoplast_version": __version__,
+        "version": VERSION_WITH_OPTIONS if getattr(m, "count_normalised", False) or getattr(m, "gated", False)
+        else VERSION,
         "torch_version": torch.__version__,
         "sizes": list(m.sizes), "plastic_layers": list(m.plastic_layers), "rule": m.rule, "terms": list(m.terms),
         "granularity": _granularity(m, module), "batch_reduction": getattr(m, "batch_reduction", "sum"),

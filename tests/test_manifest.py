@@ -135,6 +135,7 @@ def test_step_rebuilt_from_manifest_matches_the_file_over_a_lifetime(tmp_path, n
     step, manifest = load_rule(export_rule(model, _segments(model, granularity, 1), tmp_path / "r.pt2"))
     tensors = dict(step.named_buffers())
     assert manifest["granularity"] == granularity and manifest["batch_reduction"] == "sum"
+    assert manifest["version"] == (3 if model.count_normalised or model.gated else 2)   # older readers refuse 3
     assert model.num_layers not in model.plastic_layers or \
         manifest["feedback_activation"][f"layer{model.num_layers}"] == "linear"
     g = torch.Generator().manual_seed(2)
