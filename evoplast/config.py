@@ -220,10 +220,10 @@ class EvaluationConfig(_Section):
                                                  "per layer or neuron, no conv stack): 2.5-5x faster at small layers; "
                                                  "compiled once per machine and checkout (~20 s); false = PyTorch ops")
     reuse_memory: Bool = Field(True, description="keep memory freed between lifetime steps mapped for reuse (glibc "
-                                                 "malloc setting, see evoplast.runtime): fewer page faults, 10-15% "
+                                                 "malloc setting, see evoplast.malloc): fewer page faults, 10-15% "
                                                  "faster; resident memory stays near its peak")
     cuda_graph: Bool = Field(True, description="on a GPU, capture each generation's batched lifetime once as a CUDA "
-                                               "graph and replay it (evoplast.graphs): one launch per generation "
+                                               "graph and replay it (evoplast.cuda_graphs): one launch per generation "
                                                "instead of one per kernel; same numbers as the eager ops")
     chunk_size: Optional[Int] = Field(None, ge=1, description="evaluate the population in slices of this many "
                                       "genomes (null = all at once); slices whose weights stay in cache run faster "

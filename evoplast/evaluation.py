@@ -107,14 +107,14 @@ class Evaluator:
 
     Built from the config alone (in the driver or inside a Ray actor), so two evaluators of the same
     config give the same scores for the same genomes and generation. On a CPU it also applies
-    :func:`evoplast.runtime.reuse_freed_memory` to its process (``evaluation.reuse_memory``).
+    :func:`evoplast.malloc.reuse_freed_memory` to its process (``evaluation.reuse_memory``).
     """
 
     def __init__(self, cfg: Config, device: torch.device | str = "cpu", spec: GenomeSpec | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
         if cfg.evaluation.reuse_memory and self.device.type == "cpu":
-            from .runtime import reuse_freed_memory
+            from .malloc import reuse_freed_memory
 
             reuse_freed_memory()
         self.task = make_task(cfg.task)
@@ -128,7 +128,7 @@ class Evaluator:
         self.graphed = None                        # evolution's scorer on a GPU: one CUDA graph per shape
         if cfg.evaluation.cuda_graph and self.device.type == "cuda" and not cfg.evaluation.compile \
                 and self.spec.model.features == "none":
-            from .graphs import GraphedScorer
+            from .cuda_graphs import GraphedScorer
 
             self.graphed = GraphedScorer(lambda params, episodes: score_params(
                 self.fast_learner, params, episodes, cap=cfg.evaluation.loss_cap))
@@ -216,7 +216,7 @@ class Evaluator:
     def prototype(self, genome: Tensor, episodes: Episodes | None = None) -> Tensor:
         """Nearest-class-mean accuracy per held-out episode ``[K]`` (classification) on the features the output
         layer reads at the initial weights of ``genome [D]``."""
-        from .baselines import output_layer_inputs, prototype_accuracy
+        from .science.baselines import output_layer_inputs, prototype_accuracy
 
         episodes = episodes or self.episodes(Purpose.HELDOUT, 0, self.cfg.evaluation.heldout_episodes)
         k, t, m = episodes.stream_task.shape
@@ -231,11 +231,11 @@ class Evaluator:
                                   self.spec.model.n_out).mean(-1)
 
     def input_only_model(self, num_episodes: int = 32):
-        """The input-only predictor (:class:`evoplast.baselines.InputOnlyRidge`), fitted once on the stream
+        """The input-only predictor (:class:`evoplast.science.baselines.InputOnlyRidge`), fitted once on the stream
         points of ``num_episodes`` training episodes (``Purpose.TRAIN``, index 0), its lengthscale chosen on
         validation episodes."""
         if getattr(self, "_input_only", None) is None:
-            from .baselines import InputOnlyRidge
+            from .science.baselines import InputOnlyRidge
             from .seeding import generator
 
             train = self.task.episodes(self.cfg.seed, Purpose.TRAIN, 0, num_episodes, "cpu")
@@ -253,7 +253,7 @@ class Evaluator:
     @torch.no_grad()
     def input_only(self, episodes: Episodes | None = None) -> tuple[Tensor, Tensor | None]:
         """``(loss [K], accuracy [K] or None)`` of the input-only predictor on the held-out queries."""
-        from .baselines import input_only_scores
+        from .science.baselines import input_only_scores
 
         episodes = episodes or self.episodes(Purpose.HELDOUT, 0, self.cfg.evaluation.heldout_episodes)
         loss, acc = input_only_scores(self.input_only_model(), self.spec.model, episodes.to("cpu"))

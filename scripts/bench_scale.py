@@ -70,8 +70,8 @@ def cluster_cfg(*overrides: str):
 
 
 def sampling(P: int, D: int, episodes: int) -> dict[int, float]:
-    from evoplast.evolution.rows import SCHEME
-    from evoplast.evolution.sampling import PopulationRecipe, RowSymmetricSeparableGaussian
+    from evoplast.parallel.rows import SCHEME
+    from evoplast.parallel.recipes import PopulationRecipe, RowSymmetricSeparableGaussian
     from evotorch.distributions import SymmetricSeparableGaussian
 
     threads = torch.get_num_threads()
@@ -102,7 +102,7 @@ def sampling(P: int, D: int, episodes: int) -> dict[int, float]:
 
 
 def bytes_per_searcher(P: int, D: int) -> dict[str, float]:
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     print(f"\n2. bytes per generation (P={P}, D={D:,}) and the driver's own time per generation (sampling + "
           f"update, {torch.get_num_threads()} thread(s))")
@@ -143,8 +143,8 @@ def multi_node(nodes: list[int], generations: int, P: int, episodes: int) -> dic
     import ray
     from ray.cluster_utils import Cluster
 
-    from evoplast.evolution.ray_pool import RayPool
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.parallel.ray_pool import RayPool
+    from evoplast.trainers.es_search import EvolutionTrainer
     from evoplast.evaluation import Evaluator
 
     print(f"\n3. local multi-node Ray, one actor per node (fake GPU, CPU fallback), PGPE P={P}, lifetimes "

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from evoplast.benchmarking import lifetime_cost, median_seconds, plain_bmm  # noqa: E402
+from evoplast.bench.timing import lifetime_cost, median_seconds, plain_bmm  # noqa: E402
 from evoplast.cli import UsageError, run_main  # noqa: E402
 from evoplast.config import load_config  # noqa: E402
 from evoplast.learners import NetState, PlasticLearner  # noqa: E402
@@ -149,8 +149,8 @@ def bench_evolve(args) -> None:
     import ray
 
     from evoplast.evaluation import Evaluator
-    from evoplast.evolution.ray_pool import RayPool, init_ray
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.parallel.ray_pool import RayPool, init_ray
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     print(f"evolve benchmark: generations/s and evaluations/s (genomes/s) with 0, 1, 2 Ray actors; "
           f"{os.cpu_count()} CPUs. 0 actors = in-process with {args.threads} threads; each actor uses 1 thread.")
@@ -271,7 +271,7 @@ def _measure_once(mode: str, steps: int, threads: int) -> dict:
     import psutil
 
     from evoplast.evaluation import Evaluator
-    from evoplast.metatrain import MetaTrainer
+    from evoplast.trainers.meta_bptt import MetaTrainer
 
     torch.set_num_threads(threads)
     cfg = load_config(None, [*OJA_EVERY_LAYER, "network.hidden=[40,40]", "task.batch_size=8", "evaluation.reuse_memory=false",
@@ -323,8 +323,8 @@ def bench_outer(args) -> None:
     """Every outer trainer from scratch at the same budget of seconds, over seeds and regimes."""
     import json
 
-    from evoplast.stats import format_interval, mean_ci, paired_ci
-    from evoplast.trainers.compare import describe, methods, regime_config, run_method
+    from evoplast.science.stats import format_interval, mean_ci, paired_ci
+    from evoplast.bench.compare import describe, methods, regime_config, run_method
 
     names = list(methods())
     chosen = names if not args.methods else [n for n in names if any(m.lower() in n.lower() for m in args.methods)]

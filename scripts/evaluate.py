@@ -57,16 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    from evoplast.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
+    from evoplast.science.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
-    from evoplast.describe import (CENTER, applicable_params, child_name, learner_curves, rule_equations, run_name,
+    from evoplast.runs.artifacts.run_page import (CENTER, applicable_params, child_name, learner_curves, rule_equations, run_name,
                                    run_tags, table_markdown)
     from evoplast.evaluation import Evaluator
-    from evoplast.finetune import check_finetune_overrides, train_spec_of
-    from evoplast.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
-    from evoplast.runs import genome_of_run
+    from evoplast.runs.artifacts.finetune import check_finetune_overrides, train_spec_of
+    from evoplast.runs.artifacts.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
+    from evoplast.runs.artifacts.artifacts import genome_of_run
     from evoplast.seeding import Purpose
-    from evoplast.tracking import Tracker, environment_params, resolve_tracking_uri
+    from evoplast.runs.artifacts.tracking import Tracker, environment_params, resolve_tracking_uri
 
     # 1. the genome and its config
     if args.run_id:
@@ -239,12 +239,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def oml_progress(steps: int, seconds: float | None, stream=None):
-    """``(meta-steps done, meta-loss) -> None`` for :func:`~evoplast.analysis.oml_train`: a progress line with
+    """``(meta-steps done, meta-loss) -> None`` for :func:`~evoplast.science.analysis.oml_train`: a progress line with
     elapsed time and ETA (a bar in a terminal, ~20 plain lines in a log): over the meta-steps, or over the
     seconds of a wall-clock budget."""
     import time
 
-    from evoplast.progress import Progress
+    from evoplast.runs.artifacts.progress import Progress
 
     if seconds is not None:
         bar = Progress(max(1, int(seconds)), "OML s", stream=stream)

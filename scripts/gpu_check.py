@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from evoplast.benchmarking import (copy_bytes_per_second, lifetime_cost, median_seconds,  # noqa: E402
+from evoplast.bench.timing import (copy_bytes_per_second, lifetime_cost, median_seconds,  # noqa: E402
                                    plain_bmm_seconds_per_step)
 
 RTOL, ATOL = 1e-3, 1e-4
@@ -179,7 +179,7 @@ def cpu_purpose():
 
 def measure_throughput(device: str, quick: bool, results: dict) -> None:
     from evoplast.evaluation import Evaluator, score_params
-    from evoplast.graphs import GraphedScorer
+    from evoplast.cuda_graphs import GraphedScorer
     from evoplast.seeding import Purpose
 
     print(f"2. throughput on {device}, fp32 (TF32 off): B = P x K lifetimes in one batched lifetime", flush=True)
@@ -232,7 +232,7 @@ def lower_precision(ev, params, episodes, cap: float, device: str = "cuda") -> l
     from dataclasses import replace
 
     from evoplast.evaluation import score_params
-    from evoplast.graphs import GraphedScorer
+    from evoplast.cuda_graphs import GraphedScorer
 
     def bf16(t):
         return t.to(torch.bfloat16) if t.is_floating_point() else t

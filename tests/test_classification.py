@@ -7,7 +7,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from evoplast.analysis import forgetting_matrix, oml_init, oml_spec, score_oml, update_gradient_cosine
+from evoplast.science.analysis import forgetting_matrix, oml_init, oml_spec, score_oml, update_gradient_cosine
 from evoplast.config import ConfigError
 from evoplast.evaluation import Evaluator
 from evoplast.learners import GradientLearner
@@ -199,8 +199,8 @@ def test_oml_baseline_meta_learns_an_init_for_sgd_of_the_head():
 
 def test_conv_features_shared_and_per_genome_agree_and_train_by_bptt():
     cfg = glyph_cfg("network.features=conv", "network.conv_channels=[4,8]", "finetune.train=['features.*']")
-    from evoplast.finetune import train_spec_of
-    from evoplast.metatrain import meta_loss_backward
+    from evoplast.runs.artifacts.finetune import train_spec_of
+    from evoplast.trainers.meta_bptt import meta_loss_backward
 
     evo, spec = train_spec_of(cfg)
     assert evo.model.sizes[0] == 8 * 9 and "features.conv1.weight" in spec.by_name
@@ -217,7 +217,7 @@ def test_conv_features_shared_and_per_genome_agree_and_train_by_bptt():
 
 
 def test_evolving_a_rule_on_glyphs_learns_in_its_lifetime(store):
-    from evoplast.evolution.run import run_evolution
+    from evoplast.runs.artifacts.evolve import run_evolution
 
     result = run_evolution(glyph_cfg("search.generations=60"), out=quiet)
     r = result.report

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from evoplast.config import RayConfig, load_config
-from evoplast.evolution.ray_pool import RayUnavailable, init_ray
-from evoplast.evolution.run import run_evolution
+from evoplast.parallel.ray_pool import RayUnavailable, init_ray
+from evoplast.runs.artifacts.evolve import run_evolution
 
 from . import scripts
 from .conftest import REPO, small_config

@@ -6,11 +6,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from evoplast.checkpoint import load_checkpoint
+from evoplast.runs.artifacts.checkpoint import load_checkpoint
 
 from evoplast.evaluation import Evaluator
-from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
-from evoplast.evolution.searchers import SEARCHERS
+from evoplast.runs.artifacts.evolve import resolve_resume, resume_config, run_evolution
+from evoplast.trainers.searchers import SEARCHERS
 from .conftest import small_config
 
 TINY = ["task.num_tasks=3", "task.batches_per_task=8", "task.batch_size=4", "task.query_size=8",
@@ -102,13 +102,13 @@ def test_diverging_population_does_not_crash(store):
 def test_checkpoint_file_is_self_describing(store):
     result = run_evolution(tiny("search.generations=2"), out=quiet)
     data = load_checkpoint(result.checkpoint)
-    assert data["format"] == "evoplast.checkpoint" and data["mlflow_run_id"] == result.run_id
+    assert data["format"] == "evoplast.runs.checkpoint" and data["mlflow_run_id"] == result.run_id
     assert data["trainer"]["generation"] == 2 and "search:" in data["config_yaml"]
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A write that dies half-way leaves the previous checkpoint whole and no temporary file."""
-    from evoplast import checkpoint as ckpt
+    from evoplast.runs.artifacts import checkpoint as ckpt
 
     path = tmp_path / "run" / "latest.pt"
     ckpt.save_checkpoint(path, {"generation": 1, "x": torch.arange(10)})
@@ -135,8 +135,8 @@ def test_separable_cmaes_improves_on_a_toy_problem_with_an_o_d_recipe():
     """search.algorithm=cmaes with search.separable=true (the default): diagonal CMA-ES, sampled by rows,
     whose population travels as m, A (D numbers each) and sigma; on a 200-dimensional shifted sphere it
     closes three quarters of the squared distance to the optimum in 60 generations."""
-    from evoplast.evolution.sampling import RowCMAES
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.parallel.recipes import RowCMAES
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     d = 200
     target = torch.linspace(-1, 1, d)

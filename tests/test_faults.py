@@ -13,10 +13,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from evoplast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from evoplast.evolution import run as run_module
-from evoplast.evolution.run import resolve_resume, resume_config, run_evolution
-from evoplast.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, bound_http_requests
+from evoplast.runs.artifacts.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from evoplast.runs.artifacts import evolve as run_module
+from evoplast.runs.artifacts.evolve import resolve_resume, resume_config, run_evolution
+from evoplast.runs.artifacts.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, bound_http_requests
 
 from . import scripts
 from .conftest import REPO
@@ -281,7 +281,7 @@ def test_sigterm_during_the_final_report_keeps_every_generation_and_resumes(tmp_
 
 RACE = """
 import os, sys, time
-from evoplast.tracking import Tracker
+from evoplast.runs.tracking import Tracker
 print("ready", flush=True)
 while not os.path.exists(sys.argv[2]):               # every process reaches the store at the same moment
     time.sleep(0.005)

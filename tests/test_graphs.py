@@ -1,4 +1,4 @@
-"""CUDA-graph replay of a generation's lifetimes (evoplast.graphs): same numbers as the eager ops.
+"""CUDA-graph replay of a generation's lifetimes (evoplast.cuda_graphs): same numbers as the eager ops.
 
 Runs only where CUDA is (the GPU check of ``scripts/gpu_check.py`` runs it on the device machine);
 on a CPU the tests are reported as skipped, with the reason.

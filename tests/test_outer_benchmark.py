@@ -7,7 +7,7 @@ import json
 import pytest
 
 from evoplast.cli import UsageError
-from evoplast.trainers.compare import methods, step_peak_mb
+from evoplast.bench.compare import methods, step_peak_mb
 
 from . import scripts
 

@@ -12,10 +12,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evoplast.config import load_config
-from evoplast.evolution import placement as pl
-from evoplast.evolution import ray_pool
-from evoplast.evolution.ray_pool import START_DELAY_ENV, RayPool
-from evoplast.evolution.sampling import PopulationRecipe, checksum, recipe_of
+from evoplast.parallel import placement as pl
+from evoplast.parallel import ray_pool
+from evoplast.parallel.ray_pool import START_DELAY_ENV, RayPool
+from evoplast.parallel.recipes import PopulationRecipe, checksum, recipe_of
 
 from . import scripts
 from .conftest import REPO, small_config
@@ -113,7 +113,7 @@ def test_the_default_config_is_light_and_the_cluster_config_heavy():
 @pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem", "cmaes"])
 def test_a_recipe_regenerates_the_population_bit_for_bit(algorithm):
     from evoplast.evaluation import Evaluator
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     c = cfg(f"search.algorithm={algorithm}", "search.elite_ratio=0.5")
     ev = Evaluator(c)
@@ -134,7 +134,7 @@ def test_a_recipe_regenerates_the_population_bit_for_bit(algorithm):
 
 def test_searchers_without_an_o_d_recipe_send_genomes():
     from evoplast.evaluation import Evaluator
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     for algorithm in ("cmaes", "xnes"):
         c = cfg(f"search.algorithm={algorithm}", "search.separable=false")
@@ -148,8 +148,8 @@ def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm,
     """Row sampling: the rows of 1, 2 or 3 chunks (pair-splitting bounds included) are the driver's
     population, bit for bit; each actor draws only its rows; PGPE's antithetic rows stay +e/-e pairs."""
     from evoplast.evaluation import Evaluator
-    from evoplast.evolution import rows
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.parallel import rows
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     c = cfg(f"search.algorithm={algorithm}", "search.popsize=12", "search.elite_ratio=0.5")
     ev = Evaluator(c)
@@ -184,8 +184,8 @@ def test_a_checkpoint_keeps_its_sampling_scheme():
     """A checkpoint records the scheme; one from before row sampling resumes with EvoTorch's own
     sampler (the population it would have drawn then); an unknown scheme is refused in one line."""
     from evoplast.evaluation import Evaluator
-    from evoplast.evolution.sampling import POPULATION, sampling_of
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.parallel.recipes import POPULATION, sampling_of
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     c = cfg("search.algorithm=pgpe", "search.popsize=8")
     ev = Evaluator(c)
@@ -300,7 +300,7 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
     monkeypatch.setenv(START_DELAY_ENV, "4.5")
     lines = []
     c = cfg(f"ray.address='{cluster.address}'", "ray.num_actors=2")
-    from evoplast.evolution.ray_pool import init_ray
+    from evoplast.parallel.ray_pool import init_ray
 
     init_ray(c.ray)
     t0 = time.perf_counter()
@@ -323,7 +323,7 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
     monkeypatch.setenv(START_DELAY_ENV, "2.5")
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     out = []
-    from evoplast.evolution.run import run_evolution
+    from evoplast.runs.artifacts.evolve import run_evolution
 
     result = run_evolution(load_config(f"{REPO}/configs/default.yaml", TINY + ["search.generations=2"]), out=out.append)
     assert result.status == "FINISHED" and result.generations == 2
@@ -352,7 +352,7 @@ def test_an_impossible_request_fails_in_one_line_within_seconds(gpu_nodes, store
 
 
 def test_speed_metrics_and_the_progress_note_say_where_a_generation_went():
-    from evoplast.evolution.ray_pool import speed_metrics, speed_note
+    from evoplast.parallel.ray_pool import speed_metrics, speed_note
 
     timing = {"wall": 1.0, "compute_max": 0.9, "sample_sum": 0.5, "sample_max": 0.2, "evaluate_sum": 2.4,
               "evaluate_max": 0.7, "transfer_sum": 0.04, "transfer_max": 0.01, "straggler_wait": 0.1,

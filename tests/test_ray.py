@@ -13,8 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evoplast.evaluation import Evaluator
-from evoplast.evolution.ray_pool import RayPool, RayUnavailable
-from evoplast.evolution.run import run_evolution
+from evoplast.parallel.ray_pool import RayPool, RayUnavailable
+from evoplast.runs.artifacts.evolve import run_evolution
 
 from .test_evolution import TINY
 from .conftest import small_config
@@ -103,7 +103,7 @@ def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(loc
 def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
     """PGPE / SNES: the actors get the search distribution and the seed (O(D)), not the genomes (O(P*D)),
     and the fitness is the in-process fitness, bit for bit, over several generations."""
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     cfg = small_config(TINY + [f"search.algorithm={algorithm}", "search.popsize=16", "ray.num_actors=2"])
     ev = Evaluator(cfg)
@@ -131,7 +131,7 @@ def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
 def test_chunks_of_any_count_give_the_in_process_fitness_and_a_slow_actor_takes_fewer(local_ray):
     """1, 2 or 3 chunks per actor: the same fitness as in-process, bit for bit (PGPE and separable CMA-ES,
     sampled by the actors from the recipe); with actor 0 made 4x slower, actor 1 evaluates more chunks."""
-    from evoplast.evolution.trainer import EvolutionTrainer
+    from evoplast.trainers.es_search import EvolutionTrainer
 
     cfg = small_config(TINY + ["search.popsize=12", "ray.num_actors=2", "ray.num_cpus_per_actor=0.5"])  # 2 pools, 2 CPUs
     ev = Evaluator(cfg)
@@ -200,7 +200,7 @@ def test_actors_that_cannot_be_placed_give_up_in_bounded_time(local_ray):
 
 
 def test_a_slice_that_keeps_losing_its_actor_stops_with_one_line(local_ray):
-    from evoplast.evolution.ray_pool import ActorsLost
+    from evoplast.parallel.ray_pool import ActorsLost
 
     cfg = small_config(TINY + ["ray.num_actors=2"])
     pool = RayPool(cfg, max_retries=0)

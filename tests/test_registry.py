@@ -8,8 +8,8 @@ import pytest
 
 
 from evoplast.evaluation import Evaluator
-from evoplast.evolution.searchers import SEARCHERS
-from evoplast.evolution.trainer import EvolutionTrainer
+from evoplast.trainers.searchers import SEARCHERS
+from evoplast.trainers.es_search import EvolutionTrainer
 from evoplast.rules import COEFFICIENTS
 from .conftest import small_config
 

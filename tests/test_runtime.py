@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from evoplast.runtime import reuse_freed_memory
+from evoplast.malloc import reuse_freed_memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evoplast import fused
-from evoplast.baselines import InputOnlyRidge, prototype_accuracy
+from evoplast.science.baselines import InputOnlyRidge, prototype_accuracy
 from evoplast.evaluation import Evaluator
 from evoplast.learners import GradientLearner, PlasticLearner
 from evoplast.network import ModelSpec, forward
@@ -201,7 +201,7 @@ def test_seeds_script_nests_three_runs_and_logs_the_aggregate(store, tmp_path, m
 
     from mlflow.tracking import MlflowClient
 
-    from evoplast.stats import mean_ci, paired_ci
+    from evoplast.science.stats import mean_ci, paired_ci
 
     tiny_auto = [o for o in TINY_SEEDS if not o.startswith("ray.num_actors")]   # the default's auto placement
     assert _seeds_main(monkeypatch, ["--parallel", "inprocess", "--out", "res.md", "--oml-budget", "3",
@@ -271,7 +271,7 @@ def test_evaluate_script_refuses_a_bad_oml_budget_before_any_work(argv, message)
 
 
 def test_equal_lifetimes_budget(tiny_cfg):
-    from evoplast.analysis import equal_lifetimes_steps
+    from evoplast.science.analysis import equal_lifetimes_steps
 
     cfg = tiny_cfg.replace(**{"search.generations": 1000, "search.popsize": 32, "evaluation.episodes": 4,
                               "finetune.episodes": 8})

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from evoplast.stats import mean_ci, paired_ci, t_quantile
+from evoplast.science.stats import mean_ci, paired_ci, t_quantile
 
 
 def test_t_interval_matches_hand_computation():

@@ -67,7 +67,7 @@ def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 2, 
                clock: Callable[[], float] = time.process_time) -> RunResult:
     """Run method ``name`` of :func:`methods` (or ``method``, a variant) on ``cfg`` for ``budget`` seconds of steps."""
     from ..evaluation import Evaluator
-    from . import make_trainer
+    from ..trainers import make_trainer
 
     kind, overrides, kwargs = method or methods()[name]
     if overrides:
@@ -105,7 +105,7 @@ def step_peak_mb(fn: Callable[[], object]) -> float:
     except OSError:
         fn()
         return float("nan")
-    from .. import runtime
+    from .. import malloc as runtime
 
     libc.mallopt(-3, 64 * 1024)          # M_MMAP_THRESHOLD: large blocks are unmapped when freed
     libc.mallopt(-1, 128 * 1024)         # M_TRIM_THRESHOLD: the heap's free top goes back to the OS

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .network import ModelSpec
+from ..network import ModelSpec
 
 __all__ = ["copy_bytes_per_second", "lifetime_cost", "median_seconds", "plain_bmm", "plain_bmm_seconds_per_step",
            "synchronize"]

@@ -123,7 +123,7 @@ class EvaluatorActor:
         """Rows ``start:stop`` of the population ``recipe`` describes, sampled here (only those rows with
         row sampling): ``(fitness, nonfinite, seconds evaluating, checksum of the first and last row,
         seconds sampling)``."""
-        from .sampling import checksum
+        from .recipes import checksum
 
         t0 = time.perf_counter()
         genomes = recipe.sample(start, stop, device=self.evaluator.device)
@@ -292,7 +292,7 @@ class RayPool:
 
         The population is split into :meth:`chunk_count` contiguous chunks, handed out one at a time to
         whichever actor is free, so a slow or busy node evaluates fewer of them (the fitness does not
-        depend on the split). With ``recipe`` (:class:`~evoplast.evolution.sampling.PopulationRecipe` of
+        depend on the split). With ``recipe`` (:class:`~evoplast.parallel.recipes.PopulationRecipe` of
         ``genomes``) the actors get the recipe once, through the object store, and sample the rows of
         their chunks: O(D) moved per generation instead of O(P·D). The checksum of each chunk's first and
         last row is compared with the driver's; a chunk that differs is evaluated again from the genomes
@@ -300,7 +300,7 @@ class RayPool:
         """
         import ray
 
-        from .sampling import checksum
+        from .recipes import checksum
 
         t0 = time.perf_counter()
         n_chunks = self.chunk_count(genomes.shape[0])

@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, from_dict, merge_overrides, upgrade
-from .errors import WorldError
+from ..config import Config, from_dict, merge_overrides, upgrade
+from ..errors import WorldError
 from .tracking import Tracker
 
 
@@ -83,8 +83,8 @@ def candidates_from_run(tracker: Tracker, run_id: str, top_k: int,
 def candidates_from_checkpoint(path: str | Path, top_k: int,
                                overrides: list[str] | tuple[str, ...] = ()) -> Candidates:
     """The same, from an evolution checkpoint file (its searcher state is rebuilt on the CPU)."""
-    from .evaluation import Evaluator
-    from .evolution.trainer import EvolutionTrainer
+    from ..evaluation import Evaluator
+    from ..trainers.es_search import EvolutionTrainer
 
     try:
         ckpt = load_checkpoint(path)
@@ -106,7 +106,7 @@ def candidates_from_checkpoint(path: str | Path, top_k: int,
 def _check_top_k(top_k: int, population: int, where: str) -> None:
     """More genomes asked for than the center and the last population hold: refused (exit 2), not clamped."""
     if top_k > population + 1:
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError(f"top-k {top_k} (--top-k or finetune.top_k) asks for more genomes than {where} holds: "
                          f"{population + 1} (the center and a population of {population}); ask for at most "
@@ -116,7 +116,7 @@ def _check_top_k(top_k: int, population: int, where: str) -> None:
 def genome_record(genome: torch.Tensor, spec, cfg: Config, generation: int, heldout_loss: Optional[float]) -> dict:
     """What ``best_genome.pt`` holds (``torch.save`` it; :func:`load_genome_file` reads it back): the flat
     genome ``[D]``, its segments by name (``spec.decode``), the config and where the run was."""
-    from .config import to_yaml
+    from ..config import to_yaml
 
     values = spec.decode(genome.to(torch.float32))
     return {"format": "evoplast.genome", "version": 1, "genome": genome,

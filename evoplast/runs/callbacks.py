@@ -1,5 +1,5 @@
 """Callbacks of :func:`evoplast.trainers.loop.run_outer`: progress, MLflow tracking, held-out evaluation,
-checkpoints. Each has one job; a run composes them (``scripts/train.py``, :mod:`evoplast.finetune`).
+checkpoints. Each has one job; a run composes them (``scripts/train.py``, :mod:`evoplast.runs.finetune`).
 
 Metric names are grouped by ``/`` and are the same for every trainer (:func:`metric_name`):
 ``meta/loss``, ``meta/grad_norm``, ``speed/step_seconds``, ``speed/lifetimes``, ``heldout/loss``, ...
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .loop import CLEAN, BaseCallback
+from ..trainers.loop import CLEAN, BaseCallback
 
 # a trainer's metric -> its MLflow name; a name that has a '/' already is kept, any other goes under meta/
 METRIC_NAMES = {"meta_loss": "meta/loss", "best_loss": "meta/best_loss", "grad_norm": "meta/grad_norm",
@@ -56,13 +56,13 @@ class HeldOutCallback(BaseCallback):
 
 
 class ProgressCallback(BaseCallback):
-    """One progress line per step (:class:`evoplast.progress.Progress`): meta-loss, the latest held-out
+    """One progress line per step (:class:`evoplast.runs.progress.Progress`): meta-loss, the latest held-out
     loss, seconds per step, elapsed and ETA.
 
     Args:
         total: the run's last step.
         what: the step's name in the line (``"step"``, ``"gen"``, ``"meta-step"``).
-        stream, every: as :class:`~evoplast.progress.Progress`.
+        stream, every: as :class:`~evoplast.runs.progress.Progress`.
     """
 
     def __init__(self, total: int, what: str = "step", *, stream=None, every: int = 0):
@@ -73,7 +73,7 @@ class ProgressCallback(BaseCallback):
         self.start = 0
 
     def on_start(self, trainer, start):
-        from ..progress import Progress
+        from .progress import Progress
 
         self.progress = Progress(self.total, self.what, stream=self.stream, every=self.every, start=start)
         self.t0, self.start = time.perf_counter(), start
@@ -99,7 +99,7 @@ class ProgressCallback(BaseCallback):
 
 
 class TrackingCallback(BaseCallback):
-    """Every step's metrics to an MLflow run (an :class:`evoplast.tracking.Tracker` with a run started or
+    """Every step's metrics to an MLflow run (an :class:`evoplast.runs.tracking.Tracker` with a run started or
     resumed), under :func:`metric_name`; ends the run with its status (STOPPED -> KILLED).
 
     Args:
@@ -108,7 +108,7 @@ class TrackingCallback(BaseCallback):
             last checkpoint): they are not logged twice.
         end_run: end the MLflow run in :meth:`on_end` (False: the caller ends it, e.g. after a report).
         select: ``{name: value} -> {name: value}``, the metrics of a step to log (default: all), e.g. without
-            the ones that repeat another or never change (:func:`evoplast.finetune.chart_metrics`).
+            the ones that repeat another or never change (:func:`evoplast.runs.finetune.chart_metrics`).
     """
 
     def __init__(self, tracker, *, logged_through: int = 0, end_run: bool = True,
@@ -132,7 +132,7 @@ Extra = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 
 class CheckpointCallback(BaseCallback):
     """Saves ``{"trainer": trainer.state_dict(), "step": s, **extra}`` atomically
-    (:func:`evoplast.checkpoint.save_checkpoint`) to ``path`` every ``every`` steps and at the end of a
+    (:func:`evoplast.runs.checkpoint.save_checkpoint`) to ``path`` every ``every`` steps and at the end of a
     run that finished or stopped between steps (never after an exception in the middle of a step).
 
     Args:
@@ -149,7 +149,7 @@ class CheckpointCallback(BaseCallback):
         self.saved_step: Optional[int] = None
 
     def save(self, step: int, trainer) -> Path:
-        from ..checkpoint import save_checkpoint
+        from .checkpoint import save_checkpoint
 
         if self.before_save is not None:
             self.before_save()

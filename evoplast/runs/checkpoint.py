@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from .errors import WorldError
+from ..errors import WorldError
 
-FORMAT = "evoplast.checkpoint"
+FORMAT = "evoplast.runs.checkpoint"
 VERSION = 1
 
 

@@ -18,23 +18,23 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..signals import Interrupted, StopFlag as _StopFlag
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .signals import Interrupted, StopFlag as _StopFlag
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
 from ..evaluation import Evaluator
-from ..describe import (BASELINES, applicable_params, baseline_lines, evolution_description, headline,
+from .run_page import (BASELINES, applicable_params, baseline_lines, evolution_description, headline,
                         headline_metrics, learner_curves, rule_equations, rule_legend, run_name, run_tags,
                         summary_table)
-from ..plots import fitness_curve, mse_vs_tasks_seen
-from ..progress import LineStream, Progress, quiet_libraries
-from ..preflight import preflight
-from ..runs import genome_record
-from ..session import RunLock, WriteFailed, end_orphaned_children, refuse_finished, write_failed
-from ..tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
-from .placement import Placement, choose, generation_gflop, size
-from .ray_pool import speed_metrics, speed_note
+from .plots import fitness_curve, mse_vs_tasks_seen
+from .progress import LineStream, Progress, quiet_libraries
+from .preflight import preflight
+from .artifacts import genome_record
+from .guards import RunLock, WriteFailed, end_orphaned_children, refuse_finished, write_failed
+from .tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
+from ..parallel.placement import Placement, choose, generation_gflop, size
+from ..parallel.ray_pool import speed_metrics, speed_note
 from ..trainers.loop import BaseCallback, run_outer
-from .trainer import EvolutionTrainer
+from ..trainers.es_search import EvolutionTrainer
 
 # Keys that may change when a run is resumed; anything else would make it a different experiment.
 # tracking.tracking_uri: where the run is (--tracking-uri); a store that does not hold the run is refused.
@@ -145,7 +145,7 @@ def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, 
 def _format_stats(s: dict[str, float], best_so_far: float, heldout: str, speed: str = "") -> dict[str, str]:
     """The values of one progress line (after ``gen   40/1000``): the best fitness so far (it never goes
     down, unlike a generation's best), this generation's median, the latest held-out loss of the center;
-    on Ray, where the generation's time went (``speed``: :func:`~evoplast.evolution.ray_pool.speed_note`)."""
+    on Ray, where the generation's time went (``speed``: :func:`~evoplast.parallel.ray_pool.speed_note`)."""
     return {"best so far": f"{best_so_far:8.3f}", "median": f"{s['median']:8.3f}", "held-out": heldout,
             "evals/s": f"{s['evals_per_s']:.1f}", "non-finite": f"{int(s['nonfinite'])}"} | (
         {"time": speed} if speed else {})
@@ -333,7 +333,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                     stats = trainer.step()
                     in_step = False
                 except Exception as exc:
-                    from .ray_pool import ActorsLost
+                    from ..parallel.ray_pool import ActorsLost
 
                     if not isinstance(exc, ActorsLost):
                         raise
@@ -466,12 +466,12 @@ class _StopAfter(Exception):
 def _make_evaluate(cfg: Config, placement: Placement, tracker: Tracker, evaluator: Evaluator,
                    out: Callable[[str], None]):
     """``(evaluate, pool, placement)``: in-process or a Ray pool.
-    On a cluster the placement is completed from its nodes (:func:`~evoplast.evolution.placement.size`)."""
+    On a cluster the placement is completed from its nodes (:func:`~evoplast.parallel.placement.size`)."""
     if placement.where == "in-process":
         return evaluator.fitness, None, placement
     import ray
 
-    from .ray_pool import RayPool, RayUnavailable, init_ray
+    from ..parallel.ray_pool import RayPool, RayUnavailable, init_ray
 
     init_ray(cfg.ray.replace(address=placement.address))
     if placement.where == "cluster":
@@ -593,13 +593,13 @@ def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, 
     one when it is better on held-out episodes), the fine-tune's result, the next commands for that genome;
     and its headline metrics and tags with the fine-tune in them. Without ``report`` (an older caller) the
     fine-tune's line is added to the description as it is."""
-    from ..describe import next_commands, rule_legend
+    from .run_page import next_commands, rule_legend
 
     tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
     run = tracker.get_run(run_id)
     tracker.run_id, tracker.experiment_id = run_id, run.info.experiment_id
     if report is not None:
-        from ..finetune import train_spec_of
+        from .finetune import train_spec_of
 
         finetune = {"run_id": finetune_run_id, "before": before, "after": after, "steps": steps,
                     "equations": list(finetuned_equations)}
@@ -612,7 +612,7 @@ def add_finetune_to_description(cfg: Config, run_id: str, finetune_run_id: str, 
         tracker.client.log_batch(run_id, metrics=[_metric(k, v, generations) for k, v in headline_metrics(head).items()])
         tracker.set_tags(headline_tags(head))
         if finetuned_genome is not None:    # mse_vs_tasks_seen.png again, with the fine-tuned rule in it
-            from ..describe import FINETUNED
+            from .run_page import FINETUNED
 
             spec = train_spec_of(cfg)[1]
             ev = Evaluator(cfg, "cpu", spec=spec)

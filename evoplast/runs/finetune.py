@@ -17,21 +17,21 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import Config, ConfigError, flatten, to_yaml
-from .evaluation import Evaluator
-from .genome import GenomeSpec, build_genome_spec
-from .seeding import Purpose
-from .tasks import make_task
-from .describe import (applicable_params, child_name, finetune_description, rule_equations, rule_legend, run_name,
+from ..config import Config, ConfigError, flatten, to_yaml
+from ..evaluation import Evaluator
+from ..genome import GenomeSpec, build_genome_spec
+from ..seeding import Purpose
+from ..tasks import make_task
+from .run_page import (applicable_params, child_name, finetune_description, rule_equations, rule_legend, run_name,
                        run_tags)
 from .preflight import check_device
 from .progress import LineStream, quiet_libraries
-from .session import LOCKED_TAG, RunLock, end_orphaned_children
+from .guards import LOCKED_TAG, RunLock, end_orphaned_children
 from .signals import Interrupted, StopFlag
 from .tracking import Tracker, environment_params, resolve_tracking_uri
-from .trainers.bptt import BPTTTrainer
-from .trainers.callbacks import HeldOutCallback, ProgressCallback, TrackingCallback
-from .trainers.loop import run_outer
+from ..trainers.bptt import BPTTTrainer
+from .callbacks import HeldOutCallback, ProgressCallback, TrackingCallback
+from ..trainers.loop import run_outer
 
 # what may change when fine-tuning a run's genomes (anything else changes the genome's meaning)
 FINETUNE_OVERRIDABLE = ("finetune.", "tracking.", "evaluation.", "device", "export.")
@@ -76,7 +76,7 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
     """Meta-train ``genomes [k, D]`` (evolution spec of ``cfg``), or the initial genome when None.
 
     SIGINT / SIGTERM let the meta-step in flight finish, then end the run as KILLED and raise
-    :class:`~evoplast.signals.Interrupted` (a fine-tune has no checkpoint: it is run again); a signal is
+    :class:`~evoplast.runs.signals.Interrupted` (a fine-tune has no checkpoint: it is run again); a signal is
     never lost, up to the last artifact. Nested runs of ``parent_run_id`` that a dead process left RUNNING
     are ended as KILLED first."""
     with StopFlag() as stop:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import UsageError, WorldError
+from ..errors import UsageError, WorldError
 
 LOCK_NAME = "writer.lock"
 HEARTBEAT_SECONDS = 30.0        # how often a writer renews its lock's mtime

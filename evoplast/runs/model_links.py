@@ -2,15 +2,15 @@
 lists its versions, an export run that says what it is, a registered model with a description, tags and a
 ``recommended`` alias (``scripts/export.py``).
 
-Everything goes through an ``MlflowClient`` (:attr:`evoplast.tracking.Tracker.client`); the text comes from
-:mod:`evoplast.describe`.
+Everything goes through an ``MlflowClient`` (:attr:`evoplast.runs.tracking.Tracker.client`); the text comes from
+:mod:`evoplast.runs.run_page`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from .describe import model_link, run_link
+from .run_page import model_link, run_link
 
 RECOMMENDED = "recommended"     # the alias of the version of the genome its run recommends
 

@@ -47,7 +47,7 @@ def _smooth(values: Sequence[float], window: int) -> tuple[list[float], list[flo
     return means, stds
 
 
-# one colour per learner in every plot (evolve, fine-tune, evaluate), by the learner's label (evoplast.describe)
+# one colour per learner in every plot (evolve, fine-tune, evaluate), by the learner's label (evoplast.runs.run_page)
 LEARNER_COLORS = {
     "fine-tuned rule": "#d62728",                                          # red: the rule to use, when fine-tuned
     "evolved rule": "#1f77b4",                                             # blue: the search center
@@ -132,7 +132,7 @@ def fitness_curve(history: Sequence[dict], heldout: Sequence[dict] = (), *, base
 
 def _curve(ax, label: str, curve, color: str, band: bool = True, **kw) -> list[float]:
     """One learner's mean curve over the tasks seen, with its 95% band over episodes; returns the means."""
-    from .stats import mean_ci
+    from ..science.stats import mean_ci
 
     rows = [list(map(float, r)) for r in curve] if curve and isinstance(curve[0], (list, tuple)) else None
     if rows:
@@ -156,7 +156,7 @@ def mse_vs_tasks_seen(curves: dict[str, Sequence], title: str = "", ylabel: str 
     (and the rule without plasticity) on the left, the baselines on the right with the best rule drawn again,
     without its band, for reference. One panel when there are no baselines.
 
-    ``curves``: ``{learner: [K, C] per-episode values}`` (a band from :func:`evoplast.stats.mean_ci` over the K
+    ``curves``: ``{learner: [K, C] per-episode values}`` (a band from :func:`evoplast.science.stats.mean_ci` over the K
     episodes at each of the C points) or ``[C]`` (a mean curve, no band). Returns the figure.
     """
     rules = {k: v for k, v in curves.items() if k.startswith(RULES)}
@@ -266,7 +266,7 @@ def cosine_curves(cosine, layers: Sequence[int], task_ends: Sequence[int], path:
 
 
 def seeds_summary(agg: dict, path: str | Path, title: str = "") -> Path:
-    """Results over seeds (:func:`evoplast.seeds.aggregate`): each learner's mean with its 95% CI over seeds,
+    """Results over seeds (:func:`evoplast.science.over_seeds.aggregate`): each learner's mean with its 95% CI over seeds,
     and each baseline's paired difference rule − baseline with its 95% CI (per held-out episode)."""
     rows = agg["rows"]
     metric = "accuracy" if agg["kind"] == "classification" else "query MSE"

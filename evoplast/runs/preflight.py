@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError
-from .rules import coefficient_names
+from ..config import Config, ConfigError
+from ..rules import coefficient_names
 
 FLOAT = 4  # bytes of a float32
 
@@ -74,7 +74,7 @@ def memory_estimate(cfg: Config) -> MemoryEstimate:
     # holding its weights and their update
     actors = cfg.ray.num_actors
     if actors == "auto":            # decided later (evolution/placement.py): in-process unless there is a cluster
-        from .evolution.placement import detect_cluster
+        from ..parallel.placement import detect_cluster
 
         actors = 1 if cfg.ray.address or (cfg.ray.address is None and detect_cluster()[0]) else 0
     slice_ = math.ceil(p / actors) if actors else p
@@ -180,7 +180,7 @@ def check_data(cfg: Config) -> None:
     too few classes or images); checked before a store is opened, so nothing is left behind."""
     if cfg.task.name == "sinusoid":
         return
-    from .tasks import make_task
+    from ..tasks import make_task
 
     make_task(cfg.task)
 

@@ -111,7 +111,7 @@ def quiet_libraries() -> None:
     # system metrics are best-effort: a sample lost to a busy sqlite store or a lost server is not worth a
     # warning (a lost server is reported by the run itself, in one line)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
-    # a store that fails (locked, full, read-only) raises, and evoplast.tracking answers it in one line: MLflow's
+    # a store that fails (locked, full, read-only) raises, and evoplast.runs.tracking answers it in one line: MLflow's
     # own ERROR lines and tracebacks about the same failure would only bury that line
     for name in ("mlflow.store", "mlflow.tracking._tracking_service", "mlflow.utils.rest_utils", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

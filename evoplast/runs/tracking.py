@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import WorldError
+from ..errors import WorldError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 HIDDEN = "***"                       # what a password in a URI is shown (and stored) as
@@ -383,7 +383,7 @@ class Tracker:
 
         exp = self.client.get_experiment_by_name(experiment)
         if exp is not None and exp.lifecycle_stage == "deleted":
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"tracking.experiment={experiment!r} is a deleted experiment in {self.shown_uri}; "
                               f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), delete "

@@ -15,18 +15,18 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .config import Config, flatten, to_yaml
-from .evaluation import Evaluator
-from .describe import applicable_params, run_tags
+from ..config import Config, flatten, to_yaml
+from ..evaluation import Evaluator
+from .run_page import applicable_params, run_tags
 from .preflight import check_data, check_device
 from .progress import LineStream, quiet_libraries
-from .runs import genome_record
-from .session import RunLock, refuse_finished, write_failed
+from .artifacts import genome_record
+from .guards import RunLock, refuse_finished, write_failed
 from .signals import Interrupted, StopFlag
 from .tracking import Tracker, environment_params, resolve_tracking_uri
-from .trainers import TRAINERS, make_trainer
-from .trainers.callbacks import CheckpointCallback, HeldOutCallback, ProgressCallback, TrackingCallback
-from .trainers.loop import run_outer
+from ..trainers import TRAINERS, make_trainer
+from .callbacks import CheckpointCallback, HeldOutCallback, ProgressCallback, TrackingCallback
+from ..trainers.loop import run_outer
 
 OUTERS = tuple(TRAINERS)          # es, bptt, pes, hybrid (scripts/train.py lists them too, before any import)
 CHECKPOINT_FORMAT = "evoplast.outer_run"   # the checkpoint's "kind": not an evolve.py checkpoint
@@ -69,7 +69,7 @@ def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume
                  out: Callable[[str], None] = print, print_every: int = 0,
                  callbacks: tuple = ()) -> TrainResult:
     """Run ``outer`` on ``cfg`` for ``steps`` (default :func:`default_steps`), or continue the checkpoint
-    ``resume`` (a dict from :func:`evoplast.checkpoint.load_checkpoint`) up to ``steps`` (default: its own).
+    ``resume`` (a dict from :func:`evoplast.runs.checkpoint.load_checkpoint`) up to ``steps`` (default: its own).
     ``callbacks`` run after the built-in ones (tests use them)."""
     if outer not in OUTERS:
         raise ValueError(f"unknown outer trainer {outer!r}: expected one of {', '.join(OUTERS)}")

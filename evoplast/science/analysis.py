@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import Config
-from .evaluation import Evaluator, score_params
-from .genome import GenomeSpec, Segment
-from .learners import GradientLearner, NetState
-from .lifetime import expand_params, model_inputs, tile
-from .metatrain import MetaTrainer
-from .network import forward
-from .tasks import Episodes
+from ..config import Config
+from ..evaluation import Evaluator, score_params
+from ..genome import GenomeSpec, Segment
+from ..learners import GradientLearner, NetState
+from ..lifetime import expand_params, model_inputs, tile
+from ..trainers.meta_bptt import MetaTrainer
+from ..network import forward
+from ..tasks import Episodes
 
 
 def _online_loss(spec, y_hat: Tensor, y: Tensor) -> Tensor:
@@ -65,7 +65,7 @@ def forgetting_matrix(ev: Evaluator, genome: Tensor, episodes: Episodes, learner
                       extra: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """``{"loss": [C, n], "accuracy": [C, n] or absent}``: query loss / accuracy on task i (column) after the
     stream's block of task j (row), mean over episodes, for ``learner`` (default: the evolved rule)."""
-    from .lifetime import run_lifetime
+    from ..lifetime import run_lifetime
 
     learner = learner or ev.learner
     params = ev.decode(genome.reshape(1, -1)) | (extra or {})

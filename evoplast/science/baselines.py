@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .network import ModelSpec, forward, loss_per_row
-from .tasks import Episodes
+from ..network import ModelSpec, forward, loss_per_row
+from ..tasks import Episodes
 
 
 def output_layer_inputs(weights: tuple[Tensor, ...], biases: tuple[Tensor, ...], x: Tensor) -> Tensor:

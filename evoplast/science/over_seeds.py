@@ -1,7 +1,7 @@
 """Results over seeds: one evolution per seed, every genome judged on the same held-out episodes.
 
 :func:`aggregate` turns the per-seed reports (:meth:`evoplast.evaluation.Evaluator.report`, computed on
-episodes shared by every seed) into means with 95% t-intervals over seeds (:mod:`evoplast.stats`) and, for
+episodes shared by every seed) into means with 95% t-intervals over seeds (:mod:`evoplast.science.stats`) and, for
 each baseline, the paired difference rule − baseline: per held-out episode (the seeds' mean on each shared
 episode, interval over episodes) and per seed (each seed's mean difference, interval over seeds).
 :func:`markdown_table` writes it as a table that can be pasted into the docs.

@@ -1,6 +1,6 @@
 """BPTT as an outer trainer: Adam on one genome through the lifetime (full, truncated or checkpointed).
 
-The meta-step is :class:`evoplast.metatrain.MetaTrainer`'s: ``finetune.episodes`` fresh episodes per step
+The meta-step is :class:`evoplast.trainers.meta_bptt.MetaTrainer`'s: ``finetune.episodes`` fresh episodes per step
 (derived from ``(seed, step)``), full BPTT (``finetune.bptt_window = null``), truncated BPTT (window W) or
 activation checkpointing (``finetune.checkpoint_activations``).
 """
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..config import Config
 from ..genome import GenomeSpec, build_genome_spec
-from ..metatrain import MetaTrainer
+from .meta_bptt import MetaTrainer
 from ..tasks import make_task
 from .base import optimizer_state
 
@@ -35,7 +35,7 @@ class BPTTTrainer:
         cfg: the run's config; ``finetune.lr``, ``episodes``, ``bptt_window``, ``checkpoint_activations``,
             ``grad_clip`` set the meta-steps (the keyword arguments override them).
         genome: ``[D]`` or ``[k, D]`` starting genome(s) (default: the spec's initial vector, from scratch).
-        spec: the genome spec to train in (e.g. with more segments trained, :func:`evoplast.finetune.train_spec_of`).
+        spec: the genome spec to train in (e.g. with more segments trained, :func:`evoplast.runs.finetune.train_spec_of`).
         device: where to meta-train.
 
     Its metrics are the mean over the k genomes, plus ``meta/loss_g{i}`` per genome when given ``[k, D]``, and

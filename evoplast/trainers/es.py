@@ -7,8 +7,8 @@ from typing import Any, Optional
 from torch import Tensor
 
 from ..config import Config
-from ..evolution.problem import EvaluateFn
-from ..evolution.trainer import EvolutionTrainer
+from .es_problem import EvaluateFn
+from .es_search import EvolutionTrainer
 
 
 class ESTrainer:

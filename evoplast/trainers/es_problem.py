@@ -1,7 +1,7 @@
 """The EvoTorch ``Problem``: what is evaluated. It knows genomes and fitness, nothing of the network.
 
 Fitness comes from a callable ``evaluate(genomes [P, D] cpu, generation) -> (fitness [P], nonfinite [P])``:
-an in-process :class:`~evoplast.evaluation.Evaluator` or a :class:`~evoplast.evolution.ray_pool.RayPool`
+an in-process :class:`~evoplast.evaluation.Evaluator` or a :class:`~evoplast.parallel.ray_pool.RayPool`
 (evoplast's one actor system; EvoTorch's own distributed mode is not used).
 """
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from ..config import Config
-from .problem import EvaluateFn, LifetimeProblem
-from .rows import SCHEME
-from .sampling import POPULATION, sampling_of, set_sampling
+from .es_problem import EvaluateFn, LifetimeProblem
+from ..parallel.rows import SCHEME
+from ..parallel.recipes import POPULATION, sampling_of, set_sampling
 from .searchers import load_searcher_state, make_searcher, search_center, search_stepsize, searcher_state
 
 
@@ -26,9 +26,9 @@ class EvolutionTrainer:
         cfg: the run's config.
         evaluate: fitness function ``(genomes [P, D], generation) -> (fitness [P], nonfinite [P])``.
         center: ``[D]`` initial center of the search distribution.
-        recipes: ``evaluate`` also takes ``recipe=`` (a :class:`~evoplast.evolution.ray_pool.RayPool`):
+        recipes: ``evaluate`` also takes ``recipe=`` (a :class:`~evoplast.parallel.ray_pool.RayPool`):
             for searchers that sample from a separable Gaussian (PGPE, SNES, CEM) each generation is
-            also described by its :class:`~evoplast.evolution.sampling.PopulationRecipe`, so that the
+            also described by its :class:`~evoplast.parallel.recipes.PopulationRecipe`, so that the
             actors regenerate their slices instead of receiving them.
     """
 
@@ -39,7 +39,7 @@ class EvolutionTrainer:
         # rows keyed by (seed, generation, row) (sampling.py), or EvoTorch's sampler where the config asks
         set_sampling(self.searcher, SCHEME if cfg.search.sampling == "rows" else POPULATION)
         if recipes:
-            from .sampling import recipe_of
+            from ..parallel.recipes import recipe_of
 
             self.problem.recipe_source = lambda popsize, seed: recipe_of(self.searcher, popsize, seed)
         self.generation = 0          # generations completed

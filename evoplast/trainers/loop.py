@@ -1,8 +1,8 @@
 """One outer loop for every trainer: ``step()`` after ``step()``, with callbacks around it.
 
 What surrounds a run (progress, MLflow tracking, held-out evaluation, checkpoints) is a
-:class:`Callback` (see :mod:`evoplast.trainers.callbacks`); signals are a
-:class:`~evoplast.signals.StopFlag`: a SIGINT/SIGTERM lets the step in flight finish, then the loop
+:class:`Callback` (see :mod:`evoplast.runs.callbacks`); signals are a
+:class:`~evoplast.runs.signals.StopFlag`: a SIGINT/SIGTERM lets the step in flight finish, then the loop
 stops and the callbacks end with status ``"STOPPED"`` (a checkpoint is written, MLflow marks the run
 KILLED). The loop itself knows nothing of MLflow, Ray or files.
 
@@ -59,7 +59,7 @@ def run_outer(trainer: OuterTrainer, *, steps: int, start: int = 0, callbacks: I
         steps: the last step (the run's total, not the number of steps left).
         start: steps already done.
         callbacks: called in order at the start, after every step, at the end (also on an exception).
-        stop: a :class:`~evoplast.signals.StopFlag` (or anything with a ``signal`` attribute and an
+        stop: a :class:`~evoplast.runs.signals.StopFlag` (or anything with a ``signal`` attribute and an
             ``immediate`` one): while the loop runs, a signal only sets it; the loop stops before the
             next step.
 

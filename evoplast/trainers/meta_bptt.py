@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import Config
-from .genome import GenomeSpec
-from .learners import NetState, PlasticLearner
-from .lifetime import expand_params, query, run_lifetime, tile
-from .seeding import Purpose
-from .tasks import Episodes, make_task
+from ..config import Config
+from ..genome import GenomeSpec
+from ..learners import NetState, PlasticLearner
+from ..lifetime import expand_params, query, run_lifetime, tile
+from ..seeding import Purpose
+from ..tasks import Episodes, make_task
 
 
 @dataclass
