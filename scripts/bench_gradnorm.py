@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from evoplast.config import load_config  # noqa: E402
 from evoplast.genome import build_genome_spec  # noqa: E402
 from evoplast.learners import PlasticLearner  # noqa: E402
-from evoplast.trainers.meta_bptt import meta_loss_backward  # noqa: E402
+from evoplast.trainers.bptt import meta_loss_backward  # noqa: E402
 from evoplast.seeding import Purpose  # noqa: E402
 from evoplast.tasks import make_task  # noqa: E402
 

@@ -102,7 +102,7 @@ def sampling(P: int, D: int, episodes: int) -> dict[int, float]:
 
 
 def bytes_per_searcher(P: int, D: int) -> dict[str, float]:
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     print(f"\n2. bytes per generation (P={P}, D={D:,}) and the driver's own time per generation (sampling + "
           f"update, {torch.get_num_threads()} thread(s))")
@@ -120,7 +120,7 @@ def bytes_per_searcher(P: int, D: int) -> dict[str, float]:
             seen["eval"] = time.perf_counter() - t0
             return fitness, torch.zeros(len(genomes), dtype=torch.bool)
 
-        trainer = EvolutionTrainer(cfg, evaluate, torch.zeros(D), recipes=True)
+        trainer = ESTrainer(cfg, torch.zeros(D), evaluate, recipes=True)
         steps = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def multi_node(nodes: list[int], generations: int, P: int, episodes: int) -> dic
     from ray.cluster_utils import Cluster
 
     from evoplast.parallel.ray_pool import RayPool
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
     from evoplast.evaluation import Evaluator
 
     print(f"\n3. local multi-node Ray, one actor per node (fake GPU, CPU fallback), PGPE P={P}, lifetimes "
@@ -167,7 +167,7 @@ def multi_node(nodes: list[int], generations: int, P: int, episodes: int) -> dic
             started = time.perf_counter() - t_start
             per_genome = h200_seconds(P * episodes / n) / (P / n)
             ray.get([a.simulate.remote(per_genome) for a in pool.actors])
-            trainer = EvolutionTrainer(cfg, pool.evaluate, torch.zeros(D), recipes=True)
+            trainer = ESTrainer(cfg, torch.zeros(D), pool.evaluate, recipes=True)
             rows = []
             for g in range(generations + 1):
                 t0 = time.perf_counter()

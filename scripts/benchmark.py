@@ -150,7 +150,7 @@ def bench_evolve(args) -> None:
 
     from evoplast.evaluation import Evaluator
     from evoplast.parallel.ray_pool import RayPool, init_ray
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     print(f"evolve benchmark: generations/s and evaluations/s (genomes/s) with 0, 1, 2 Ray actors; "
           f"{os.cpu_count()} CPUs. 0 actors = in-process with {args.threads} threads; each actor uses 1 thread.")
@@ -175,7 +175,7 @@ def bench_evolve(args) -> None:
         trainers = {}
         for a, cfg in cfgs.items():
             evaluate = pools[a].evaluate if a else Evaluator(cfg).fitness
-            trainers[a] = EvolutionTrainer(cfg, evaluate, Evaluator(cfg).spec.initial_vector())
+            trainers[a] = ESTrainer(cfg, Evaluator(cfg).spec.initial_vector(), evaluate)
             trainers[a].step()  # warm-up
         seconds = {a: [] for a in cfgs}
         overheads = {a: [] for a in pools}
@@ -271,7 +271,7 @@ def _measure_once(mode: str, steps: int, threads: int) -> dict:
     import psutil
 
     from evoplast.evaluation import Evaluator
-    from evoplast.trainers.meta_bptt import MetaTrainer
+    from evoplast.trainers.bptt import MetaTrainer
 
     torch.set_num_threads(threads)
     cfg = load_config(None, [*OJA_EVERY_LAYER, "network.hidden=[40,40]", "task.batch_size=8", "evaluation.reuse_memory=false",

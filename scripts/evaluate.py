@@ -57,16 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
+    from evoplast.science import report as science_report
     from evoplast.science.analysis import equal_lifetimes_steps, forgetting_matrix, oml_train, score_oml, update_gradient_cosine
     from evoplast.config import flatten, from_dict
-    from evoplast.runs.artifacts.run_page import (CENTER, applicable_params, child_name, learner_curves, rule_equations, run_name,
+    from evoplast.runs.run_page import (CENTER, applicable_params, child_name, learner_curves, rule_equations, run_name,
                                    run_tags, table_markdown)
     from evoplast.evaluation import Evaluator
-    from evoplast.runs.artifacts.finetune import check_finetune_overrides, train_spec_of
-    from evoplast.runs.artifacts.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
-    from evoplast.runs.artifacts.artifacts import genome_of_run
+    from evoplast.runs.finetune import check_finetune_overrides, train_spec_of
+    from evoplast.runs.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
+    from evoplast.runs.artifacts import genome_of_run
     from evoplast.seeding import Purpose
-    from evoplast.runs.artifacts.tracking import Tracker, environment_params, resolve_tracking_uri
+    from evoplast.runs.tracking import Tracker, environment_params, resolve_tracking_uri
 
     # 1. the genome and its config
     if args.run_id:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
           f"on {cfg.evaluation.heldout_episodes} held-out episodes of {cfg.task.name}")
 
     # 2. the protocol: the rule, its own init with plasticity off, and the baselines on the same streams
-    report = ev.report(genome)
+    report = science_report.report(ev, genome)
     oml = None
     seconds = None
     if budget == "lifetimes":
@@ -134,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             held = ev_n.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
             row = {("fine-tuned rule" if args.which == "finetuned" else "evolved rule"): ev_n.score(genome.reshape(1, -1), episodes=held).accuracy.item(),
                    "plasticity off": ev_n.score(genome.reshape(1, -1), episodes=held, learn=False).accuracy.item(),
-                   "SGD of the plastic weights, same init": ev_n.tuned_sgd(genome, plastic_only=True)[0].accuracy.item(),
-                   "prototypes (nearest class mean), same init": ev_n.prototype(genome, held).mean().item(),
-                   "SGD, same init": ev_n.tuned_sgd(genome)[0].accuracy.item(),
-                   "feedback alignment, same init": ev_n.tuned_sgd(genome, feedback="alignment")[0].accuracy.item(),
-                   "SGD, random init": ev_n.tuned_sgd(ev.spec.initial_vector())[0].accuracy.item(),
-                   "SGD iid, same init": ev_n.tuned_sgd(genome, order="iid")[0].accuracy.item()}
+                   "SGD of the plastic weights, same init": science_report.tuned_sgd(ev_n, genome, plastic_only=True)[0].accuracy.item(),
+                   "prototypes (nearest class mean), same init": science_report.prototype(ev_n, genome, held).mean().item(),
+                   "SGD, same init": science_report.tuned_sgd(ev_n, genome)[0].accuracy.item(),
+                   "feedback alignment, same init": science_report.tuned_sgd(ev_n, genome, feedback="alignment")[0].accuracy.item(),
+                   "SGD, random init": science_report.tuned_sgd(ev_n, ev.spec.initial_vector())[0].accuracy.item(),
+                   "SGD iid, same init": science_report.tuned_sgd(ev_n, genome, order="iid")[0].accuracy.item()}
             if oml is not None:
                 row["OML (meta-learned init, SGD head)"] = score_oml(ev_n, *oml, held).accuracy.item()
             by_n[n] = row
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     forgetting = {rule: forgetting_matrix(ev, genome, held)}
     sgd_lr = report["sgd_same_init_lr"]
     forgetting["online SGD, same init"] = forgetting_matrix(
-        ev, genome, held, learner=ev.sgd_learner(), extra={"sgd.lr": torch.tensor([sgd_lr])})
+        ev, genome, held, learner=science_report.sgd_learner(ev), extra={"sgd.lr": torch.tensor([sgd_lr])})
 
     # 5. the table, the plots, the MLflow run
     metric = "accuracy" if classification else "MSE"
@@ -244,7 +245,7 @@ def oml_progress(steps: int, seconds: float | None, stream=None):
     seconds of a wall-clock budget."""
     import time
 
-    from evoplast.runs.artifacts.progress import Progress
+    from evoplast.runs.progress import Progress
 
     if seconds is not None:
         bar = Progress(max(1, int(seconds)), "OML s", stream=stream)

@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         path_like = "/" in args.resume or args.resume.endswith(".pt") or Path(args.resume).exists()
         if not path_like and not (Path("checkpoints") / args.resume / "latest.pt").is_file():
             # a run id without a local checkpoint: read from the store, which must exist (never a new empty one)
-            from evoplast.runs.artifacts.tracking import resolve_tracking_uri
+            from evoplast.runs.tracking import resolve_tracking_uri
 
             require_store(resolve_tracking_uri(), args.resume)
 
-    from evoplast.runs.artifacts.run_page import CENTER
-    from evoplast.runs.artifacts.evolve import resolve_resume, resume_config, run_evolution
+    from evoplast.runs.run_page import CENTER
+    from evoplast.runs.evolve import resolve_resume, resume_config, run_evolution
 
     # 1. the experiment: YAML + overrides, or the checkpoint's own config when resuming
     checkpoint = None
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_next(run_id: str, finetuned: bool, cfg) -> None:
     """The "Next:" block: the commands that continue from this run, its id filled in."""
-    from evoplast.runs.artifacts.run_page import next_commands
-    from evoplast.runs.artifacts.tracking import redact_uri, resolve_tracking_uri
+    from evoplast.runs.run_page import next_commands
+    from evoplast.runs.tracking import redact_uri, resolve_tracking_uri
 
     print("Next:")
     for command in next_commands(run_id, finetuned=finetuned,
@@ -120,8 +120,8 @@ def print_next(run_id: str, finetuned: bool, cfg) -> None:
 def finetune_center(cfg, result) -> bool:
     """4. the hybrid (finetune.after_evolution): BPTT from the search center, nested under the run; at equal
     time ES then BPTT beat either alone on the default task (docs/outer-trainers.md)."""
-    from evoplast.runs.artifacts.run_page import CENTER
-    from evoplast.runs.artifacts.finetune import run_finetune
+    from evoplast.runs.run_page import CENTER
+    from evoplast.runs.finetune import run_finetune
 
     steps = cfg.finetune.after_evolution_steps or cfg.finetune.steps
     ft_cfg = cfg.replace(**{"finetune.steps": steps})
@@ -134,10 +134,10 @@ def finetune_center(cfg, result) -> bool:
           f"episode-specific gain {b['episode_gain']:+.3f} -> {a['episode_gain']:+.3f}")
     better = a["loss"] <= b["loss"]
     print(f"The rule to use: {'ES then BPTT (the fine-tuned genome)' if better else 'ES alone (the ' + CENTER + '; fine-tuning did not help on held-out episodes)'}")
-    from evoplast.runs.artifacts.evolve import add_finetune_to_description
+    from evoplast.runs.evolve import add_finetune_to_description
 
-    from evoplast.runs.artifacts.run_page import rule_equations
-    from evoplast.runs.artifacts.finetune import train_spec_of
+    from evoplast.runs.run_page import rule_equations
+    from evoplast.runs.finetune import train_spec_of
 
     evo_spec, spec = train_spec_of(cfg)
     add_finetune_to_description(cfg, result.run_id, ft.run_id, b["loss"], a["loss"], better, report=result.report,

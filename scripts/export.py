@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     from evoplast.config import from_dict, upgrade
     from evoplast.export import RuleStep, data_path, export_rule, load_rule
     from evoplast.genome import build_genome_spec
-    from evoplast.runs.artifacts.artifacts import genome_of_run
+    from evoplast.runs.artifacts import genome_of_run
     from evoplast.tasks import make_task
-    from evoplast.runs.artifacts.tracking import Tracker, resolve_tracking_uri
+    from evoplast.runs.tracking import Tracker, resolve_tracking_uri
 
     # 1. the genome: best_genome.pt of the run, or finetuned_genome.pt of its latest nested fine-tune
     require_store(resolve_tracking_uri(), args.run_id)       # never a new empty mlflow.db
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_mlflow_model:
         import mlflow
 
-        from evoplast.runs.artifacts.run_page import child_name, rule_equations, rule_legend
-        from evoplast.runs.artifacts.model_links import export_description, list_version_on_run, register_version, tag_model
+        from evoplast.runs.run_page import child_name, rule_equations, rule_legend
+        from evoplast.runs.model_links import export_description, list_version_on_run, register_version, tag_model
 
         name = args.name or cfg.export.registered_model
         heldout = heldout_of(tracker, genome, source_run)
@@ -147,7 +147,7 @@ def describe_version(tracker, name: str, version, manifest: dict, genome: dict, 
                      evolution_run: str, which: str, score: str = "", experiment_id: str = "") -> None:
     """The registered version's description (its held-out score first, the rule written out, links to the runs
     it came from) and tags (task, rule, source run, held-out score)."""
-    from evoplast.runs.artifacts.run_page import rule_equations, rule_legend, run_link
+    from evoplast.runs.run_page import rule_equations, rule_legend, run_link
 
     score = score or (lambda h: f"{float(h):.4f}" if h is not None else "not recorded")(heldout_of(tracker, genome,
                                                                                                    source_run))

@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)       # checked before the heavy imports below
     apply_tracking_uri(args)
 
-    from evoplast.runs.artifacts.finetune import check_finetune_overrides, run_finetune
-    from evoplast.runs.artifacts.artifacts import candidates_from_checkpoint, candidates_from_run
-    from evoplast.runs.artifacts.tracking import Tracker, resolve_tracking_uri
+    from evoplast.runs.finetune import check_finetune_overrides, run_finetune
+    from evoplast.runs.artifacts import candidates_from_checkpoint, candidates_from_run
+    from evoplast.runs.tracking import Tracker, resolve_tracking_uri
 
     # 1. what to fine-tune: a run's genomes (center first, then its last population), or a fresh genome
     if args.top_k is not None and args.top_k < 1:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:<18} {b['loss']:8.3f} {a['loss']:8.3f} {b['episode_gain']:20.3f} {a['episode_gain']:7.3f}{mark}")
     print(f"Fine-tuned genome: artifact finetuned_genome.pt of run {result.run_id}")
     print(f"Look at it: {result.ui_command}")
-    from evoplast.runs.artifacts.run_page import next_commands
-    from evoplast.runs.artifacts.tracking import redact_uri
+    from evoplast.runs.run_page import next_commands
+    from evoplast.runs.tracking import redact_uri
 
     print("Next:")
     for command in next_commands(parent or result.run_id, finetuned=True,

@@ -29,18 +29,19 @@ from evoplast.cli import UsageError, config_from_args, parser, run_main  # noqa:
 def judge(cfg, cfg_seed, center, oml_budget: str, out=None) -> dict:
     """The report of one seed's genome on the held-out episodes of ``cfg`` (shared by every seed), with OML at
     the requested meta-compute when asked (a progress line with elapsed time and ETA through ``out``)."""
+    from evoplast.science import report as science_report
     from evoplast.science.analysis import equal_lifetimes_steps, oml_train, score_oml
     from evoplast.evaluation import Evaluator
     from evoplast.seeding import Purpose
 
     spec = Evaluator(cfg_seed).spec                         # the seed's fixed segments
     ev = Evaluator(cfg, spec=spec)                          # episodes (held-out, validation) of the shared seed
-    report = ev.report(center)
+    report = science_report.report(ev, center)
     if oml_budget != "none":
         steps = equal_lifetimes_steps(cfg_seed) if oml_budget == "lifetimes" else int(oml_budget)
         progress = None
         if out is not None:
-            from evoplast.runs.artifacts.progress import LineStream, Progress
+            from evoplast.runs.progress import LineStream, Progress
 
             bar = Progress(steps, "OML meta-step", stream=LineStream(out))
             progress = lambda done, loss: bar.update(done, {"meta-loss": f"{loss:.3f}"})  # noqa: E731
@@ -59,8 +60,8 @@ def one_seed(cfg, seed: int, parent_id: str, oml_budget: str, threads: int = 0, 
     """Evolve with ``seed`` (an MLflow run nested under ``parent_id``) and judge it; returns its report."""
     import torch
 
-    from evoplast.runs.artifacts.evolve import run_evolution
-    from evoplast.runs.artifacts.tracking import Tracker, resolve_tracking_uri
+    from evoplast.runs.evolve import run_evolution
+    from evoplast.runs.tracking import Tracker, resolve_tracking_uri
 
     if threads:
         torch.set_num_threads(threads)
@@ -117,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(dict.fromkeys(args.seeds))
 
     from evoplast.config import flatten
-    from evoplast.runs.artifacts.plots import seeds_summary
+    from evoplast.runs.plots import seeds_summary
     from evoplast.science.over_seeds import aggregate, markdown_table, metrics_of
-    from evoplast.runs.artifacts.tracking import Tracker, environment_params, resolve_tracking_uri
+    from evoplast.runs.tracking import Tracker, environment_params, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):   # Ray workers may run elsewhere
@@ -186,8 +187,8 @@ def _judge_runs(run_ids, oml_budget):
     import yaml
 
     from evoplast.config import from_dict, upgrade
-    from evoplast.runs.artifacts.artifacts import genome_of_run
-    from evoplast.runs.artifacts.tracking import Tracker, resolve_tracking_uri
+    from evoplast.runs.artifacts import genome_of_run
+    from evoplast.runs.tracking import Tracker, resolve_tracking_uri
 
     tracker = Tracker(resolve_tracking_uri())
     loaded = []
@@ -206,7 +207,7 @@ def _judge_runs(run_ids, oml_budget):
 def seeds_progress(total: int, stream=None):
     """``(result of a seed) -> None``: one line per seed done (``seeds 1/3 | last seed 0, held-out 2.567 |
     elapsed 1:05 | ETA 2:10``)."""
-    from evoplast.runs.artifacts.progress import Progress
+    from evoplast.runs.progress import Progress
 
     bar = Progress(total, "seeds", stream=stream, every=1)
     count = [0]

@@ -51,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--outer is required (es, bptt, pes or hybrid) unless --resume is given")
         cfg = config_from_args(args)       # checked before the heavy imports below
 
-    from evoplast.runs.artifacts.checkpoint import CheckpointError, load_checkpoint
-    from evoplast.runs.artifacts.train import CHECKPOINT_FORMAT, run_training
-    from evoplast.runs.artifacts.tracking import redact_uri, resolve_tracking_uri
+    from evoplast.runs.checkpoint import CheckpointError, load_checkpoint
+    from evoplast.runs.train import CHECKPOINT_FORMAT, run_training
+    from evoplast.runs.tracking import redact_uri, resolve_tracking_uri
 
     # 1. the experiment: YAML + overrides, or the checkpoint's own config
     checkpoint = None
     if args.resume:
-        from evoplast.runs.artifacts.evolve import resume_config
+        from evoplast.runs.evolve import resume_config
 
         checkpoint = load_checkpoint(args.resume)
         if checkpoint.get("kind") != CHECKPOINT_FORMAT:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evoplast.config import ConfigError, load_config
-from evoplast.runs.artifacts.preflight import check_memory, memory_estimate
+from evoplast.runs.preflight import check_memory, memory_estimate
 
 from . import scripts
 from .conftest import small_config
@@ -156,7 +156,7 @@ def test_yaml_bomb_in_a_file_is_refused_fast(tmp_path):
 
 
 def test_passwords_in_uris_are_hidden():
-    from evoplast.runs.artifacts.tracking import redact_text, redact_uri, resolve_tracking_uri, split_credentials
+    from evoplast.runs.tracking import redact_text, redact_uri, resolve_tracking_uri, split_credentials
 
     uri = "http://alice:s3cr%40t@127.0.0.1:5000/mlflow"
     assert split_credentials(uri) == ("http://127.0.0.1:5000/mlflow", "alice", "s3cr@t")

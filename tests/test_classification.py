@@ -18,6 +18,7 @@ from evoplast.tasks.images import DatasetError, digits, glyphs, omniglot
 from . import scripts
 from .conftest import small_config
 from .test_evolution import quiet
+from evoplast.science import report as science_report
 
 GLYPHS = ["task.name=glyphs", "task.glyph_classes=40", "task.images_per_class=12", "task.image_size=12",
           "task.num_tasks=4", "task.batches_per_task=3", "task.batch_size=1", "task.query_size=4",
@@ -174,7 +175,7 @@ def test_forgetting_matrix_shows_sgd_forgetting_on_a_blocked_stream():
     ev = Evaluator(cfg)
     g = ev.spec.initial_vector()
     eps = ev.episodes(Purpose.HELDOUT, 0, 16)
-    sgd = forgetting_matrix(ev, g, eps, learner=ev.sgd_learner(), extra={"sgd.lr": torch.tensor([0.3])})
+    sgd = forgetting_matrix(ev, g, eps, learner=science_report.sgd_learner(ev), extra={"sgd.lr": torch.tensor([0.3])})
     acc = sgd["accuracy"]
     assert acc.shape == (4, 4)
     assert acc[0, 0] > 0.95                           # right after the first class, everything is that class
@@ -199,8 +200,8 @@ def test_oml_baseline_meta_learns_an_init_for_sgd_of_the_head():
 
 def test_conv_features_shared_and_per_genome_agree_and_train_by_bptt():
     cfg = glyph_cfg("network.features=conv", "network.conv_channels=[4,8]", "finetune.train=['features.*']")
-    from evoplast.runs.artifacts.finetune import train_spec_of
-    from evoplast.trainers.meta_bptt import meta_loss_backward
+    from evoplast.runs.finetune import train_spec_of
+    from evoplast.trainers.bptt import meta_loss_backward
 
     evo, spec = train_spec_of(cfg)
     assert evo.model.sizes[0] == 8 * 9 and "features.conv1.weight" in spec.by_name
@@ -217,7 +218,7 @@ def test_conv_features_shared_and_per_genome_agree_and_train_by_bptt():
 
 
 def test_evolving_a_rule_on_glyphs_learns_in_its_lifetime(store):
-    from evoplast.runs.artifacts.evolve import run_evolution
+    from evoplast.runs.evolve import run_evolution
 
     result = run_evolution(glyph_cfg("search.generations=60"), out=quiet)
     r = result.report

@@ -24,7 +24,7 @@ from ray.cluster_utils import Cluster
 
 from evoplast.config import RayConfig, load_config
 from evoplast.parallel.ray_pool import RayUnavailable, init_ray
-from evoplast.runs.artifacts.evolve import run_evolution
+from evoplast.runs.evolve import run_evolution
 
 from . import scripts
 from .conftest import REPO, small_config

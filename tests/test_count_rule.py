@@ -79,7 +79,7 @@ def test_the_offset_is_a_genome_segment_that_bptt_can_train():
     cfg = small_config(["rule.count_normalised=true", "rule.batch_reduction=sum", "network.plastic_layers=[]",
                         "rule.name=oja", "rule.eta_init=1.0"])          # eta = 0 would make the offset moot
     from evoplast.evaluation import Evaluator
-    from evoplast.trainers.meta_bptt import meta_loss_backward
+    from evoplast.trainers.bptt import meta_loss_backward
     from evoplast.seeding import Purpose
 
     ev = Evaluator(cfg)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from evoplast.runs.artifacts.checkpoint import load_checkpoint
+from evoplast.runs.checkpoint import load_checkpoint
 
 from evoplast.evaluation import Evaluator
-from evoplast.runs.artifacts.evolve import resolve_resume, resume_config, run_evolution
+from evoplast.runs.evolve import resolve_resume, resume_config, run_evolution
 from evoplast.trainers.searchers import SEARCHERS
 from .conftest import small_config
 
@@ -136,7 +136,7 @@ def test_separable_cmaes_improves_on_a_toy_problem_with_an_o_d_recipe():
     whose population travels as m, A (D numbers each) and sigma; on a 200-dimensional shifted sphere it
     closes three quarters of the squared distance to the optimum in 60 generations."""
     from evoplast.parallel.recipes import RowCMAES
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     d = 200
     target = torch.linspace(-1, 1, d)
@@ -148,7 +148,7 @@ def test_separable_cmaes_improves_on_a_toy_problem_with_an_o_d_recipe():
         return -((genomes - target) ** 2).sum(1), torch.zeros(len(genomes), dtype=torch.bool)
 
     cfg = tiny("search.algorithm=cmaes", "search.popsize=16", "search.stdev_init=0.3")
-    trainer = EvolutionTrainer(cfg, sphere, torch.zeros(d), recipes=True)
+    trainer = ESTrainer(cfg, torch.zeros(d), sphere, recipes=True)
     assert isinstance(trainer.searcher, RowCMAES) and trainer.searcher.separable
     start = float(((trainer.center() - target) ** 2).sum())
     for _ in range(60):

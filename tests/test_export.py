@@ -199,7 +199,7 @@ def test_export_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, fragm
 
 
 def test_run_without_genomes_is_one_line(store, capsys):
-    from evoplast.runs.artifacts.evolve import run_evolution
+    from evoplast.runs.evolve import run_evolution
 
     part = run_evolution(small_config(TINY + ["search.generations=10"]), out=quiet, stop_after=2)
     for script, extra in (("export", ["--out", "r.pt2"]), ("finetune", [])):

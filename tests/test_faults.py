@@ -13,10 +13,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from evoplast.runs.artifacts.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from evoplast.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from evoplast.runs.artifacts import evolve as run_module
-from evoplast.runs.artifacts.evolve import resolve_resume, resume_config, run_evolution
-from evoplast.runs.artifacts.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, bound_http_requests
+from evoplast.runs.evolve import resolve_resume, resume_config, run_evolution
+from evoplast.runs.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, bound_http_requests
 
 from . import scripts
 from .conftest import REPO

@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 
 
 from evoplast.evaluation import Evaluator
-from evoplast.runs.artifacts.finetune import run_finetune, train_spec_of
-from evoplast.trainers.meta_bptt import MetaTrainer, meta_loss_backward
+from evoplast.runs.finetune import run_finetune, train_spec_of
+from evoplast.trainers.bptt import MetaTrainer, meta_loss_backward
 from evoplast.seeding import Purpose
 
 from .test_evolution import TINY, quiet
@@ -114,7 +114,7 @@ def test_memory_is_flat_over_meta_steps():
 
 
 def test_finetune_run_is_nested_and_reports_before_and_after(store):
-    from evoplast.runs.artifacts.evolve import run_evolution
+    from evoplast.runs.evolve import run_evolution
 
     evo = run_evolution(small_config(TINY + ["search.generations=30"]), out=quiet)
     cfg = small_config(TINY + ["search.generations=30", "finetune.steps=30", "finetune.lr=0.01",

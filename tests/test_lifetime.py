@@ -8,6 +8,7 @@ from evoplast.evaluation import Evaluator, score_params
 from evoplast.lifetime import expand_params, run_lifetime
 from evoplast.seeding import Purpose
 from .conftest import small_config
+from evoplast.science import report as science_report
 
 
 def _population(ev, p, std, seed=0):
@@ -92,8 +93,8 @@ def test_untrained_genome_and_online_sgd_give_sane_numbers():
     ev = Evaluator(small_config())
     seed_genome = ev.spec.initial_vector().reshape(1, -1)
     untrained = ev.score(seed_genome)                 # eta = 0: the random initial network
-    sgd, lr = ev.tuned_sgd(seed_genome[0])
-    sgd_iid, lr_iid = ev.tuned_sgd(seed_genome[0], order="iid")
+    sgd, lr = science_report.tuned_sgd(ev, seed_genome[0])
+    sgd_iid, lr_iid = science_report.tuned_sgd(ev, seed_genome[0], order="iid")
     assert lr in ev.cfg.evaluation.sgd_lrs and lr_iid in ev.cfg.evaluation.sgd_lrs
     zero_predictor = ev.score(seed_genome, learn=False)
     for s in (untrained, sgd, sgd_iid):

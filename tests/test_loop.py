@@ -10,9 +10,9 @@ import signal
 import pytest
 import torch
 
-from evoplast.runs.artifacts.checkpoint import load_checkpoint
+from evoplast.runs.checkpoint import load_checkpoint
 from evoplast.trainers import METRICS
-from evoplast.runs.artifacts.callbacks import CheckpointCallback, metric_name
+from evoplast.runs.callbacks import CheckpointCallback, metric_name
 from evoplast.trainers.loop import BaseCallback, run_outer
 from .conftest import small_config
 from .scripts import error_line, load, run
@@ -122,7 +122,7 @@ def test_metric_names_are_grouped():
 def test_sigint_then_resume_equals_a_straight_run_and_logs_every_step_once(outer, store):
     from mlflow.tracking import MlflowClient
 
-    from evoplast.runs.artifacts.train import run_training
+    from evoplast.runs.train import run_training
 
     cfg = small_config(TINY)
     quiet = lambda line: None   # noqa: E731
@@ -161,7 +161,7 @@ def test_sigint_then_resume_equals_a_straight_run_and_logs_every_step_once(outer
 # ---- scripts/train.py ----
 
 def test_train_script_ctrl_c_prints_resume_and_resume_finishes(store, capsys, monkeypatch):
-    import evoplast.runs.artifacts.train as training
+    import evoplast.runs.train as training
 
     build = training.build_trainer
 
@@ -209,7 +209,7 @@ def test_train_script_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 
 def test_train_script_offers_every_trainer():
     from evoplast.trainers import TRAINERS
-    from evoplast.runs.artifacts.train import OUTERS
+    from evoplast.runs.train import OUTERS
 
     assert load("train").OUTERS == OUTERS == tuple(TRAINERS) == ("es", "bptt", "pes", "hybrid")
 
@@ -233,7 +233,7 @@ class FailAt(BaseCallback):
 def test_a_crash_between_checkpoints_resumes_from_the_last_one_without_logging_a_step_twice(store):
     from mlflow.tracking import MlflowClient
 
-    from evoplast.runs.artifacts.train import run_training
+    from evoplast.runs.train import run_training
 
     cfg = small_config(TINY)                      # checkpoint.every=3
     quiet = lambda line: None   # noqa: E731

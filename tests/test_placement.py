@@ -113,7 +113,7 @@ def test_the_default_config_is_light_and_the_cluster_config_heavy():
 @pytest.mark.parametrize("algorithm", ["pgpe", "snes", "cem", "cmaes"])
 def test_a_recipe_regenerates_the_population_bit_for_bit(algorithm):
     from evoplast.evaluation import Evaluator
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     c = cfg(f"search.algorithm={algorithm}", "search.elite_ratio=0.5")
     ev = Evaluator(c)
@@ -124,7 +124,7 @@ def test_a_recipe_regenerates_the_population_bit_for_bit(algorithm):
         seen.append(torch.equal(recipe.sample(), genomes) and checksum(recipe.sample()) == checksum(genomes))
         return ev.fitness(genomes, generation)
 
-    trainer = EvolutionTrainer(c, evaluate, ev.spec.initial_vector(), recipes=True)
+    trainer = ESTrainer(c, ev.spec.initial_vector(), evaluate, recipes=True)
     for _ in range(3):
         trainer.step()
     assert seen == [True] * 3
@@ -134,11 +134,11 @@ def test_a_recipe_regenerates_the_population_bit_for_bit(algorithm):
 
 def test_searchers_without_an_o_d_recipe_send_genomes():
     from evoplast.evaluation import Evaluator
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     for algorithm in ("cmaes", "xnes"):
         c = cfg(f"search.algorithm={algorithm}", "search.separable=false")
-        trainer = EvolutionTrainer(c, Evaluator(c).fitness, Evaluator(c).spec.initial_vector(), recipes=True)
+        trainer = ESTrainer(c, Evaluator(c).spec.initial_vector(), Evaluator(c).fitness, recipes=True)
         trainer.step()      # the in-process evaluate takes no recipe: it would fail if one were passed
         assert recipe_of(trainer.searcher, 8, 0) is None
 
@@ -149,7 +149,7 @@ def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm,
     population, bit for bit; each actor draws only its rows; PGPE's antithetic rows stay +e/-e pairs."""
     from evoplast.evaluation import Evaluator
     from evoplast.parallel import rows
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     c = cfg(f"search.algorithm={algorithm}", "search.popsize=12", "search.elite_ratio=0.5")
     ev = Evaluator(c)
@@ -159,7 +159,7 @@ def test_rows_of_any_chunking_are_the_population_and_pairs_stay_pairs(algorithm,
         recipes.append((recipe, genomes.clone()))
         return ev.fitness(genomes, generation)
 
-    trainer = EvolutionTrainer(c, evaluate, ev.spec.initial_vector(), recipes=True)
+    trainer = ESTrainer(c, ev.spec.initial_vector(), evaluate, recipes=True)
     trainer.step()
     trainer.step()          # a moved distribution (sigma != its initial value)
     recipe, genomes = recipes[-1]
@@ -185,20 +185,20 @@ def test_a_checkpoint_keeps_its_sampling_scheme():
     sampler (the population it would have drawn then); an unknown scheme is refused in one line."""
     from evoplast.evaluation import Evaluator
     from evoplast.parallel.recipes import POPULATION, sampling_of
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     c = cfg("search.algorithm=pgpe", "search.popsize=8")
     ev = Evaluator(c)
-    first = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    first = ESTrainer(c, ev.spec.initial_vector(), ev.fitness)
     first.step()
     state = first.state_dict()
     assert state["sampling"] == "rows-v1"
     old = dict(state)
     del old["sampling"]                              # as written before row sampling
-    legacy = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    legacy = ESTrainer(c, ev.spec.initial_vector(), ev.fitness)
     legacy.load_state_dict(old)
     assert sampling_of(legacy.searcher) == POPULATION
-    rows_run = EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector())
+    rows_run = ESTrainer(c, ev.spec.initial_vector(), ev.fitness)
     rows_run.load_state_dict(state)
     legacy.step()
     rows_run.step()
@@ -206,7 +206,7 @@ def test_a_checkpoint_keeps_its_sampling_scheme():
     assert a.shape == b.shape and not torch.equal(a, b)      # the two schemes draw different populations
     assert legacy.state_dict()["sampling"] == POPULATION      # and it stays with its scheme
     with pytest.raises(ValueError, match="sampling scheme 'rows-v9' is unknown") as info:
-        EvolutionTrainer(c, ev.fitness, ev.spec.initial_vector()).load_state_dict(dict(state, sampling="rows-v9"))
+        ESTrainer(c, ev.spec.initial_vector(), ev.fitness).load_state_dict(dict(state, sampling="rows-v9"))
     assert "\n" not in str(info.value)
 
 
@@ -323,7 +323,7 @@ def test_actors_slow_to_start_are_waited_for_and_said_to_be_starting(gpu_nodes, 
     monkeypatch.setenv(START_DELAY_ENV, "2.5")
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     out = []
-    from evoplast.runs.artifacts.evolve import run_evolution
+    from evoplast.runs.evolve import run_evolution
 
     result = run_evolution(load_config(f"{REPO}/configs/default.yaml", TINY + ["search.generations=2"]), out=out.append)
     assert result.status == "FINISHED" and result.generations == 2

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from evoplast.evaluation import Evaluator
 from evoplast.parallel.ray_pool import RayPool, RayUnavailable
-from evoplast.runs.artifacts.evolve import run_evolution
+from evoplast.runs.evolve import run_evolution
 
 from .test_evolution import TINY
 from .conftest import small_config
@@ -103,7 +103,7 @@ def test_lost_actor_mid_generation_is_replaced_and_its_slice_evaluated_again(loc
 def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
     """PGPE / SNES: the actors get the search distribution and the seed (O(D)), not the genomes (O(P*D)),
     and the fitness is the in-process fitness, bit for bit, over several generations."""
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     cfg = small_config(TINY + [f"search.algorithm={algorithm}", "search.popsize=16", "ray.num_actors=2"])
     ev = Evaluator(cfg)
@@ -118,7 +118,7 @@ def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
         return fitness, nonfinite
 
     try:
-        trainer = EvolutionTrainer(cfg, evaluate, ev.spec.initial_vector(), recipes=True)
+        trainer = ESTrainer(cfg, ev.spec.initial_vector(), evaluate, recipes=True)
         for _ in range(3):
             trainer.step()
     finally:
@@ -131,7 +131,7 @@ def test_actors_regenerate_their_slices_from_the_recipe(local_ray, algorithm):
 def test_chunks_of_any_count_give_the_in_process_fitness_and_a_slow_actor_takes_fewer(local_ray):
     """1, 2 or 3 chunks per actor: the same fitness as in-process, bit for bit (PGPE and separable CMA-ES,
     sampled by the actors from the recipe); with actor 0 made 4x slower, actor 1 evaluates more chunks."""
-    from evoplast.trainers.es_search import EvolutionTrainer
+    from evoplast.trainers.es import ESTrainer
 
     cfg = small_config(TINY + ["search.popsize=12", "ray.num_actors=2", "ray.num_cpus_per_actor=0.5"])  # 2 pools, 2 CPUs
     ev = Evaluator(cfg)
@@ -151,8 +151,8 @@ def test_chunks_of_any_count_give_the_in_process_fitness_and_a_slow_actor_takes_
         return expected, torch.zeros(len(genomes), dtype=torch.bool)
 
     try:
-        pgpe = EvolutionTrainer(cfg, evaluate, ev.spec.initial_vector(), recipes=True)
-        cmaes = EvolutionTrainer(cfg.replace(**{"search.algorithm": "cmaes"}), evaluate, ev.spec.initial_vector(),
+        pgpe = ESTrainer(cfg, ev.spec.initial_vector(), evaluate, recipes=True)
+        cmaes = ESTrainer(cfg.replace(**{"search.algorithm": "cmaes"}), ev.spec.initial_vector(), evaluate,
                                  recipes=True)
         for trainer in (pgpe, cmaes, cmaes):
             trainer.step()

@@ -9,7 +9,7 @@ import pytest
 
 from evoplast.evaluation import Evaluator
 from evoplast.trainers.searchers import SEARCHERS
-from evoplast.trainers.es_search import EvolutionTrainer
+from evoplast.trainers.es import ESTrainer
 from evoplast.rules import COEFFICIENTS
 from .conftest import small_config
 
@@ -23,7 +23,7 @@ def evolve(cfg, generations):
     """``(held-out loss of the start, of the center after evolving, the evaluator)``."""
     ev = Evaluator(cfg)
     start = ev.spec.initial_vector()
-    trainer = EvolutionTrainer(cfg, ev.fitness, start)
+    trainer = ESTrainer(cfg, start, ev.fitness)
     for _ in range(generations):
         trainer.step()
     held = lambda g: ev.score(g.reshape(1, -1)).loss.item()     # noqa: E731

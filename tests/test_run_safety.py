@@ -14,10 +14,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from evoplast.runs.artifacts.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from evoplast.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from evoplast.runs.artifacts import evolve as run_module
-from evoplast.runs.artifacts.evolve import resolve_resume, resume_config, run_evolution
-from evoplast.runs.artifacts.guards import LOCKED_TAG, RunLock, RunLocked, WriteFailed, lock_path
+from evoplast.runs.evolve import resolve_resume, resume_config, run_evolution
+from evoplast.runs.guards import LOCKED_TAG, RunLock, RunLocked, WriteFailed, lock_path
 
 from .test_bad_inputs import run_evolve
 from .test_evolution import quiet, tiny
@@ -267,8 +267,8 @@ def _finetune_cfg():
 
 @pytest.mark.parametrize("sig,at", [(signal.SIGINT, 6), (signal.SIGTERM, 3)])
 def test_a_signal_in_the_fine_tune_ends_it_killed(store, monkeypatch, sig, at):
-    from evoplast.runs.artifacts.finetune import run_finetune
-    from evoplast.runs.artifacts.signals import Interrupted
+    from evoplast.runs.finetune import run_finetune
+    from evoplast.runs.signals import Interrupted
     from evoplast.trainers import bptt
 
     real, seen = bptt.BPTTTrainer.step, []
@@ -352,7 +352,7 @@ def test_top_k_beyond_the_population_is_refused(store, capsys):
 
 def test_train_runs_have_one_writer_stay_finished_and_answer_write_errors(store, capsys, monkeypatch, sleeper):
     from evoplast.runs.artifacts import callbacks
-    from evoplast.runs.artifacts.train import run_training
+    from evoplast.runs.train import run_training
 
     from . import scripts
     from .conftest import small_config
@@ -429,7 +429,7 @@ def test_two_resumes_of_one_run_at_once_the_second_is_refused(store, tmp_path, c
 def test_a_store_in_a_folder_that_takes_no_new_file_is_refused_at_once(tmp_path, monkeypatch):
     import tempfile
 
-    from evoplast.runs.artifacts.tracking import TrackingUnavailable, check_tracking_uri
+    from evoplast.runs.tracking import TrackingUnavailable, check_tracking_uri
 
     (tmp_path / "mlflow.db").write_bytes(b"")          # the file opens for writing; its journal would not
     real = tempfile.TemporaryFile
@@ -453,7 +453,7 @@ def test_a_store_that_fails_while_it_is_created_leaves_nothing_half_made(tmp_pat
 
     from mlflow.tracking import MlflowClient
 
-    from evoplast.runs.artifacts.tracking import Tracker, TrackingUnavailable
+    from evoplast.runs.tracking import Tracker, TrackingUnavailable
 
     monkeypatch.chdir(tmp_path)
     real = MlflowClient.search_experiments

@@ -2,7 +2,7 @@
 every number published before it). The published default run is reproduced with the latter."""
 
 from evoplast.config import load_config
-from evoplast.runs.artifacts.evolve import run_evolution
+from evoplast.runs.evolve import run_evolution
 
 
 def test_population_sampling_reproduces_the_published_first_generation(tmp_path):

@@ -14,6 +14,7 @@ from evoplast.evaluation import Evaluator
 from evoplast.learners import GradientLearner, PlasticLearner
 from evoplast.network import ModelSpec, forward
 from evoplast.seeding import Purpose
+from evoplast.science import report as science_report
 
 
 def _params(spec, B=5, eta=0.05, seed=0, per_neuron=False):
@@ -103,9 +104,9 @@ def test_same_parameter_sgd_equals_the_flp_identity(tiny_cfg):
     lr = 0.05
     genome = ev.spec.encode({"layer3.eta": torch.full((1, 1), lr)}).reshape(1, -1)
     rule = ev.score(genome, curve=True)
-    sgd = ev.score(genome, learner=ev.sgd_learner(plastic_only=True), extra={"sgd.lr": torch.tensor([lr])},
+    sgd = ev.score(genome, learner=science_report.sgd_learner(ev, plastic_only=True), extra={"sgd.lr": torch.tensor([lr])},
                    curve=True)
-    everything = ev.score(genome, learner=ev.sgd_learner(), extra={"sgd.lr": torch.tensor([lr])})
+    everything = ev.score(genome, learner=science_report.sgd_learner(ev), extra={"sgd.lr": torch.tensor([lr])})
     torch.testing.assert_close(rule.per_episode, sgd.per_episode, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(rule.curve, sgd.curve, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(rule.per_episode, everything.per_episode, rtol=1e-3)   # SGD of every layer differs
@@ -159,7 +160,7 @@ def test_input_only_predictor_learns_the_family_mean(tiny_cfg):
     model = InputOnlyRidge.fit(chunks, (xv, torch.cos(xv)), 1, torch.Generator().manual_seed(1))
     assert (model.predict(xv).float() - torch.cos(xv)).square().mean() < 1e-3
     ev = Evaluator(tiny_cfg.replace(**{"evaluation.heldout_episodes": 16}))
-    loss, acc = ev.input_only()
+    loss, acc = science_report.input_only(ev)
     held = ev.episodes(Purpose.HELDOUT, 0, 16)
     zero = held.query_y.square().mean(dim=(1, 2, 3))                   # [K] MSE of predicting 0
     assert acc is None and loss.shape == (16,)
@@ -168,7 +169,7 @@ def test_input_only_predictor_learns_the_family_mean(tiny_cfg):
 
 def test_report_has_the_new_baselines_and_transfer_rows(tiny_cfg):
     ev = Evaluator(tiny_cfg)
-    r = ev.report(ev.spec.initial_vector())
+    r = science_report.report(ev, ev.spec.initial_vector())
     for key in ("sgd_plastic_weights", "sgd_plastic_weights_lr", "input_only", "transfer_long", "transfer_wide",
                 "transfer_both", "transfer_long_nonfinite", "transfer_both_sgd_plastic_weights"):
         assert isinstance(r[key], float), key

@@ -10,11 +10,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evoplast.config import flatten, load_config
-from evoplast.runs.artifacts.run_page import CENTER, FINETUNED, applicable_params, learner_curves, rule_equations, run_name
+from evoplast.runs.run_page import CENTER, FINETUNED, applicable_params, learner_curves, rule_equations, run_name
 from evoplast.network import ModelSpec
-from evoplast.runs.artifacts.plots import fitness_curve, mse_vs_tasks_seen
-from evoplast.runs.artifacts.progress import Progress, format_seconds
-from evoplast.runs.artifacts.tracking import Tracker
+from evoplast.runs.plots import fitness_curve, mse_vs_tasks_seen
+from evoplast.runs.progress import Progress, format_seconds
+from evoplast.runs.tracking import Tracker
 
 from . import scripts
 
@@ -316,7 +316,7 @@ def test_the_run_page_shows_the_rule_to_use_on_its_first_screen(tmp_path, monkey
 
 def test_the_description_leads_with_the_rule_to_use_and_names_the_baselines_that_beat_it():
     """Pure text, both kinds of task: the first line, the marked best learner, who beats the rule and by how much."""
-    from evoplast.runs.artifacts.run_page import evolution_description, headline, headline_metrics
+    from evoplast.runs.run_page import evolution_description, headline, headline_metrics
 
     flat = flatten(load_config(None, []))
     regression = {"loss": 2.567, "loss_plasticity_off": 4.602, "sgd_plastic_weights": 2.498, "sgd_same_init": 2.573,

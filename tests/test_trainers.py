@@ -137,7 +137,7 @@ def test_pes_is_unbiased_over_a_lifetime_where_truncation_is_not():
     assert cos > 0.97 and 0.9 < ratio < 1.1, (cos, ratio)
 
     # truncated BPTT on the same sum (graph cut at the plastic weights between truncations) is biased
-    from evoplast.trainers.meta_bptt import meta_loss_backward
+    from evoplast.trainers.bptt import meta_loss_backward
 
     t = theta.clone().reshape(1, -1).requires_grad_(True)
     meta_loss_backward(PlasticLearner(pes.spec.model), pes.spec, t, episodes, window=window, cap=cfg.evaluation.loss_cap)

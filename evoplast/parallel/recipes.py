@@ -1,7 +1,7 @@
 """A population as a recipe: the search distribution and the seed that sampled it, O(D) instead of O(P·D).
 
 evoplast reseeds the problem's generator from ``(seed, generation)`` before every generation
-(:meth:`~evoplast.trainers.es_problem.LifetimeProblem.begin_generation`). With the ``rows-v1`` sampling
+(:meth:`~evoplast.trainers.es.LifetimeProblem.begin_generation`). With the ``rows-v1`` sampling
 scheme (:mod:`~evoplast.parallel.rows`, every run since it exists) each row of the population is drawn
 from its own generator keyed by that seed and the row index, so a Ray actor that receives the recipe
 (the distribution's ``mu``, ``sigma`` and the seed: O(D) numbers) samples **only the rows it evaluates**,

@@ -84,7 +84,7 @@ def candidates_from_checkpoint(path: str | Path, top_k: int,
                                overrides: list[str] | tuple[str, ...] = ()) -> Candidates:
     """The same, from an evolution checkpoint file (its searcher state is rebuilt on the CPU)."""
     from ..evaluation import Evaluator
-    from ..trainers.es_search import EvolutionTrainer
+    from ..trainers.es import ESTrainer
 
     try:
         ckpt = load_checkpoint(path)
@@ -93,7 +93,7 @@ def candidates_from_checkpoint(path: str | Path, top_k: int,
     cfg = from_dict(merge_overrides(upgrade(yaml.safe_load(ckpt["config_yaml"])), overrides))
     local = cfg.replace(**{"ray.num_actors": 0})
     ev = Evaluator(local)
-    trainer = EvolutionTrainer(local, ev.fitness, ev.spec.initial_vector())
+    trainer = ESTrainer(local, ev.spec.initial_vector(), ev.fitness)
     trainer.load_state_dict(ckpt["trainer"])
     pop, _ = trainer.population()
     if top_k > 1:

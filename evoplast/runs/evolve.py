@@ -34,7 +34,8 @@ from .tracking import Tracker, TrackingUnavailable, environment_params, redact_u
 from ..parallel.placement import Placement, choose, generation_gflop, size
 from ..parallel.ray_pool import speed_metrics, speed_note
 from ..trainers.loop import BaseCallback, run_outer
-from ..trainers.es_search import EvolutionTrainer
+from ..trainers.es import ESTrainer
+from ..science import report as science_report
 
 # Keys that may change when a run is resumed; anything else would make it a different experiment.
 # tracking.tracking_uri: where the run is (--tracking-uri); a store that does not hold the run is refused.
@@ -235,7 +236,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
     if placement.threads and placement.device == "cpu":
         torch.set_num_threads(placement.threads)      # restored when the run ends
     status: Optional[str] = None           # the run's status at the end; None: leave the run as it was
-    trainer: Optional[EvolutionTrainer] = None
+    trainer: Optional[ESTrainer] = None
     heldout: list[dict[str, float]] = []
     ckpt_path: Optional[Path] = None
     in_step = False                        # a generation is half done: its state is not checkpointed
@@ -264,7 +265,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
 
     try:
         center0 = evaluator.spec.initial_vector()
-        trainer = EvolutionTrainer(cfg, evaluate, center0, recipes=pool is not None)
+        trainer = ESTrainer(cfg, center0, evaluate, recipes=pool is not None)
         if resume is not None:          # the state must fit before the run is touched
             try:
                 trainer.load_state_dict(resume["trainer"])
@@ -385,7 +386,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         # ---- the end: the state of the last generation is safe, then the report and artifacts ----
         path = checkpoint()
         center = trainer.center()
-        report = evaluator.report(center)
+        report = science_report.report(evaluator, center)
         _log_final_artifacts(tracker, cfg, evaluator, trainer, center, report, heldout)
         status = "FINISHED"
         return EvolutionResult(tracker.run_id, status, trainer.generation, center, report, trainer.history,
@@ -499,7 +500,7 @@ def _actor_tag(info: dict) -> str:
                       ({"fallback": info["fallback"]} if info.get("fallback") else {}))
 
 
-def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, trainer: EvolutionTrainer,
+def _log_final_artifacts(tracker: Tracker, cfg: Config, evaluator: Evaluator, trainer: ESTrainer,
                          center: torch.Tensor, report: dict[str, Any], heldout: list[dict[str, float]]) -> None:
     """Genome files, plots (``log_figure``), the held-out table (``log_table``), ``report.json`` (``log_dict``),
     baselines as reference lines beside ``heldout/loss``, and the run's description."""

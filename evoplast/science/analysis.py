@@ -21,7 +21,7 @@ from ..evaluation import Evaluator, score_params
 from ..genome import GenomeSpec, Segment
 from ..learners import GradientLearner, NetState
 from ..lifetime import expand_params, model_inputs, tile
-from ..trainers.meta_bptt import MetaTrainer
+from ..trainers.bptt import MetaTrainer
 from ..network import forward
 from ..tasks import Episodes
 

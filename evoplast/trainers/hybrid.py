@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..config import Config
 from .bptt import BPTTTrainer
-from .es import ESTrainer
+from .es import ES_METRICS, ESTrainer
 
 
 class HybridTrainer:
@@ -39,7 +39,7 @@ class HybridTrainer:
         return 0 if self.bptt is None else 1
 
     def _switch_due(self) -> bool:
-        g = self.es.inner.generation
+        g = self.es.generation
         return ((self.es_generations is not None and g >= self.es_generations) or
                 (self.es_seconds is not None and self.es_elapsed >= self.es_seconds))
 
@@ -48,7 +48,7 @@ class HybridTrainer:
             self.bptt = BPTTTrainer(self.cfg, self.es.best(), **self.bptt_kwargs)
         if self.bptt is None:
             t0 = time.process_time()
-            m = self.es.step()
+            m = {k: v for k, v in self.es.step().items() if k in ES_METRICS}
             self.es_elapsed += time.process_time() - t0
         else:
             m = self.bptt.step()
