@@ -4,6 +4,7 @@
     python scripts/finetune.py --run-id RUN [--top-k N] [finetune.steps=200 ...]
     python scripts/finetune.py --checkpoint checkpoints/RUN/latest.pt
     python scripts/finetune.py --config configs/default.yaml      # the paper's method, no evolution
+    python scripts/finetune.py --resume checkpoints/RUN/latest.pt  # a fine-tune stopped by Ctrl-C
 
 Reads top to bottom: the genomes and their config -> a nested MLflow run -> meta-steps (one line every
 few) -> held-out MSE before and after, on the same held-out episodes as the evolution's report.
@@ -24,10 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run-id", help="evolution run whose best genomes to fine-tune")
     source.add_argument("--checkpoint", help="evolution checkpoint file to take the genomes from")
+    source.add_argument("--resume", metavar="CHECKPOINT",
+                        help="checkpoints/RUN/latest.pt of a stopped fine-tune: continue it")
     p.add_argument("--top-k", type=int, default=None, metavar="N", help="how many genomes (default finetune.top_k)")
     args = p.parse_args(argv)
 
-    if not (args.run_id or args.checkpoint):
+    if args.resume and args.config:
+        raise UsageError("--resume takes the config from the checkpoint; drop --config")
+    if not (args.run_id or args.checkpoint or args.resume):
         cfg = config_from_args(args)       # checked before the heavy imports below
     apply_tracking_uri(args)
 
@@ -38,7 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     # 1. what to fine-tune: a run's genomes (center first, then its last population), or a fresh genome
     if args.top_k is not None and args.top_k < 1:
         raise UsageError("--top-k must be >= 1")
-    if args.run_id or args.checkpoint:
+    resume = None
+    if args.resume:
+        from evoplast.runs.checkpoint import CheckpointError, load_checkpoint
+        from evoplast.runs.session import command_of, resume_config, resume_script
+
+        resume = load_checkpoint(args.resume)
+        if command_of(resume) != "finetune":
+            raise CheckpointError(f"{args.resume!r} is not a fine-tune's checkpoint: "
+                                  f"`{resume_script(resume)} {args.resume}`")
+        overrides = [*args.overrides, *([f"tracking.tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])]
+        cfg = resume_config(resume, overrides, "finetune")
+        genomes, labels, parent = None, list(resume["labels"]), resume.get("parent_run_id") or None
+        print(f"evoplast: resuming fine-tune run {resume['mlflow_run_id']} from meta-step {resume['step']} "
+              f"({args.resume})")
+    elif args.run_id or args.checkpoint:
         if args.config:
             raise UsageError("--config goes with neither --run-id nor --checkpoint (the run's config is used)")
         check_finetune_overrides(args.overrides)
@@ -57,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         genomes, labels, parent = None, [], None
 
     # 2. meta-train, nested under the evolution run
-    result = run_finetune(cfg, genomes, labels, parent_run_id=parent)
+    result = run_finetune(cfg, genomes, labels, parent_run_id=parent, resume=resume)
 
     # 3. held-out MSE before / after, on the evolution report's held-out episodes
     print()

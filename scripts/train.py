@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evoplast.cli import count, UsageError, config_from_args, parser, run_main  # noqa: E402
 
 OUTERS = ("es", "bptt", "pes", "hybrid")
-RESUME_OVERRIDABLE = ("tracking.", "device")        # anything else would change the run
+# what a resume may change: tracking.* and device; an ES run (an evolution) also its generations, Ray, ...
+# (evoplast.runs.session.RESUMABLE, checked again once the checkpoint says which command wrote it)
+RESUMABLE_ANY = ("tracking.", "device", "search.generations", "ray.", "checkpoint.every")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         if args.config:
             raise UsageError("--resume takes the config from the checkpoint; drop --config")
-        for item in args.overrides:
+        for item in args.overrides:          # before the checkpoint is read: what no resume may change
             key = item.split("=", 1)[0].strip()
-            if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_OVERRIDABLE):
-                raise UsageError(f"{key} cannot change when resuming (only {', '.join(RESUME_OVERRIDABLE)} can)")
+            if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_ANY):
+                raise UsageError(f"{key} cannot change when resuming (only {', '.join(RESUMABLE_ANY)} can)")
         cfg = None
     else:
         if args.outer is None:
@@ -52,22 +54,23 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)       # checked before the heavy imports below
 
     from evoplast.runs.checkpoint import CheckpointError, load_checkpoint
-    from evoplast.runs.train import CHECKPOINT_FORMAT, run_training
+    from evoplast.runs.session import command_of, resume_config, resume_script
+    from evoplast.runs.train import run_training
     from evoplast.runs.tracking import redact_uri, resolve_tracking_uri
 
     # 1. the experiment: YAML + overrides, or the checkpoint's own config
     checkpoint = None
     if args.resume:
-        from evoplast.runs.evolve import resume_config
-
         checkpoint = load_checkpoint(args.resume)
-        if checkpoint.get("kind") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{args.resume!r} is not a checkpoint of scripts/train.py (an evolve.py "
-                                  f"checkpoint resumes with `python scripts/evolve.py --resume`)")
+        if command_of(checkpoint) == "finetune":
+            raise CheckpointError(f"{args.resume!r} is a fine-tune's checkpoint: `{resume_script(checkpoint)} "
+                                  f"{args.resume}`")
+        checkpoint.setdefault("outer", "es")          # an evolution's checkpoint (evolve.py): ES
+        checkpoint.setdefault("step", int(checkpoint.get("trainer", {}).get("generation", 0)))
         if args.outer is not None and args.outer != checkpoint["outer"]:
             raise UsageError(f"--outer {args.outer}: the checkpoint is of a {checkpoint['outer']} run")
         overrides = [*args.overrides, *([f"tracking.tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])]
-        cfg = resume_config(checkpoint, overrides)
+        cfg = resume_config(checkpoint, overrides, "train" if command_of(checkpoint) == "train" else "evolve")
         if args.steps is not None and args.steps < int(checkpoint["step"]):
             raise UsageError(f"--steps {args.steps}: the checkpoint is at step {checkpoint['step']} already")
         print(f"evoplast: resuming {checkpoint['outer']} run {checkpoint['mlflow_run_id']} from step "

@@ -108,7 +108,7 @@ def test_checkpoint_file_is_self_describing(store):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A write that dies half-way leaves the previous checkpoint whole and no temporary file."""
-    from evoplast.runs.artifacts import checkpoint as ckpt
+    from evoplast.runs import checkpoint as ckpt
 
     path = tmp_path / "run" / "latest.pt"
     ckpt.save_checkpoint(path, {"generation": 1, "x": torch.arange(10)})

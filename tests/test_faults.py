@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from evoplast.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from evoplast.runs.artifacts import evolve as run_module
+from evoplast.runs import evolve as run_module
 from evoplast.runs.evolve import resolve_resume, resume_config, run_evolution
 from evoplast.runs.tracking import HTTP_LIMITS, Tracker, TrackingUnavailable, bound_http_requests
 

@@ -146,15 +146,26 @@ def test_sigint_then_resume_equals_a_straight_run_and_logs_every_step_once(outer
 
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["outer"] == outer
+    names = set(run.data.metrics)
+    assert not any("_" in n.split("/")[0] or "/" not in n for n in names if not n.startswith("system/")), names
+    if outer == "es":       # the evolution run itself: evolve.py's names, curve and report (one ES in every command)
+        assert run.info.run_name == f"sinusoid-oja-{cfg.search.algorithm}-s0"
+        for name in ("search/best", "search/median", "search/stepsize", "speed/generation_seconds"):
+            assert sorted(m.step for m in client.get_metric_history(first.run_id, name)) == list(range(1, TOTAL + 1))
+        heldout = client.get_metric_history(first.run_id, "heldout/loss")
+        assert sorted(m.step for m in heldout) == list(range(0, TOTAL + 1))
+        assert {m.step: m.value for m in heldout}[TOTAL] == pytest.approx(straight.heldout_loss)
+        assert {"learning/gain", "learning/episode_gain", "summary/recommended_loss"} <= names
+        assert not any(n.startswith("meta/") for n in names), names
+        assert "best_genome.pt" in {a.path for a in client.list_artifacts(first.run_id)}
+        return
     assert run.info.run_name == f"sinusoid-oja-{outer}-s0"
     for name in ("meta/loss", "speed/step_seconds", "speed/lifetimes"):
         assert sorted(m.step for m in client.get_metric_history(first.run_id, name)) == list(range(1, TOTAL + 1))
     heldout = client.get_metric_history(first.run_id, "heldout/loss")
     assert sorted(m.step for m in heldout) == [2, 4, 5]          # eval_every=2 and the last step
     assert {m.step: m.value for m in heldout}[TOTAL] == pytest.approx(straight.heldout_loss)
-    names = set(run.data.metrics)
     assert {"meta/loss", "speed/step_seconds", "speed/lifetimes", "heldout/loss"} <= names
-    assert not any("_" in n.split("/")[0] or "/" not in n for n in names if not n.startswith("system/")), names
     assert "best_genome.pt" in {a.path for a in client.list_artifacts(first.run_id)}
 
 

@@ -15,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evoplast.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from evoplast.runs.artifacts import evolve as run_module
+from evoplast.runs import evolve as run_module
 from evoplast.runs.evolve import resolve_resume, resume_config, run_evolution
 from evoplast.runs.guards import LOCKED_TAG, RunLock, RunLocked, WriteFailed, lock_path
 
@@ -288,9 +288,48 @@ def test_a_signal_in_the_fine_tune_ends_it_killed(store, monkeypatch, sig, at):
         run_finetune(_finetune_cfg(), None, [], out=lines.append)
     run = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("evoplast").experiment_id])[0]
     assert run.info.status == "KILLED" and run.data.tags["evoplast.stopped_by"] == signal.Signals(sig).name
-    assert any("it is KILLED and has no checkpoint" in line for line in lines), lines
+    path = f"checkpoints/{run.info.run_id}/latest.pt"
+    assert any(f"continue with `python scripts/finetune.py --resume {path}`" in line for line in lines), lines
     assert len(seen) == at                       # the step in flight finished, no further step
-    assert not lock_path("checkpoints", run.info.run_id).parent.exists()      # no lock, no empty folder
+    assert load_checkpoint(path)["step"] == at   # the stopped state is saved
+    assert not lock_path("checkpoints", run.info.run_id).exists()             # the lock is released
+
+
+def test_a_fine_tune_stopped_by_sigint_and_resumed_equals_an_uninterrupted_one(store, monkeypatch):
+    """The fine-tune has a stop flag and a checkpoint: stopped after meta-step 2 of 6, resumed in a fresh call,
+    it ends where a straight run ends, bit for bit, with every meta-step's metrics logged once."""
+    from evoplast.runs.finetune import run_finetune
+    from evoplast.runs.signals import Interrupted
+    from evoplast.trainers.loop import BaseCallback
+
+    cfg = _finetune_cfg().replace(**{"checkpoint.every": 4})
+    quiet = lambda line: None   # noqa: E731
+    straight = run_finetune(cfg, None, [], out=quiet)
+
+    class SigintAfter(BaseCallback):
+        def on_step(self, step, metrics, trainer):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        run_finetune(cfg, None, [], out=quiet, callbacks=(SigintAfter(),))
+    client = MlflowClient(store)
+    stopped = [r for r in client.search_runs([client.get_experiment_by_name("evoplast").experiment_id])
+               if r.info.run_id != straight.run_id][0]
+    assert stopped.info.status == "KILLED"
+    checkpoint = load_checkpoint(f"checkpoints/{stopped.info.run_id}/latest.pt")
+    assert (checkpoint["command"], checkpoint["step"], checkpoint["steps"]) == ("finetune", 2, 6)
+
+    resumed = run_finetune(cfg, None, [], out=quiet, resume=checkpoint)
+    assert resumed.run_id == stopped.info.run_id
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    assert torch.equal(resumed.genome, straight.genome)
+    assert resumed.after == straight.after and resumed.before == straight.before
+    assert [h["meta_loss"] for h in resumed.history] == [h["meta_loss"] for h in straight.history]
+    steps = sorted(m.step for m in client.get_metric_history(resumed.run_id, "meta/loss"))
+    assert steps == list(range(1, 7))                                      # each meta-step once
+    held = sorted(m.step for m in client.get_metric_history(resumed.run_id, "heldout/loss"))
+    assert held == [0, 3, 6]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -351,7 +390,7 @@ def test_top_k_beyond_the_population_is_refused(store, capsys):
 
 
 def test_train_runs_have_one_writer_stay_finished_and_answer_write_errors(store, capsys, monkeypatch, sleeper):
-    from evoplast.runs.artifacts import callbacks
+    from evoplast.runs import callbacks
     from evoplast.runs.train import run_training
 
     from . import scripts

@@ -16,7 +16,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from evoplast.runs.artifacts import evolve as run_module
+from evoplast.runs import evolve as run_module
 
 from . import scripts
 from .conftest import REPO, fresh_store

@@ -18,29 +18,24 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .signals import Interrupted, StopFlag as _StopFlag
+from .session import RunSession, resume_config  # noqa: F401 (resume_config: evolve.py --resume)
+from .signals import Interrupted
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..config import Config, ConfigError, flatten, from_dict, merge_overrides, to_yaml, upgrade
+from ..config import Config, flatten, to_yaml
 from ..evaluation import Evaluator
 from .run_page import (BASELINES, applicable_params, baseline_lines, evolution_description, headline,
                         headline_metrics, learner_curves, rule_equations, rule_legend, run_name, run_tags,
                         summary_table)
 from .plots import fitness_curve, mse_vs_tasks_seen
 from .progress import LineStream, Progress, quiet_libraries
-from .preflight import preflight
 from .artifacts import genome_record
-from .guards import RunLock, WriteFailed, end_orphaned_children, refuse_finished, write_failed
-from .tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
+from .guards import WriteFailed, write_failed
+from .tracking import Tracker, TrackingUnavailable, resolve_tracking_uri
 from ..parallel.placement import Placement, choose, generation_gflop, size
 from ..parallel.ray_pool import speed_metrics, speed_note
 from ..trainers.loop import BaseCallback, run_outer
 from ..trainers.es import ESTrainer
 from ..science import report as science_report
-
-# Keys that may change when a run is resumed; anything else would make it a different experiment.
-# tracking.tracking_uri: where the run is (--tracking-uri); a store that does not hold the run is refused.
-RESUMABLE_KEYS = ("search.generations", "ray.", "tracking.gain_every", "tracking.tracking_uri", "checkpoint.every",
-                  "device")
 
 
 @dataclass
@@ -54,6 +49,8 @@ class EvolutionResult:
     checkpoint: Path
     ui_command: str
     heldout: list[dict[str, float]] = field(default_factory=list)
+    stopped_by: str = ""              # "SIGINT" / "SIGTERM" when a signal stopped it
+    trainer: Any = None               # the ESTrainer, in the state of the last generation done
 
 
 def resolve_resume(target: str, cfg_checkpoint_dir: str = "checkpoints",
@@ -118,31 +115,6 @@ def _payload_problem(data: dict[str, Any]) -> Optional[str]:
     return f"holds the wrong types ({', '.join(wrong)})" if wrong else None
 
 
-def resume_config(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Config:
-    """The checkpoint's config with the overrides that a resume allows (e.g. more generations).
-
-    Raises :class:`CheckpointError` when the checkpoint's own config does not load (a missing or changed
-    config), :class:`ConfigError` when an override is not allowed or not valid.
-    """
-    import yaml
-
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS):
-            raise ConfigError(f"{key} cannot change when resuming (only {', '.join(RESUMABLE_KEYS)} can); "
-                              f"start a new run instead")
-    missing = [k for k in ("config_yaml", "mlflow_run_id", "trainer") if k not in checkpoint]
-    if missing:
-        raise CheckpointError(f"the checkpoint has no {', '.join(missing)}: it cannot be resumed (start a new run)")
-    try:
-        data = upgrade(yaml.safe_load(checkpoint["config_yaml"]))
-        from_dict(data)
-    except (ConfigError, yaml.YAMLError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"the checkpoint's config does not load with this evoplast "
-                              f"({str(exc).splitlines()[0][:200]}): it cannot be resumed (start a new run)") from None
-    return from_dict(merge_overrides(data, overrides))
-
-
 def _format_stats(s: dict[str, float], best_so_far: float, heldout: str, speed: str = "") -> dict[str, str]:
     """The values of one progress line (after ``gen   40/1000``): the best fitness so far (it never goes
     down, unlike a generation's best), this generation's median, the latest held-out loss of the center;
@@ -168,8 +140,8 @@ def metric_row(stats: dict[str, float], best_so_far: float) -> dict[str, float]:
 
 def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
                   out: Callable[[str], None] = print, print_every: int = 1,
-                  stop_after: Optional[int] = None) -> EvolutionResult:
-    """Run (or resume) an evolution as configured.
+                  stop_after: Optional[int] = None, callbacks: tuple = ()) -> EvolutionResult:
+    """Run (or resume) an evolution as configured, in a :class:`~evoplast.runs.session.RunSession`.
 
     Args:
         cfg: the resolved config.
@@ -178,37 +150,30 @@ def run_evolution(cfg: Config, *, resume: Optional[dict[str, Any]] = None,
         print_every: print one line every N generations.
         stop_after: stop (as if interrupted: checkpoint, KILLED) after this many generations in
             total; for tests and for splitting a run into pieces.
+        callbacks: more :func:`~evoplast.trainers.loop.run_outer` callbacks, after the run's own.
 
     Faults: a signal anywhere (set-up, loop, report) ends as KILLED with a checkpoint of the finished
     generations and the resume command; a tracking store that stops answering ends with a local checkpoint,
     the exact resume command and :class:`TrackingUnavailable` (exit 1); a checkpoint that does not fit is
     refused before its run is touched.
     """
-    # ---- checks before anything starts (memory, checkpoint folder): nothing is created if they fail ----
-    preflight(cfg)
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
-    if redact_uri(cfg.tracking.tracking_uri) != cfg.tracking.tracking_uri:   # a password is never logged or stored
-        cfg = cfg.replace(**{"tracking.tracking_uri": redact_uri(cfg.tracking.tracking_uri)})
-    locks: list[RunLock] = []            # the run's writer lock, once taken (released whatever happens)
-    with _StopFlag() as stop:
+    # ---- checks before anything starts (preflight: memory, checkpoint folder, device, data) ----
+    with RunSession(cfg, "evolve", out=out) as session:
         try:
-            return _run(cfg, uri, resume, out, print_every, stop_after, stop, locks)
+            return _run(session, resume, out, print_every, stop_after, callbacks)
         except Interrupted as exc:
             if not getattr(exc, "reported", False):
                 where = (f"run {resume['mlflow_run_id']} is left as it was" if resume is not None and
                          "mlflow_run_id" in resume else "no MLflow run was started")
                 out(f"evoplast: interrupted by {signal.Signals(exc.signum).name} during set-up; {where}")
             raise
-        finally:
-            for lock in locks:
-                lock.release()
 
 
-def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[[str], None], print_every: int,
-         stop_after: Optional[int], stop: _StopFlag, locks: list[RunLock]) -> EvolutionResult:
+def _run(session: RunSession, resume: Optional[dict[str, Any]], out: Callable[[str], None], print_every: int,
+         stop_after: Optional[int], callbacks: tuple) -> EvolutionResult:
     # ---- checks before any compute: tracking store, Ray and its actors; only then an MLflow run ----
     quiet_libraries()
-    tracker = Tracker(uri)
+    cfg, tracker, stop = session.cfg, session.tracker, session.stop
     out(f"evoplast: setting up ({'resuming run ' + str(resume.get('mlflow_run_id')) if resume is not None else 'a new run'}, "
         f"tracking in {tracker.shown_uri})")
     if resume is not None:
@@ -217,13 +182,9 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         problem = _payload_problem(resume)
         if problem is not None:
             raise CheckpointError(f"the checkpoint {problem}: it cannot be resumed (start a new run)")
-        run_id = resume["mlflow_run_id"]
-        info = tracker.get_run(run_id).info
         # one writer per run (a second --resume is refused); then nested runs a dead process left RUNNING are
         # ended; a FINISHED run is resumed only for more generations
-        locks.append(RunLock(cfg.checkpoint.dir, run_id).acquire(out))
-        end_orphaned_children(tracker, run_id, cfg.checkpoint.dir, out)
-        refuse_finished(run_id, info.status, int(resume["trainer"].get("generation", 0)), cfg.search.generations)
+        session.claim(resume, total=cfg.search.generations, done=int(resume["trainer"].get("generation", 0)))
     # where to evaluate (placement.py); the driver's evaluator (held-out reports, in-process fitness) is
     # built first: on a CPU it builds the fused kernel, once, before any actor starts and loads it
     evaluator = Evaluator(cfg, "cpu")
@@ -251,9 +212,9 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
             except TrackingUnavailable as exc:
                 lost = exc
         try:
-            save_checkpoint(ckpt_path, {"config_yaml": to_yaml(cfg), "mlflow_run_id": tracker.run_id,
-                                        "trainer": trainer.state_dict(), "heldout": heldout,
-                                        "pending_metrics": tracker.pending_metrics()})
+            save_checkpoint(ckpt_path, session.checkpoint_extra(
+                outer="es", step=trainer.generation, steps=cfg.search.generations, trainer=trainer.state_dict(),
+                heldout=heldout, pending_metrics=tracker.pending_metrics()))
         except OSError as exc:          # a full disk, a vanished folder: the previous checkpoint is intact
             raise write_failed(exc, f"the checkpoint {ckpt_path} at generation {trainer.generation}", _kept(ckpt_path),
                                f"python scripts/evolve.py --resume {tracker.run_id}") from None
@@ -274,20 +235,16 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                 raise CheckpointError(f"the checkpoint of run {resume['mlflow_run_id']} does not fit its config "
                                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
                                       f"the run is left as it was") from None
-            tracker.resume_run(resume["mlflow_run_id"])
+            session.reopen()
             status = "FAILED"
             tracker.restore_pending_metrics(resume.get("pending_metrics", []))
         else:
             flat = flatten(cfg)
-            tracker.start_run(cfg.tracking.experiment, run_name(flat), tags=run_tags(flat, "es"),
-                              source="scripts/evolve.py", system_metrics=True)
             status = "FAILED"
-            locks.append(RunLock(cfg.checkpoint.dir, tracker.run_id).acquire(out))
-            tracker.log_params({**applicable_params(flat, ray=placement.where != "in-process",
-                                                    gpu=placement.device != "cpu" or bool(placement.num_gpus_per_actor),
-                                                    command="evolve"), **environment_params()})
-            tracker.log_params(placement_params(placement))
-            tracker.log_text(to_yaml(cfg), "config.yaml")
+            session.start(run_name(flat), tags=run_tags(flat, "es"), source="scripts/evolve.py",
+                          params={**applicable_params(flat, ray=placement.where != "in-process",
+                                                      gpu=placement.device != "cpu" or bool(placement.num_gpus_per_actor),
+                                                      command="evolve"), **placement_params(placement)})
         ckpt_path = Path(cfg.checkpoint.dir) / tracker.run_id / "latest.pt"
         if resume is not None:   # a resumed run may be placed elsewhere: its params stay the first placement's
             tracker.set_tags({f"evoplast.placement.resumed.{resume['trainer']['generation']}":
@@ -378,7 +335,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
                     checkpoint()
 
         # a signal lets the generation in flight finish (run_outer); the report below stops at once
-        run_outer(Generations(), steps=last, start=trainer.generation, callbacks=[Report()], stop=stop)
+        run_outer(Generations(), steps=last, start=trainer.generation, callbacks=[Report(), *callbacks], stop=stop)
         progress.close()
         stop.immediate = True           # the report stops at once: the finished generations are saved first
         if trainer.generation < total or stop.signal is not None:   # interrupted (signal or stop_after)
@@ -390,7 +347,7 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         _log_final_artifacts(tracker, cfg, evaluator, trainer, center, report, heldout)
         status = "FINISHED"
         return EvolutionResult(tracker.run_id, status, trainer.generation, center, report, trainer.history,
-                               path, tracker.ui_command(), heldout)
+                               path, tracker.ui_command(), heldout, trainer=trainer)
     except (Interrupted, _StopAfter) as exc:
         stop.immediate = False          # the clean-up itself is not cut short by a further SIGTERM
         why = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "stop_after"
@@ -413,7 +370,8 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
             out(f"evoplast: stopped at generation {trainer.generation} ({why}); checkpoint {path}; "
                 f"continue with --resume {tracker.run_id}")
         return EvolutionResult(tracker.run_id, status, trainer.generation, trainer.center(), {},
-                               trainer.history, path, tracker.ui_command(), heldout)
+                               trainer.history, path, tracker.ui_command(), heldout,
+                               stopped_by=why if why != "stop_after" else "", trainer=trainer)
     except WriteFailed:
         if status is not None:
             status = "FAILED"
@@ -445,11 +403,9 @@ def _run(cfg: Config, uri: str, resume: Optional[dict[str, Any]], out: Callable[
         torch.set_num_threads(threads)
         if pool is not None:
             pool.shutdown()
-        if tracker.run_id is not None and status is not None:
-            try:
-                tracker.end(status, flush=not tracker.lost)
-            except TrackingUnavailable as exc:
-                out(f"evoplast: the run's status could not be set to {status} ({exc})")
+        # the session ends the MLflow run with this status (None: the run is left as it was)
+        session.status = status
+        session.started = session.started and status is not None
 
 
 def _kept(ckpt_path: Path) -> str:

@@ -8,12 +8,11 @@ paper's own method, the baseline for evolution.
 from __future__ import annotations
 
 import fnmatch
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,16 +21,15 @@ from ..evaluation import Evaluator
 from ..genome import GenomeSpec, build_genome_spec
 from ..seeding import Purpose
 from ..tasks import make_task
+from ..trainers.bptt import BPTTTrainer
+from ..trainers.loop import BaseCallback, run_outer
+from .callbacks import HeldOutCallback, ProgressCallback, TrackingCallback
+from .progress import LineStream, quiet_libraries
 from .run_page import (applicable_params, child_name, finetune_description, rule_equations, rule_legend, run_name,
                        run_tags)
-from .preflight import check_device
-from .progress import LineStream, quiet_libraries
-from .guards import LOCKED_TAG, RunLock, end_orphaned_children
-from .signals import Interrupted, StopFlag
-from .tracking import Tracker, environment_params, resolve_tracking_uri
-from ..trainers.bptt import BPTTTrainer
-from .callbacks import HeldOutCallback, ProgressCallback, TrackingCallback
-from ..trainers.loop import run_outer
+from .session import RunSession
+from .signals import Interrupted
+from .tracking import Tracker
 
 # what may change when fine-tuning a run's genomes (anything else changes the genome's meaning)
 FINETUNE_OVERRIDABLE = ("finetune.", "tracking.", "evaluation.", "device", "export.")
@@ -72,78 +70,103 @@ class FinetuneResult:
 
 def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str], *,
                  parent_run_id: Optional[str] = None, out: Callable[[str], None] = print,
-                 print_every: int = 0) -> FinetuneResult:
-    """Meta-train ``genomes [k, D]`` (evolution spec of ``cfg``), or the initial genome when None.
+                 print_every: int = 0, resume: Optional[dict[str, Any]] = None,
+                 callbacks: tuple = ()) -> FinetuneResult:
+    """Meta-train ``genomes [k, D]`` (evolution spec of ``cfg``), or the initial genome when None, in a
+    :class:`~evoplast.runs.session.RunSession`; or continue the fine-tune of the checkpoint ``resume``
+    (``genomes``, ``labels`` and ``parent_run_id`` are then the checkpoint's).
 
-    SIGINT / SIGTERM let the meta-step in flight finish, then end the run as KILLED and raise
-    :class:`~evoplast.runs.signals.Interrupted` (a fine-tune has no checkpoint: it is run again); a signal is
-    never lost, up to the last artifact. Nested runs of ``parent_run_id`` that a dead process left RUNNING
-    are ended as KILLED first."""
-    with StopFlag() as stop:
-        return _run_finetune(cfg, genomes, labels, parent_run_id, out, print_every, stop)
-
-
-def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str], parent_run_id: Optional[str],
-                  out: Callable[[str], None], print_every: int, stop: StopFlag) -> FinetuneResult:
-    check_device(cfg)                   # before a store is opened or a run created
-    evo_spec, spec = train_spec_of(cfg)
-    start = spec.initial_vector().reshape(1, -1) if genomes is None else spec.encode(evo_spec.decode(genomes))
-    labels = labels if genomes is not None else ["initial genome"]
-    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    ev = Evaluator(cfg, device, spec=spec)
+    A checkpoint ``<checkpoint.dir>/<run id>/latest.pt`` is written every ``checkpoint.every`` meta-steps and
+    when a signal stops the run: SIGINT / SIGTERM let the meta-step in flight finish, write it, end the run as
+    KILLED, print ``python scripts/finetune.py --resume <checkpoint>`` and raise
+    :class:`~evoplast.runs.signals.Interrupted`; the resumed run ends where an uninterrupted one ends, bit
+    for bit. Nested runs of ``parent_run_id`` that a dead process left RUNNING are ended as KILLED first.
+    ``callbacks`` run after the built-in ones (tests use them)."""
     quiet_libraries()
-    tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
-    flat = flatten(cfg)
-    if parent_run_id:
-        parent = tracker.get_run(parent_run_id)
-        end_orphaned_children(tracker, parent_run_id, cfg.checkpoint.dir, out)
-        experiment = tracker.client.get_experiment(parent.info.experiment_id).name
-        name = child_name("finetune", parent.info.run_name) if parent.info.run_name else run_name(flat, "finetune")
-    else:
-        experiment = cfg.tracking.experiment
-        name = f"{flat.get('task.name')}-{flat.get('rule.name')}-bptt-s{flat.get('seed')}"
-    tracker.start_run(experiment, name, parent_run_id=parent_run_id,   # its lock is taken next (see below)
-                      tags={**run_tags(flat, "es+bptt" if parent_run_id else "bptt"), LOCKED_TAG: "true"},
-                      source="scripts/finetune.py",
-                      system_metrics=True)
-    status = "FAILED"
-    lock = None
-    try:
-        lock = RunLock(cfg.checkpoint.dir, tracker.run_id).acquire(out)    # its parent sees it is alive
-        tracker.log_params({**applicable_params(flat, ray=False, gpu=device != "cpu", command="finetune"),
-                            **environment_params(),
-                            "finetune.source": parent_run_id or "scratch",
-                            "finetune.genomes": ", ".join(labels), "finetune.trained_segments": len(spec.evolved)})
+    with RunSession(cfg, "finetune", out=out) as session:
+        cfg = session.cfg
+        evo_spec, spec = train_spec_of(cfg)
+        device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        ev = Evaluator(cfg, device, spec=spec)
+        tracker = session.tracker
+        steps = cfg.finetune.steps
+        if resume is not None:
+            parent_run_id = resume.get("parent_run_id") or None
+            labels = list(resume["labels"])
+            session.resume(resume, total=steps)
+            before = [dict(b) for b in resume["before"]]
+            earlier = [dict(r) for r in resume.get("history", [])]
+            logged = session.logged_through("meta/loss")
+            trainer = BPTTTrainer(cfg, resume["trainer"]["genome"], spec=spec, device=device)
+            trainer.load_state_dict(resume["trainer"])
+        else:
+            start = spec.initial_vector().reshape(1, -1) if genomes is None else spec.encode(evo_spec.decode(genomes))
+            labels = labels if genomes is not None else ["initial genome"]
+            flat = flatten(cfg)
+            if parent_run_id:
+                parent = tracker.get_run(parent_run_id)
+                experiment = tracker.client.get_experiment(parent.info.experiment_id).name
+                name = child_name("finetune", parent.info.run_name) if parent.info.run_name else run_name(flat, "finetune")
+            else:
+                experiment = cfg.tracking.experiment
+                name = f"{flat.get('task.name')}-{flat.get('rule.name')}-bptt-s{flat.get('seed')}"
+            session.start(name, experiment=experiment, parent_run_id=parent_run_id, source="scripts/finetune.py",
+                          tags=run_tags(flat, "es+bptt" if parent_run_id else "bptt"), config_artifact=False,
+                          params={**applicable_params(flat, ray=False, gpu=device != "cpu", command="finetune"),
+                                  "finetune.source": parent_run_id or "scratch",
+                                  "finetune.genomes": ", ".join(labels),
+                                  "finetune.trained_segments": len(spec.evolved)})
+            before = [ev.learning_measures(g) for g in start]
+            earlier, logged = [], 0
+            # step 0: the "before" point of the held-out curve (per genome only when there are several)
+            tracker.log_metrics({"heldout/loss": min(b["loss"] for b in before),
+                                 **({f"heldout/loss_g{i}": b["loss"] for i, b in enumerate(before)} if len(before) > 1
+                                    else {})}, step=0)
+            trainer = BPTTTrainer(cfg, start, spec=spec, device=device)               # [k, D], k at once
         out(f"evoplast: fine-tune run {tracker.run_id}" + (f" (nested under {parent_run_id})" if parent_run_id else "")
             + f" | {len(labels)} genome(s), {spec.dim} trained numbers | "
             + ("full BPTT" if not cfg.finetune.bptt_window else f"truncated BPTT, window {cfg.finetune.bptt_window}")
-            + (", activation checkpointing" if cfg.finetune.checkpoint_activations else ""))
-        before = [ev.learning_measures(g) for g in start]
-        # step 0: the "before" point of the held-out curve (per genome only when there are several)
-        tracker.log_metrics({"heldout/loss": min(b["loss"] for b in before),
-                             **({f"heldout/loss_g{i}": b["loss"] for i, b in enumerate(before)} if len(before) > 1
-                                else {})}, step=0)
-        trainer = BPTTTrainer(cfg, start, spec=spec, device=device)               # [k, D], k at once
-        steps = cfg.finetune.steps
+            + (", activation checkpointing" if cfg.finetune.checkpoint_activations else "")
+            + (f" | resumed at meta-step {session.step}" if resume is not None else ""))
         print_every = print_every or max(1, steps // 20)
         heldout = HeldOutCallback(ev, cfg.finetune.eval_every, last=steps, genomes=lambda t: t.current())
         progress = _FinetuneProgress(steps, "meta-step", stream=None if out is print else LineStream(out),
                                      every=print_every)
         progress.heldout = f"{min(b['loss'] for b in before):.3f}"
-        tracking = TrackingCallback(tracker, end_run=False, select=lambda row: chart_metrics(row, len(labels)))
-        rows = run_outer(trainer, steps=steps, callbacks=[heldout, progress, tracking], stop=stop)
-        stop.immediate = True           # from here (held-out, artifacts) a signal stops at once
-        if stop.signal is not None:
-            raise Interrupted(stop.signal)
-        history = [{k: r[k] for k in ("step", "meta_loss", "grad_norm", "skipped", "seconds")} for r in rows]
+        tracking = TrackingCallback(tracker, logged_through=logged, end_run=False,
+                                    select=lambda row: chart_metrics(row, len(labels)))
+        rows: list[dict[str, Any]] = []
+
+        def extra() -> dict[str, Any]:
+            return {"outer": "bptt", "steps": steps, "parent_run_id": parent_run_id or "", "labels": list(labels),
+                    "before": [dict(b) for b in before], "history": earlier + [_history_row(r) for r in rows]}
+
+        class Rows(BaseCallback):        # the rows done so far, for the checkpoint (before it is written)
+            def on_step(self, step, metrics, trainer):
+                rows.append({"step": step, **metrics})
+
+        checkpoints = session.checkpoints(cfg.checkpoint.every, extra)
+        try:
+            run_outer(trainer, steps=steps, start=session.step, stop=session.stop,
+                      callbacks=[heldout, progress, tracking, Rows(), checkpoints, *callbacks])
+        except OSError as exc:
+            raise session.write_failed(exc, f"a checkpoint of fine-tune run {tracker.run_id}") from None
+        session.stop.immediate = True           # from here (held-out, artifacts) a signal stops at once
+        if session.stop.signal is not None:
+            session.step_done = session.step + len(rows)
+            session.stopped("meta-step")
+        history = earlier + [_history_row(r) for r in rows]
         final = trainer.current()
         after = [ev.learning_measures(g) for g in final]
         validation = ev.episodes(Purpose.VALIDATION, 1, cfg.evaluation.heldout_episodes)
         chosen = int(ev.score(final, episodes=validation).loss.argmin())
-        curve = [(0, min(b["loss"] for b in before))] + [(int(r["step"]), float(r["heldout/loss"])) for r in rows
+        curve = [(0, min(b["loss"] for b in before))] + [(int(r["step"]), float(r["heldout/loss"])) for r in history
                                                           if "heldout/loss" in r]
-        _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after,
-                       curve, labels)
+        try:
+            _log_artifacts(tracker, cfg, spec, final[chosen], labels[chosen], parent_run_id, history, before, after,
+                           curve, labels)
+        except OSError as exc:
+            raise session.write_failed(exc, f"an artifact of fine-tune run {tracker.run_id}") from None
         tracker.log_table({"genome": list(labels), "held-out before": [b["loss"] for b in before],
                            "held-out after": [a["loss"] for a in after],
                            "kept": [i == chosen for i in range(len(labels))]}, "finetune_summary.json")
@@ -152,29 +175,17 @@ def _run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str
             chosen=chosen, steps=steps, equations=rule_equations(spec.model, spec.decode(final[chosen].float())),
             legend=rule_legend(spec.model), uri=tracker.shown_uri, experiment_id=tracker.experiment_id,
             classification=ev.task.kind != "regression", skipped=int(trainer.inner.skipped)))
-        if stop.signal is not None:     # a signal that a library swallowed: still a stop
-            raise Interrupted(stop.signal)
-        status = "FINISHED"
+        if session.stop.signal is not None:     # a signal that a library swallowed: still a stop
+            raise Interrupted(session.stop.signal)
+        session.finish()
         return FinetuneResult(tracker.run_id, parent_run_id, labels, before, after, chosen, final[chosen],
                               [s.name for s in spec.evolved], history, tracker.ui_command())
-    except KeyboardInterrupt as exc:
-        status = "KILLED"
-        stop.immediate = False          # the clean-up is not cut short by a further signal
-        why = signal.Signals(stop.signal).name if stop.signal is not None else "KeyboardInterrupt"
-        tracker.set_tags({"evoplast.stopped_by": why})
-        again = (f"python scripts/finetune.py --run-id {parent_run_id}" if parent_run_id
-                 else "python scripts/finetune.py with the same arguments")
-        out(f"evoplast: fine-tune run {tracker.run_id} stopped ({why}); it is KILLED and has no checkpoint: "
-            f"run it again with `{again}`")
-        if isinstance(exc, Interrupted):
-            raise
-        raise Interrupted(stop.signal or signal.SIGINT) from None
-    finally:
-        try:
-            tracker.end(status)
-        finally:
-            if lock is not None:
-                lock.release()
+
+
+def _history_row(row: dict[str, Any]) -> dict[str, float]:
+    """What the fine-tune keeps of a meta-step (its plot and the checkpoint): loss, gradient norm, held-out."""
+    keep = ("step", "meta_loss", "grad_norm", "skipped", "seconds", "heldout/loss")
+    return {k: float(row[k]) for k in keep if k in row}
 
 
 def chart_metrics(row: dict[str, float], genomes: int) -> dict[str, float]:

@@ -1,5 +1,10 @@
-"""One run of any outer trainer (es, bptt, pes, hybrid) on :func:`evoplast.trainers.loop.run_outer`: an
-MLflow run, progress, held-out evaluation, checkpoints, signals, exact resume (``scripts/train.py``).
+"""One run of any outer trainer (es, bptt, pes, hybrid) in a :class:`~evoplast.runs.session.RunSession`, on
+:func:`~evoplast.trainers.loop.run_outer` (``scripts/train.py``).
+
+ES is the evolution run itself (:func:`evoplast.runs.evolve.run_evolution`): the same metric names
+(``search/*``, ``heldout/*``, ``learning/*``), held-out measures, checkpoint format and report under
+``train.py --outer es`` as under ``evolve.py``, and either command resumes the other's checkpoint. BPTT, PES
+and the hybrid log ``meta/*``, ``speed/*`` and ``heldout/loss`` (:mod:`evoplast.runs.callbacks`).
 
 Ctrl-C / SIGTERM finish the step in flight, write ``<checkpoint.dir>/<run id>/latest.pt`` and end the
 MLflow run as KILLED; :func:`run_training` with ``resume=`` that checkpoint continues the same MLflow run
@@ -15,21 +20,18 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import Config, flatten, to_yaml
+from ..config import Config, flatten
 from ..evaluation import Evaluator
-from .run_page import applicable_params, run_tags
-from .preflight import check_data, check_device
-from .progress import LineStream, quiet_libraries
-from .artifacts import genome_record
-from .guards import RunLock, refuse_finished, write_failed
-from .signals import Interrupted, StopFlag
-from .tracking import Tracker, environment_params, resolve_tracking_uri
 from ..trainers import TRAINERS, make_trainer
-from .callbacks import CheckpointCallback, HeldOutCallback, ProgressCallback, TrackingCallback
 from ..trainers.loop import run_outer
+from .artifacts import genome_record
+from .callbacks import HeldOutCallback, ProgressCallback, TrackingCallback
+from .progress import LineStream, quiet_libraries
+from .run_page import applicable_params, run_tags
+from .session import RunSession, command_of
+from .signals import Interrupted
 
 OUTERS = tuple(TRAINERS)          # es, bptt, pes, hybrid (scripts/train.py lists them too, before any import)
-CHECKPOINT_FORMAT = "evoplast.outer_run"   # the checkpoint's "kind": not an evolve.py checkpoint
 
 
 def default_steps(cfg: Config, outer: str) -> int:
@@ -59,101 +61,76 @@ class TrainResult:
     ui_command: str = ""
 
 
-def _logged_through(tracker: Tracker, run_id: str) -> int:
-    """The last step of ``meta/loss`` already in the run (0 if none)."""
-    history = tracker.client.get_metric_history(run_id, "meta/loss")
-    return max((m.step for m in history), default=0)
-
-
 def run_training(cfg: Config, outer: str, *, steps: Optional[int] = None, resume: Optional[dict[str, Any]] = None,
                  out: Callable[[str], None] = print, print_every: int = 0,
                  callbacks: tuple = ()) -> TrainResult:
     """Run ``outer`` on ``cfg`` for ``steps`` (default :func:`default_steps`), or continue the checkpoint
-    ``resume`` (a dict from :func:`evoplast.runs.checkpoint.load_checkpoint`) up to ``steps`` (default: its own).
-    ``callbacks`` run after the built-in ones (tests use them)."""
+    ``resume`` (a dict from :func:`evoplast.runs.checkpoint.load_checkpoint`) up to ``steps`` (default: its
+    own). ``callbacks`` run after the built-in ones (tests use them)."""
     if outer not in OUTERS:
         raise ValueError(f"unknown outer trainer {outer!r}: expected one of {', '.join(OUTERS)}")
-    check_device(cfg)                   # refused before a store is opened or a run created
-    check_data(cfg)
+    if outer == "es" or (resume is not None and command_of(resume) == "evolve"):
+        return _run_es(cfg, steps=steps, resume=resume, out=out, print_every=print_every, callbacks=callbacks)
     quiet_libraries()
     total = steps or (int(resume["steps"]) if resume else default_steps(cfg, outer))
-    start = int(resume["step"]) if resume else 0
-    flat = flatten(cfg)
-    with StopFlag() as stop:
-        tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri))
-        lock = None
+    with RunSession(cfg, "train", out=out) as session:
+        cfg = session.cfg
+        flat = flatten(cfg)
         if resume:
-            run_id = resume["mlflow_run_id"]
-            info = tracker.get_run(run_id).info
-            target = str(Path(cfg.checkpoint.dir) / run_id / "latest.pt")
-            lock = RunLock(cfg.checkpoint.dir, run_id).acquire(         # one writer per run
-                out, command=f"python scripts/train.py --resume {target}")
-            try:
-                refuse_finished(run_id, info.status, start, total, unit="steps", more=f"--steps {2 * start}",
-                                script="scripts/train.py", target=target)
-                run_id = tracker.resume_run(run_id)
-                logged = _logged_through(tracker, run_id)
-            except BaseException:
-                lock.release()
-                raise
+            session.resume(resume, total=total)
+            logged = session.logged_through("meta/loss")
         else:
             name = flat.get("tracking.run_name") or f"{flat.get('task.name')}-{flat.get('rule.name')}-{outer}-s{cfg.seed}"
-            run_id = tracker.start_run(cfg.tracking.experiment, name, tags=run_tags(flat, outer),
-                                       source="scripts/train.py", system_metrics=True)
+            session.start(name, tags=run_tags(flat, outer), source="scripts/train.py",
+                          params={**applicable_params(flat, ray=False, command="train"), "outer": outer})
             logged = 0
-            try:
-                lock = RunLock(cfg.checkpoint.dir, run_id).acquire(out)
-            except BaseException:
-                tracker.end("FAILED")
-                raise
-        try:
-            if not resume:
-                tracker.log_params({**applicable_params(flat, ray=False, command="train"), **environment_params(),
-                                    "outer": outer})
-                tracker.log_text(to_yaml(cfg), "config.yaml")
-            trainer = build_trainer(cfg, outer)
-            if resume:
-                trainer.load_state_dict(resume["trainer"])
-            ev = Evaluator(cfg)
-        except BaseException as exc:
-            lock.release()
-            tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        path = Path(cfg.checkpoint.dir) / run_id / "latest.pt"
-        out(f"evoplast: {'resuming' if resume else 'training'} run {run_id} | outer {outer} | "
+        trainer = build_trainer(cfg, outer)
+        if resume:
+            trainer.load_state_dict(resume["trainer"])
+        ev = Evaluator(cfg)
+        start, path = session.step, session.checkpoint_path
+        out(f"evoplast: {'resuming' if resume else 'training'} run {session.run_id} | outer {outer} | "
             f"steps {start + 1}..{total} | {ev.spec.dim} numbers | checkpoint {path}")
         heldout = HeldOutCallback(ev, cfg.finetune.eval_every, last=total)
-        extra = {"kind": CHECKPOINT_FORMAT, "outer": outer, "steps": total, "config_yaml": to_yaml(cfg),
-                 "mlflow_run_id": run_id}
         cbs = [heldout,
                ProgressCallback(total, "step", stream=None if out is print else LineStream(out), every=print_every),
-               TrackingCallback(tracker, logged_through=logged, end_run=False),
-               CheckpointCallback(path, cfg.checkpoint.every, extra, before_save=tracker.flush), *callbacks]
-        status = "FAILED"
+               TrackingCallback(session.tracker, logged_through=logged, end_run=False),
+               session.checkpoints(cfg.checkpoint.every, {"outer": outer, "steps": total}), *callbacks]
         try:
-            history = run_outer(trainer, steps=total, start=start, callbacks=cbs, stop=stop)
-            step = start + len(history)
-            status = "FINISHED" if step >= total else "KILLED"
-            if status == "FINISHED":
-                _log_genome(tracker, cfg, ev, trainer.best(), heldout.latest, step)
-            return TrainResult(run_id, status, step, total, heldout.latest if status == "FINISHED" else None,
-                               path, stop.name, history, trainer, tracker.ui_command())
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
+            history = run_outer(trainer, steps=total, start=start, callbacks=cbs, stop=session.stop)
         except OSError as exc:          # a checkpoint or artifact write (full disk, vanished folder)
-            kept = (f"the last checkpoint {path} is intact" if path.is_file() else "no checkpoint was written before")
-            raise write_failed(exc, f"a checkpoint or artifact of run {run_id}", kept,
-                               f"python scripts/train.py --resume {path}") from None
-        finally:
-            stop.immediate = True
-            try:
-                tracker.end(status)
-            finally:
-                lock.release()
+            raise session.write_failed(exc, f"a checkpoint or artifact of run {session.run_id}") from None
+        step = start + len(history)
+        if step < total:                # stopped by a signal between two steps: the checkpoint is written
+            session.status = "KILLED"
+            session.tracker.set_tags({"evoplast.stopped_by": session.stop.name})
+            return TrainResult(session.run_id, "KILLED", step, total, None, path, session.stop.name, history,
+                               trainer, session.tracker.ui_command())
+        session.stop.immediate = True
+        try:
+            _log_genome(session.tracker, cfg, ev, trainer.best(), heldout.latest, step)
+        except OSError as exc:
+            raise session.write_failed(exc, f"an artifact of run {session.run_id}") from None
+        session.finish()
+        return TrainResult(session.run_id, "FINISHED", step, total, heldout.latest, path, "", history, trainer,
+                           session.tracker.ui_command())
 
 
-def _log_genome(tracker: Tracker, cfg: Config, ev: Evaluator, genome: torch.Tensor, heldout: Optional[float],
+def _run_es(cfg: Config, *, steps, resume, out, print_every, callbacks) -> TrainResult:
+    """``--outer es``: the evolution run (:func:`~evoplast.runs.evolve.run_evolution`) for ``steps`` generations."""
+    from .evolve import run_evolution
+
+    steps = steps or (int(resume["steps"]) if resume is not None and "steps" in resume else None)
+    if steps is not None:
+        cfg = cfg.replace(**{"search.generations": int(steps)})
+    start = int(resume["trainer"].get("generation", 0)) if resume is not None else 0
+    result = run_evolution(cfg, resume=resume, out=out, print_every=print_every, callbacks=callbacks)
+    return TrainResult(result.run_id, result.status, result.generations, cfg.search.generations,
+                       result.report.get("loss") if result.status == "FINISHED" else None, result.checkpoint,
+                       result.stopped_by, result.history[start:], result.trainer, result.ui_command)
+
+
+def _log_genome(tracker, cfg: Config, ev: Evaluator, genome: torch.Tensor, heldout: Optional[float],
                 step: int) -> None:
     """``best_genome.pt`` (as evolve.py writes it, so export.py / evaluate.py read it) and the held-out loss."""
     with tempfile.TemporaryDirectory(prefix="evoplast-train-") as tmp:
