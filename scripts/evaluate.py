@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from evoplast.runs.plots import accuracy_vs_n, cosine_curves, forgetting_heatmaps, mse_vs_tasks_seen, save_figure
     from evoplast.runs.artifacts import genome_of_run
     from evoplast.seeding import Purpose
-    from evoplast.runs.tracking import Tracker, environment_params, resolve_tracking_uri
+    from evoplast.runs.preflight import preflight
+    from evoplast.runs.session import RunSession
+    from evoplast.runs.tracking import Tracker, resolve_tracking_uri
 
     # 1. the genome and its config
     if args.run_id:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         genome = saved["genome"].float()
     else:
         spec, genome = None, None
-        tracker = Tracker(resolve_tracking_uri())     # after the config is known good: a bad one leaves no store
+    preflight(cfg)                      # device, memory, folders, data: before any compute or a new store
     ev = Evaluator(cfg, spec=spec)
     genome = ev.spec.initial_vector() if genome is None else genome
     classification = ev.task.kind == "classification"
@@ -209,13 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     flat = flatten(cfg)
     name = (child_name(f"evaluate {args.which}", run.info.run_name) if args.run_id and run.info.run_name
             else run_name(flat, f"evaluate {args.which}"))
-    tracker.start_run(cfg.tracking.experiment if not args.run_id else
+    with RunSession(cfg, "evaluate", checks=False) as session:      # its MLflow run, ended FINISHED or FAILED
+        tracker = session.tracker
+        session.start(name, experiment=cfg.tracking.experiment if not args.run_id else
                       tracker.client.get_experiment(run.info.experiment_id).name,
-                      name, parent_run_id=args.run_id, tags=run_tags(flat, "evaluation"),
-                      source="scripts/evaluate.py", system_metrics=True)
-    try:
-        tracker.log_params({**applicable_params(flat, ray=False, command="evaluate"), **environment_params(),
-                            "evaluate.which": args.which})
+                      parent_run_id=args.run_id, tags=run_tags(flat, "evaluation"), source="scripts/evaluate.py",
+                      params={**applicable_params(flat, ray=False, command="evaluate"), "evaluate.which": args.which},
+                      config_artifact=False)
         tracker.log_table({"learner": [n for n, _ in rows], ("accuracy" if classification else "query MSE"):
                            [float(report[k]) for _, k in rows]}, "heldout_summary.json")
         tracker.set_description("\n".join([f"Evaluation of the {args.which} genome" +
@@ -229,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             tracker.log_metrics({f"cosine/layer{l}": c for l, c in zip(ev.spec.model.plastic_layers, row)}, step=i)
         for f in [*plots, out_dir / "evaluation.json"]:
             tracker.log_artifact(f)
-        tracker.end("FINISHED")
-    except BaseException:
-        tracker.end("FAILED")
-        raise
+        session.finish()
     print(f"\nPlots and evaluation.json in {out_dir}/; MLflow run {tracker.run_id}"
           + (f" (nested under {args.run_id})" if args.run_id else ""))
     print(f"Look at it: {tracker.ui_command()}")

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from evoplast.config import flatten
     from evoplast.runs.plots import seeds_summary
     from evoplast.science.over_seeds import aggregate, markdown_table, metrics_of
-    from evoplast.runs.tracking import Tracker, environment_params, resolve_tracking_uri
+    from evoplast.runs.session import RunSession
+    from evoplast.runs.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):   # Ray workers may run elsewhere
@@ -134,13 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if parallel == "auto":
         parallel = "ray" if (os.cpu_count() or 1) >= len(seeds) * actors else "inprocess"
 
-    # 1. the parent run
-    tracker = Tracker(uri)
-    tracker.start_run(cfg.tracking.experiment, f"seeds {' '.join(map(str, seeds))}")
-    status = "FAILED"
-    try:
-        tracker.log_params({**flatten(cfg), **environment_params(), "seeds": " ".join(map(str, seeds)),
-                            "seeds.parallel": parallel, "seeds.oml_budget": args.oml_budget})
+    # 1. the parent run (a run session: preflight, stop flag, lock, its status at the end)
+    with RunSession(cfg, "seeds") as session:
+        tracker = session.tracker
+        session.start(f"seeds {' '.join(map(str, seeds))}", tags={}, source="scripts/seeds.py", config_artifact=False,
+                      params={**flatten(cfg), "seeds": " ".join(map(str, seeds)), "seeds.parallel": parallel,
+                              "seeds.oml_budget": args.oml_budget})
         print(f"evoplast: parent run {tracker.run_id} | seeds {seeds} | {parallel} | held-out episodes of seed "
               f"{seeds[0]}, shared by every seed")
 
@@ -172,13 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Table {out}, plot {png}; MLflow parent run {tracker.run_id}; the seeds' runs "
               f"{', '.join(r['run_id'] for r in results)}" + ("" if judged is not None else " are nested under it"))
         print(f"Look at it: {tracker.ui_command()}")
-        status = "FINISHED"
+        session.finish()
         return 0
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
 
 
 def _judge_runs(run_ids, oml_budget):

@@ -11,7 +11,7 @@ from .conftest import REPO
 
 # bottom to top; a module may import its own layer and every layer before it
 LAYERS = {
-    "core": ["evoplast", "errors", "config", "seeding", "features", "rules", "network", "genome", "learners",
+    "core": ["errors", "config", "seeding", "features", "rules", "network", "genome", "learners",
              "fused", "cuda_graphs", "malloc", "safe_pt2", "rule_data", "tasks", "tasks.episodes",
              "tasks.sinusoid", "tasks.images", "tasks.classification"],
     "lifetime": ["lifetime"],
@@ -25,7 +25,8 @@ LAYERS = {
                                "export"],
     "runs": ["runs", "cli", "runs.guards", "runs.tracking", "runs.run_page", "runs.plots", "runs.checkpoint",
              "runs.progress", "runs.signals", "runs.preflight", "runs.artifacts", "runs.callbacks", "runs.evolve",
-             "runs.finetune", "runs.train", "runs.model_links", "runs.portable"],
+             "runs.finetune", "runs.train", "runs.model_links", "runs.portable", "runs.session", "runs.pipeline"],
+    "front door": ["evoplast"],          # the package itself: evoplast.evolve (scripts sit beside it)
 }
 LAYER_OF = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 NAMES = list(LAYERS)
@@ -43,6 +44,7 @@ def _modules() -> dict[str, Path]:
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = "" if package == "evoplast" else package           # the root package's own modules: "runs", ...
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -79,6 +81,11 @@ def test_no_module_imports_a_higher_layer():
             if LAYER_OF.get(target, -1) > LAYER_OF.get(name, len(NAMES)):
                 upward.append(f"{name} ({NAMES[LAYER_OF[name]]}) imports {target} ({NAMES[LAYER_OF[target]]})")
     assert not upward, "\n".join(upward)
+
+
+def test_the_package_front_door_is_seen_importing_the_runs(tmp_path):
+    """``evoplast/__init__.py`` imports the pipeline (``evoplast.evolve``): the check resolves its relative imports."""
+    assert "runs.pipeline" in _imports("evoplast", Path(REPO) / "evoplast" / "__init__.py", set(_modules()))
 
 
 def test_the_check_sees_an_upward_import(tmp_path):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .session import RunSession, resume_config  # noqa: F401 (resume_config: evolve.py --resume)
+from .session import SCRIPTS, RunSession, command_of, resume_config  # noqa: F401 (resume_config: evolve.py --resume)
 from .signals import Interrupted
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, flatten, to_yaml
@@ -105,6 +105,9 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 def _payload_problem(data: dict[str, Any]) -> Optional[str]:
     """What is wrong with a loaded checkpoint's contents (a missing key, a wrong type), or None."""
+    command = command_of(data)
+    if command != "evolve":             # a train.py (BPTT, PES, hybrid) or fine-tune checkpoint
+        return f"is a checkpoint of {SCRIPTS[command]}: resume it with `python {SCRIPTS[command]} --resume <that file>`"
     types = {"config_yaml": str, "mlflow_run_id": str, "trainer": dict}
     missing = [k for k in types if k not in data]
     if missing:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 from ..config import Config, to_yaml
 from .guards import LOCKED_TAG, RunLock, end_orphaned_children, refuse_finished, write_failed
 from .preflight import preflight
+from .progress import quiet_libraries
 from .signals import Interrupted, StopFlag
 from .tracking import Tracker, TrackingUnavailable, environment_params, redact_uri, resolve_tracking_uri
 
@@ -134,6 +135,7 @@ class RunSession:
     # ---- the context -------------------------------------------------------------------------------
     def __enter__(self) -> "RunSession":
         self.stop.__enter__()
+        quiet_libraries()                       # before the store: no MLflow/alembic INFO lines
         try:
             self.tracker = Tracker(self.uri)
         except BaseException:
