@@ -30,9 +30,8 @@ def judge(cfg, cfg_seed, center, oml_budget: str, out=None) -> dict:
     """The report of one seed's genome on the held-out episodes of ``cfg`` (shared by every seed), with OML at
     the requested meta-compute when asked (a progress line with elapsed time and ETA through ``out``)."""
     from evoplast.science import report as science_report
-    from evoplast.science.analysis import equal_lifetimes_steps, oml_train, score_oml
+    from evoplast.science.analysis import add_oml, equal_lifetimes_steps
     from evoplast.evaluation import Evaluator
-    from evoplast.seeding import Purpose
 
     spec = Evaluator(cfg_seed).spec                         # the seed's fixed segments
     ev = Evaluator(cfg, spec=spec)                          # episodes (held-out, validation) of the shared seed
@@ -45,14 +44,7 @@ def judge(cfg, cfg_seed, center, oml_budget: str, out=None) -> dict:
 
             bar = Progress(steps, "OML meta-step", stream=LineStream(out))
             progress = lambda done, loss: bar.update(done, {"meta-loss": f"{loss:.3f}"})  # noqa: E731
-        *oml, done = oml_train(cfg_seed, Evaluator(cfg_seed), steps, progress=progress)
-        held = ev.episodes(Purpose.HELDOUT, 0, cfg.evaluation.heldout_episodes)
-        o = score_oml(ev, *oml, held)
-        report["oml"], report["oml_meta_steps"] = o.loss.item(), float(done)
-        report["per_episode"]["oml"] = o.per_episode[0].tolist()
-        if o.accuracy is not None:
-            report["oml_accuracy"] = o.accuracy.item()
-            report["per_episode_accuracy"]["oml"] = o.accuracy_per_episode[0].tolist()
+        add_oml(report, ev, cfg_seed, steps, progress=progress, meta_ev=Evaluator(cfg_seed))
     return report
 
 

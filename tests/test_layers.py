@@ -25,7 +25,8 @@ LAYERS = {
                                "export"],
     "runs": ["runs", "cli", "runs.guards", "runs.tracking", "runs.run_page", "runs.plots", "runs.checkpoint",
              "runs.progress", "runs.signals", "runs.preflight", "runs.artifacts", "runs.callbacks", "runs.evolve",
-             "runs.finetune", "runs.train", "runs.model_links", "runs.portable", "runs.session", "runs.pipeline"],
+             "runs.finetune", "runs.train", "runs.model_links", "runs.portable", "runs.session", "runs.pipeline",
+             "runs.evaluate"],
     "front door": ["evoplast"],          # the package itself: evoplast.evolve (scripts sit beside it)
 }
 LAYER_OF = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}

@@ -63,12 +63,12 @@ def test_sigint_checkpoints_and_resume_finishes_the_same_run(store, monkeypatch,
     flight finish, checkpoints, exits 130; ``--resume RUN`` finishes the same run, every generation once."""
     real = run_module.run_evolution
 
-    def interrupted_at_20(cfg, **kw):
-        def out(line):
-            print(line)
+    def interrupted_at_20(cfg, *, out=print, **kw):
+        def out_and_interrupt(line):
+            out(line)
             if line.startswith("gen   20/60"):
                 os.kill(os.getpid(), signal.SIGINT)
-        return real(cfg, **kw, out=out)
+        return real(cfg, **kw, out=out_and_interrupt)
 
     monkeypatch.setattr(run_module, "run_evolution", interrupted_at_20)
     args = TINY + ["search.generations=60", "checkpoint.every=1000", "tracking.gain_every=1000", "ray.num_actors=0",

@@ -250,7 +250,9 @@ def test_evaluate_shows_progress_while_it_meta_trains_oml():
     from .conftest import small_config
 
     log = io.StringIO()
-    progress = scripts.load("evaluate").oml_progress(4, None, stream=log)
+    from evoplast.runs.evaluate import oml_progress
+
+    progress = oml_progress(4, None, stream=log)
     cfg = small_config(["task.num_tasks=2", "task.batches_per_task=2", "task.batch_size=4", "task.query_size=4",
                         "network.hidden=[8,8]", "finetune.episodes=2"])
     *_, done = oml_train(cfg, Evaluator(cfg), 4, progress=progress)

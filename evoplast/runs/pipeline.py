@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..config import Config
-from .evolve import EvolutionResult, add_finetune_to_description, run_evolution
+from . import evolve as evolution_run        # looked up at call time: tests may wrap run_evolution
+from .evolve import EvolutionResult, add_finetune_to_description
 from .finetune import FinetuneResult, run_finetune, train_spec_of
 from .run_page import CENTER, next_commands, rule_equations
 from .tracking import redact_uri, resolve_tracking_uri
@@ -43,7 +44,7 @@ def evolve(cfg: Config, *, resume: Optional[dict[str, Any]] = None, out: Callabl
     search center. ``print_every``: a progress line every N generations (default: about 50 per run).
     A signal stops it like any run (the evolution returns KILLED; the fine-tune raises
     :class:`~evoplast.runs.signals.Interrupted` after writing its checkpoint)."""
-    result = run_evolution(cfg, resume=resume, out=out,
+    result = evolution_run.run_evolution(cfg, resume=resume, out=out,
                            print_every=print_every or max(1, cfg.search.generations // 50))
     if result.status != "FINISHED":
         return PipelineResult(result)

@@ -23,6 +23,7 @@ from ..learners import GradientLearner, NetState
 from ..lifetime import expand_params, model_inputs, tile
 from ..trainers.bptt import MetaTrainer
 from ..network import forward
+from ..seeding import Purpose
 from ..tasks import Episodes
 
 
@@ -129,3 +130,26 @@ def score_oml(ev: Evaluator, spec: GenomeSpec, genome: Tensor, learner: Gradient
     """Held-out scores of online SGD of the head from the OML initial weights."""
     return score_params(learner, spec.decode(genome.reshape(1, -1).to(ev.device)), episodes,
                         cap=ev.cfg.evaluation.loss_cap, curve=curve)
+
+
+def add_oml(report: dict, ev: Evaluator, cfg: Config, steps: int, *, seconds: float | None = None, progress=None,
+            meta_ev: Evaluator | None = None):
+    """Meta-learn the OML baseline (``steps`` meta-steps of ``cfg``'s fine-tune protocol, or ``seconds`` of them)
+    and add its held-out scores to ``report`` (a :func:`evoplast.science.report.report`, on ``ev``'s held-out
+    episodes): ``oml``, ``oml_meta_steps``, ``oml_lifetimes``, ``curve_oml``, ``per_episode["oml"]`` and, for
+    classification, ``oml_accuracy`` and ``per_episode_accuracy["oml"]``. ``meta_ev``: the evaluator whose
+    training episodes OML meta-learns on (default ``ev``). Returns ``(oml parameters, its scores)``: the
+    parameters score other episodes with :func:`score_oml`. Shared by ``scripts/evaluate.py`` and
+    ``scripts/seeds.py``, so OML is the same baseline in both."""
+    *oml, done = oml_train(cfg, meta_ev or ev, steps, seconds=seconds, progress=progress)
+    held = ev.episodes(Purpose.HELDOUT, 0, ev.cfg.evaluation.heldout_episodes)
+    o = score_oml(ev, *oml, held, curve=True)
+    report["oml"] = o.loss.item()
+    report["oml_meta_steps"] = float(done)
+    report["oml_lifetimes"] = float(done * cfg.finetune.episodes)
+    report["curve_oml"] = o.curve[0].tolist()
+    report["per_episode"]["oml"] = o.per_episode[0].tolist()
+    if o.accuracy is not None:
+        report["oml_accuracy"] = o.accuracy.item()
+        report["per_episode_accuracy"]["oml"] = o.accuracy_per_episode[0].tolist()
+    return oml, o
