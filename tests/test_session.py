@@ -57,3 +57,24 @@ def test_the_train_script_checks_what_any_resume_may_change():
     """scripts/train.py refuses an override before reading the checkpoint; what it lets through is what an
     evolution's or a training run's resume allows."""
     assert set(scripts.load("train").RESUMABLE_ANY) <= set(RESUMABLE["train"]) | set(RESUMABLE["evolve"])
+
+
+def test_the_default_pipeline_is_one_library_call(tmp_path, monkeypatch):
+    """``evoplast.evolve(cfg)``: ES, its summary, then BPTT from the search center nested under the run."""
+    from mlflow.tracking import MlflowClient
+
+    import evoplast
+    from evoplast.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(None, [*TINY, "ray.num_actors=0", f"tracking.tracking_uri={store}",
+                             "finetune.after_evolution_steps=3"])
+    lines = []
+    result = evoplast.evolve(cfg, out=lines.append)
+    assert result.status == "FINISHED" and result.finetune is not None
+    assert result.finetune.parent_run_id == result.run_id
+    assert any(line.startswith("Fine-tuned by BPTT (3 meta-steps") for line in lines), lines
+    assert result.finetuned_better == (result.finetune.after[0]["loss"] <= result.finetune.before[0]["loss"])
+    client = MlflowClient(store)
+    assert {client.get_run(r).info.status for r in (result.run_id, result.finetune.run_id)} == {"FINISHED"}
