@@ -83,7 +83,7 @@ def _fail(message: str) -> PydanticCustomError:
 
 
 class TaskConfig(_Section):
-    """The inner task and its protocol (DESIGN §3)."""
+    """The inner task and its protocol (docs/science.md, docs/classification.md)."""
 
     name: Literal["sinusoid", "glyphs", "digits", "omniglot"] = Field(
         "sinusoid", description="task family: sinusoid regression, or class-incremental classification of images")
@@ -123,7 +123,7 @@ class TaskConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    """The plastic feed-forward network (DESIGN §2)."""
+    """The plastic feed-forward network (docs/model.md)."""
 
     hidden: _Tuple(Annotated[Int, Field(ge=1, le=100_000)]) = Field(
         (40, 40), description="hidden layer widths, input to output")
@@ -248,7 +248,7 @@ class SearchConfig(_Section):
     """The evolution strategy (EvoTorch)."""
 
     algorithm: Literal["cmaes", "pgpe", "snes", "xnes", "cem"] = Field(
-        "pgpe", description="EvoTorch searcher (a large genome: PGPE, not CMA-ES; DESIGN §4)")
+        "pgpe", description="EvoTorch searcher (a large genome: PGPE, not CMA-ES; docs/evolution.md)")
     generations: Int = Field(250, ge=1, description="generations to run")
     popsize: Int = Field(32, ge=2, le=1_000_000, description="population size")
     stdev_init: Float = Field(0.1, gt=0.0, description="initial standard deviation of the search distribution")

@@ -95,3 +95,28 @@ def test_the_check_sees_an_upward_import(tmp_path):
     fake.write_text("from .runs.tracking import Tracker\n")
     assert "runs.tracking" in _imports("rules", fake, {"rules", "runs.tracking"})
     assert LAYER_OF["runs.tracking"] > LAYER_OF["rules"]
+
+
+def _named_paths(text: str) -> list[str]:
+    """Repository paths a text names: ``evoplast/...``, ``scripts/...``, ``tests/...``, ``configs/...``,
+    ``docs/...``, ``cluster/...`` (placeholders such as ``<run id>`` aside)."""
+    import re
+
+    found = re.findall(r"(?<![\w/.-])((?:evoplast|scripts|tests|configs|docs|cluster)/[\w./-]*\w)", text)
+    return [p for p in found if "<" not in p]
+
+
+def test_docs_and_code_name_only_files_that_exist():
+    """No reference to a file that is not in the repository (a moved module, a design note kept elsewhere)."""
+    root = Path(REPO)
+    texts = [root / "README.md", *root.glob("docs/*.md"), *root.glob("evoplast/**/*.py"), *root.glob("scripts/*.py"),
+             *root.glob("configs/*.yaml")]
+    missing = sorted({f"{p} (in {t.relative_to(root)})" for t in texts for p in _named_paths(t.read_text())
+                      if not (root / p).exists()})
+    assert not missing, "\n".join(missing)
+    assert not [t for t in texts if "DESIGN §" in t.read_text() or "DESIGN.md" in t.read_text()]
+
+
+def test_the_reference_check_sees_a_missing_file():
+    assert _named_paths("see `evoplast/evolution/run.py` and checkpoints/<run id>/x") == ["evoplast/evolution/run.py"]
+    assert not (Path(REPO) / "evoplast" / "evolution" / "run.py").exists()
