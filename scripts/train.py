@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow run {result.run_id} ({outer}): {result.step} steps; held-out query {metric} "
           f"({cfg.evaluation.heldout_episodes} episodes) {result.heldout_loss:.3f}")
     print(f"Look at it: {result.ui_command}")
-    print("Next:")
-    print(f"  {env}python scripts/export.py --run-id {result.run_id} --which best --out rule.pt2")
-    print(f"  {env}python scripts/evaluate.py --run-id {result.run_id} --which best")
-    print(f"  {env}python scripts/train.py --resume {result.checkpoint} --steps {2 * result.steps}   "
-          f"# train on")
+    from evoplast.runs.pipeline import next_lines
+
+    for line in next_lines(result.run_id, False, cfg):
+        print(line)
+    print(f"  {env}python scripts/train.py --resume {result.checkpoint} --steps {2 * result.steps}   # train on")
     return 0
 
 
