@@ -21,7 +21,7 @@ LAYERS = {
     "outer trainers": ["trainers", "trainers.base", "trainers.loop", "trainers.es", "trainers.bptt",
                        "trainers.pes", "trainers.hybrid", "trainers.searchers"],
     "science and benchmarks": ["science", "science.report", "science.baselines", "science.analysis",
-                               "science.stats", "science.over_seeds", "bench", "bench.timing", "bench.compare",
+                               "science.stats", "science.over_seeds", "bench", "bench.timing", "bench.compare", "bench.workloads",
                                "export"],
     "runs": ["runs", "cli", "runs.guards", "runs.tracking", "runs.run_page", "runs.plots", "runs.checkpoint",
              "runs.progress", "runs.signals", "runs.preflight", "runs.artifacts", "runs.callbacks", "runs.evolve",

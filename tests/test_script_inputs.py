@@ -83,7 +83,8 @@ def test_unknown_run_is_one_line(tmp_path, store, capsys):
     assert not (tmp_path / "r.pt2").exists() and not (tmp_path / "evaluation").exists()
 
 
-SCRIPTS = ["evolve", "train", "finetune", "export", "evaluate", "seeds", "benchmark", "gpu_check"]
+SCRIPTS = ["evolve", "train", "finetune", "export", "evaluate", "seeds", "benchmark", "bench_lifetime", "bench_evolve",
+           "bench_memory", "bench_allocator", "gpu_check"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

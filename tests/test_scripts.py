@@ -126,14 +126,14 @@ TARGET = re.compile(r"^  (2 actors vs 1 actor|Ray overhead per generation)[^\d-]
 
 @pytest.mark.slow
 def test_evolve_benchmark_prints_every_row_and_verdicts_that_follow_the_numbers(tmp_path, monkeypatch, capsys):
-    """scripts/benchmark.py evolve, one generation per setting, in this process (a throwaway local Ray,
+    """scripts/bench_evolve.py (benchmark.py evolve), one generation per setting, in this process (a throwaway local Ray,
     shut down by the script): a row per actor count whose numbers agree with each other, and each target's
     verdict is what its number says. Only the heavy configuration (the one the targets read), shrunk: the
     table's logic is under test, not the machine, and the light rows come from the same code."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(scripts.load("benchmark"), "PAPER_WIDTH",
+    monkeypatch.setattr(scripts.load("bench_evolve"), "PAPER_WIDTH",
                         ["network.hidden=[32,32]", "task.batches_per_task=10", "task.batch_size=8"])
-    assert scripts.run("benchmark", ["evolve", "--generations", "1", "--threads", "1", "--only", "heavy"]) == 0
+    assert scripts.run("bench_evolve", ["--generations", "1", "--threads", "1", "--only", "heavy"]) == 0
     out = capsys.readouterr().out
     rows = [ROW.match(line).groups() for line in out.splitlines() if line.startswith(("light:", "heavy:"))]
     assert [(c, int(a)) for c, a, *_ in rows] == [("heavy", a) for a in (0, 1, 2)], out
