@@ -102,8 +102,8 @@ def _named_paths(text: str) -> list[str]:
     ``docs/...``, ``cluster/...`` (placeholders such as ``<run id>`` aside)."""
     import re
 
-    found = re.findall(r"(?<![\w/.-])((?:evoplast|scripts|tests|configs|docs|cluster)/[\w./-]*\w)", text)
-    return [p for p in found if "<" not in p]
+    pattern = r"(?<![\w/.-])((?:evoplast|scripts|tests|configs|docs|cluster)/[\w./-]*\w)"
+    return [m.group(1) for m in re.finditer(pattern, text) if text[m.end():m.end() + 1] not in ("*", "<", "{")]
 
 
 def test_docs_and_code_name_only_files_that_exist():
@@ -118,5 +118,6 @@ def test_docs_and_code_name_only_files_that_exist():
 
 
 def test_the_reference_check_sees_a_missing_file():
-    assert _named_paths("see `evoplast/evolution/run.py` and checkpoints/<run id>/x") == ["evoplast/evolution/run.py"]
+    assert _named_paths("see `evoplast/evolution/run.py`, scripts/bench_*.py and scripts/bench_<name>.py") == [
+        "evoplast/evolution/run.py"]
     assert not (Path(REPO) / "evoplast" / "evolution" / "run.py").exists()
