@@ -28,7 +28,7 @@ from .trainers import TRAINERS, make_trainer
 from .trainers.callbacks import CheckpointCallback, HeldOutCallback, ProgressCallback, TrackingCallback
 from .trainers.loop import run_outer
 
-OUTERS = tuple(TRAINERS)          # es, bptt, pes, hybrid (scripts/train.py lists them too, before any import)
+OUTERS = tuple(TRAINERS)          # es, bptt, pes, hybrid, nres (scripts/train.py lists them too, before any import)
 CHECKPOINT_FORMAT = "evoplast.outer_run"   # the checkpoint's "kind": not an evolve.py checkpoint
 
 
@@ -36,6 +36,7 @@ def default_steps(cfg: Config, outer: str) -> int:
     """Steps of a run when ``--steps`` is not given: generations (es), meta-steps (bptt, pes: one
     truncation each), both (hybrid: ``search.generations`` of ES, then ``finetune.steps`` of BPTT)."""
     return {"es": cfg.search.generations, "bptt": cfg.finetune.steps, "pes": cfg.finetune.steps,
+            "nres": cfg.finetune.steps,
             "hybrid": cfg.search.generations + cfg.finetune.steps}[outer]
 
 

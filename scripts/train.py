@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evoplast.cli import count, UsageError, config_from_args, parser, run_main  # noqa: E402
 
-OUTERS = ("es", "bptt", "pes", "hybrid")
+OUTERS = ("es", "bptt", "pes", "hybrid", "nres")
 RESUME_OVERRIDABLE = ("tracking.", "device")        # anything else would change the run
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                "train.py")
     p.add_argument("--outer", choices=OUTERS, default=None,
                    help="es: evolution (search.*); bptt: backprop through the lifetime (finetune.*); pes: "
-                        "persistent ES over truncations; hybrid: ES for search.generations, then BPTT")
+                        "persistent ES over truncations; hybrid: ES for search.generations, then BPTT; nres: noise-reuse ES over truncations")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="the run's total steps (default: search.generations / finetune.steps / both for hybrid; "
                         "resuming: the checkpoint's)")
