@@ -34,6 +34,8 @@ def methods() -> dict[str, Method]:
         "BPTT truncated": ("bptt", [], lambda T, b: {"lr": 0.01, "window": max(1, T // 10)}),
         "BPTT checkpointed": ("bptt", [], lambda T, b: {"lr": 0.01, "checkpoint": True}),
         "PES": ("pes", [], lambda T, b: {"pairs": 64, "sigma": 0.1, "window": min(T, 100), "lr": 0.02}),
+        # noise-reuse ES (trainers/nres.py): one ε per particle for a lifetime, truncations of one sinusoid
+        "NRES": ("nres", [], lambda T, b: {"pairs": 32, "sigma": 0.1, "window": max(1, T // 10), "lr": 0.02}),
         "hybrid (ES 1/2, then BPTT)": ("hybrid", ["search.popsize=32"],
                                        lambda T, b: {"es_seconds": b / 2, "lr": 0.01}),
         "hybrid (ES 1/8, then BPTT)": ("hybrid", ["search.popsize=32"],      # the split the default uses
@@ -131,14 +133,37 @@ def _status_kb(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def regime_config(base: Config, regime: str, seed: int) -> Config:
-    """The default task (100 steps of 8) or the long lifetime (1,000 steps of 8: 100 mini-batches per
-    sinusoid), in-process, with the run's seed."""
-    overrides = ["ray.num_actors=0", f"seed={seed}"]
+def parse_regime(base: Config, regime: str) -> tuple[int, float]:
+    """``(mini-batches per sinusoid, multiple of rule.eta_scale)`` of a regime: ``default`` (the config's),
+    ``long`` (10x the mini-batches: 1,000 steps at the default), or ``T<steps>`` with an optional
+    ``-eta<k>`` (``T4000-eta16``: lifetimes of 4,000 steps, plasticity rate scale x16, the regimes of
+    ``scripts/bench_gradnorm.py``)."""
+    import re
+
+    if regime == "default":
+        return base.task.batches_per_task, 1.0
     if regime == "long":
-        overrides.append(f"task.batches_per_task={base.task.batches_per_task * 10}")
-    elif regime != "default":
-        raise ValueError(f"unknown regime {regime!r}: expected 'default' or 'long'")
+        return base.task.batches_per_task * 10, 1.0
+    m = re.fullmatch(r"T(\d+)(?:-eta(\d+(?:\.\d+)?))?", regime)
+    if m is None or int(m.group(1)) % base.task.num_tasks:
+        raise ValueError(f"unknown regime {regime!r}: expected 'default', 'long' or T<steps>[-eta<k>] with steps a "
+                         f"multiple of task.num_tasks ({base.task.num_tasks})")
+    return int(m.group(1)) // base.task.num_tasks, float(m.group(2) or 1.0)
+
+
+def regime_steps(base: Config, regime: str) -> int:
+    """Lifetime steps T of a regime."""
+    return base.task.num_tasks * parse_regime(base, regime)[0]
+
+
+def regime_config(base: Config, regime: str, seed: int) -> Config:
+    """The config of a regime (:func:`parse_regime`), in-process, with the run's seed."""
+    per_task, eta = parse_regime(base, regime)
+    overrides = ["ray.num_actors=0", f"seed={seed}"]
+    if per_task != base.task.batches_per_task:
+        overrides.append(f"task.batches_per_task={per_task}")
+    if eta != 1.0:
+        overrides.append(f"rule.eta_scale={base.rule.eta_scale * eta:g}")
     return with_overrides(base, overrides)
 
 
