@@ -19,9 +19,9 @@ LAYERS = {
     "parallel evaluation": ["evolution", "evolution.placement", "evolution.ray_pool", "evolution.sampling",
                             "evolution.rows"],
     "outer trainers": ["trainers", "trainers.base", "trainers.loop", "trainers.es", "trainers.bptt",
-                       "trainers.pes", "trainers.hybrid", "evolution.problem", "evolution.searchers",
+                       "trainers.pes", "trainers.nres", "trainers.hybrid", "evolution.problem", "evolution.searchers",
                        "evolution.trainer", "metatrain"],
-    "science and benchmarks": ["analysis", "seeds", "benchmarking", "trainers.compare", "export"],
+    "science and benchmarks": ["analysis", "seeds", "benchmarking", "trainers.compare", "export", "verdict"],
     "runs": ["cli", "session", "tracking", "describe", "plots", "checkpoint", "progress", "signals", "preflight",
              "runs", "trainers.callbacks", "evolution.run", "finetune", "training", "model_links", "portable"],
 }
