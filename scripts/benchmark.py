@@ -328,6 +328,9 @@ def bench_outer(args) -> None:
 
     names = list(methods())
     chosen = names if not args.methods else [n for n in names if any(m.lower() in n.lower() for m in args.methods)]
+    if args.popsizes:                              # the population sweep: PGPE at each size, besides --methods
+        chosen = (chosen if args.methods else []) + [f"ES (PGPE, P={p})" for p in args.popsizes
+                                                     if f"ES (PGPE, P={p})" not in chosen]
     if not chosen:
         raise UsageError(f"--methods matches none of: {', '.join(names)}")
     torch.set_num_threads(args.threads)
@@ -440,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="outer: default (100 steps), long (10x the steps) and/or T<steps>[-eta<k>] "
                         "(e.g. T4000-eta16: 4,000 steps, rule.eta_scale x16)")
     p.add_argument("--methods", nargs="+", help="outer: only the methods whose name contains one of these")
+    p.add_argument("--popsizes", type=int, nargs="+", help="outer: PGPE at these population sizes (a sweep)")
     p.add_argument("--set", nargs="*", default=[], help=argparse.SUPPRESS)   # the old spelling of the overrides
     p.add_argument("--out-dir", default="benchmarks", help="outer: where outer.md, outer.json, outer.png go")
     args = p.parse_intermixed_args(argv)      # `outer key=value --budget 5`: overrides anywhere

@@ -88,3 +88,16 @@ def test_evolve_fine_tunes_the_center_at_the_end_by_default_and_says_which_metho
     child = MlflowClient(store).search_runs(["1"], f"tags.mlflow.parentRunId = '{run_id}'")
     assert len(child) == 1 and child[0].data.metrics["meta/loss"] > 0
     assert f"--run-id {run_id} --which " in out
+
+
+def test_population_sweep_runs_pgpe_at_each_size(tmp_path, capsys):
+    from evoplast.trainers.compare import method_of
+
+    assert method_of("ES (PGPE, P=48)")[1] == ["search.popsize=48"]
+    with pytest.raises(KeyError):
+        method_of("ES (CMA, P=4)")
+    assert _benchmark().main(["outer", "--budget", "0.05", "--seeds", "0", "--regimes", "default", "--popsizes", "4",
+                              "8", "--threads", "1", "--out-dir", str(tmp_path), "--set", *TINY]) == 0
+    table = (tmp_path / "outer.md").read_text()
+    assert "| ES (PGPE, P=4) |" in table and "| ES (PGPE, P=8) |" in table and "| BPTT" not in table
+    capsys.readouterr()

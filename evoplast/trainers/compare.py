@@ -31,6 +31,7 @@ def methods() -> dict[str, Method]:
         "ES (PGPE, P=32)": ("es", ["search.popsize=32"], lambda T, b: {}),
         "ES (PGPE, P=256)": ("es", ["search.popsize=256"], lambda T, b: {}),
         "BPTT full": ("bptt", [], lambda T, b: {"lr": 0.01}),
+        "BPTT full (lr 0.001)": ("bptt", [], lambda T, b: {"lr": 0.001}),     # for large rates (eta x16)
         "BPTT truncated": ("bptt", [], lambda T, b: {"lr": 0.01, "window": max(1, T // 10)}),
         "BPTT checkpointed": ("bptt", [], lambda T, b: {"lr": 0.01, "checkpoint": True}),
         "PES": ("pes", [], lambda T, b: {"pairs": 64, "sigma": 0.1, "window": min(T, 100), "lr": 0.02}),
@@ -43,9 +44,22 @@ def methods() -> dict[str, Method]:
     }
 
 
+def method_of(name: str) -> Method:
+    """A method of :func:`methods`, or ``"ES (PGPE, P=<n>)"`` for any population size n (the population
+    sweep of ``benchmark.py outer --popsizes``)."""
+    import re
+
+    if name in methods():
+        return methods()[name]
+    m = re.fullmatch(r"ES \(PGPE, P=(\d+)\)", name)
+    if m is None:
+        raise KeyError(f"unknown method {name!r}")
+    return ("es", [f"search.popsize={int(m.group(1))}"], lambda T, b: {})
+
+
 def describe(name: str, T: int) -> str:
     """How a method is set up at lifetime length T, for the table's notes."""
-    trainer, overrides, kwargs = methods()[name]
+    trainer, overrides, kwargs = method_of(name)
     kw = kwargs(T, 1.0)
     kw.pop("es_seconds", None)
     return ", ".join(overrides + [f"{k}={v}" for k, v in kw.items()])
@@ -71,7 +85,7 @@ def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 2, 
     from ..evaluation import Evaluator
     from . import make_trainer
 
-    kind, overrides, kwargs = method or methods()[name]
+    kind, overrides, kwargs = method or method_of(name)
     if overrides:
         cfg = with_overrides(cfg, overrides)
     ev = Evaluator(cfg)
