@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  episode-specific gain (other episode's tasks - own tasks)        {r['episode_gain']:+7.3f}")
     print(f"Checkpoint: {result.checkpoint}")
     finetuned = finetune_center(cfg, result) if cfg.finetune.after_evolution else False
+    from evoplast.verdict import measured_line
+
+    print(measured_line())              # what evolution in the loop is worth against BPTT alone, plainly
     print(f"Look at it: {result.ui_command}")
     print_next(result.run_id, finetuned, cfg)
     return 0

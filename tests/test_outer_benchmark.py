@@ -85,6 +85,11 @@ def test_evolve_fine_tunes_the_center_at_the_end_by_default_and_says_which_metho
     out = capsys.readouterr().out
     run_id = out.split("MLflow run ")[1].split(":")[0]
     assert "Fine-tuned by BPTT (3 meta-steps" in out and "The rule to use: " in out
+    from evoplast.verdict import MEASURED, measured_line
+
+    line = measured_line()                 # the verdict of issue 29, plainly, with its measured difference
+    assert line in out and f"{MEASURED['diff']:+.3f} ± {MEASURED['half_width']:.3f}" in line
+    assert "docs/outer-trainers.md" in line
     child = MlflowClient(store).search_runs(["1"], f"tags.mlflow.parentRunId = '{run_id}'")
     assert len(child) == 1 and child[0].data.metrics["meta/loss"] > 0
     assert f"--run-id {run_id} --which " in out
