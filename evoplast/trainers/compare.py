@@ -37,6 +37,9 @@ def methods() -> dict[str, Method]:
         "PES": ("pes", [], lambda T, b: {"pairs": 64, "sigma": 0.1, "window": min(T, 100), "lr": 0.02}),
         # noise-reuse ES (trainers/nres.py): one ε per particle for a lifetime, truncations of one sinusoid
         "NRES": ("nres", [], lambda T, b: {"pairs": 32, "sigma": 0.1, "window": max(1, T // 10), "lr": 0.02}),
+        # for large plasticity rates (eta x16): a perturbation and a step that keep most particles finite
+        "NRES (small steps)": ("nres", [], lambda T, b: {"pairs": 32, "sigma": 0.01, "window": max(1, T // 10),
+                                                         "lr": 0.002}),
         "hybrid (ES 1/2, then BPTT)": ("hybrid", ["search.popsize=32"],
                                        lambda T, b: {"es_seconds": b / 2, "lr": 0.01}),
         "hybrid (ES 1/8, then BPTT)": ("hybrid", ["search.popsize=32"],      # the split the default uses
