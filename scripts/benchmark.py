@@ -329,8 +329,8 @@ def bench_outer(args) -> None:
     names = list(methods())
     chosen = names if not args.methods else [n for n in names if any(m.lower() in n.lower() for m in args.methods)]
     if args.popsizes:                              # the population sweep: PGPE at each size, besides --methods
-        chosen = (chosen if args.methods else []) + [f"ES (PGPE, P={p})" for p in args.popsizes
-                                                     if f"ES (PGPE, P={p})" not in chosen]
+        chosen = list(chosen if args.methods else [])
+        chosen += [f"ES (PGPE, P={p})" for p in args.popsizes if f"ES (PGPE, P={p})" not in chosen]
     if not chosen:
         raise UsageError(f"--methods matches none of: {', '.join(names)}")
     torch.set_num_threads(args.threads)

@@ -102,7 +102,7 @@ def test_population_sweep_runs_pgpe_at_each_size(tmp_path, capsys):
     with pytest.raises(KeyError):
         method_of("ES (CMA, P=4)")
     assert _benchmark().main(["outer", "--budget", "0.05", "--seeds", "0", "--regimes", "default", "--popsizes", "4",
-                              "8", "--threads", "1", "--out-dir", str(tmp_path), "--set", *TINY]) == 0
+                              "32", "--threads", "1", "--out-dir", str(tmp_path), "--set", *TINY]) == 0
     table = (tmp_path / "outer.md").read_text()
-    assert "| ES (PGPE, P=4) |" in table and "| ES (PGPE, P=8) |" in table and "| BPTT" not in table
+    assert "| ES (PGPE, P=4) |" in table and "| ES (PGPE, P=32) |" in table and "| BPTT" not in table
     capsys.readouterr()
