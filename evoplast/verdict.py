@@ -29,6 +29,9 @@ Candidates (:func:`candidates`):
 * ``ES then BPTT on top-k``: the default's ES phase, then BPTT on the search center and the k − 1 best
   genomes of the last population together (one batched lifetime per meta-step, ``[k, D]``); the genome
   kept is the best on validation episodes (:class:`TopKTrainer`).
+
+Measured on the default config (8 seeds, docs/outer-trainers.md): no candidate beats BPTT from scratch; the
+default ties it (:data:`MEASURED`, which ``scripts/evolve.py`` prints).
 """
 
 from __future__ import annotations
@@ -345,6 +348,9 @@ def markdown(v: Verdict, notes: dict[str, str] | None = None) -> list[str]:
                      f"{gap.mean:+.3f} ± {gap.half_width:.3f}.")
     w = v.winner()
     lines.append(f"Winner against BPTT from scratch (paired 95% CI below zero): {w or 'none'}.")
+    shown = [r.method for r in v.rows]
+    if any(name in shown for name in notes):
+        lines += ["", "Candidates: " + "; ".join(f"{name}: {note}" for name, note in notes.items() if name in shown) + "."]
     return lines
 
 

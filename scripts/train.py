@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a plasticity rule with any outer trainer: ES, BPTT, PES or the hybrid (ES, then BPTT).
+"""Train a plasticity rule with any outer trainer: ES, BPTT, PES, NRES or the hybrid (ES, then BPTT).
 
     python scripts/train.py --outer pes [--config F] [key=value ...] [--steps N]
     python scripts/train.py --resume checkpoints/RUN/latest.pt [--steps N]
@@ -24,7 +24,7 @@ RESUME_OVERRIDABLE = ("tracking.", "device")        # anything else would change
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("Train a plasticity rule with one outer trainer (es, bptt, pes, hybrid), tracked in MLflow.",
+    p = parser("Train a plasticity rule with one outer trainer (es, bptt, pes, hybrid, nres), tracked in MLflow.",
                "train.py")
     p.add_argument("--outer", choices=OUTERS, default=None,
                    help="es: evolution (search.*); bptt: backprop through the lifetime (finetune.*); pes: "
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = None
     else:
         if args.outer is None:
-            raise UsageError("--outer is required (es, bptt, pes or hybrid) unless --resume is given")
+            raise UsageError("--outer is required (es, bptt, pes, hybrid or nres) unless --resume is given")
         cfg = config_from_args(args)       # checked before the heavy imports below
 
     from evoplast.checkpoint import CheckpointError, load_checkpoint
