@@ -34,6 +34,9 @@ def bench_outer(args) -> None:
 
     names = list(methods())
     chosen = names if not args.methods else [n for n in names if any(m.lower() in n.lower() for m in args.methods)]
+    if args.popsizes:                              # the population sweep: PGPE at each size, besides --methods
+        chosen = list(chosen if args.methods else [])
+        chosen += [f"ES (PGPE, P={p})" for p in args.popsizes if f"ES (PGPE, P={p})" not in chosen]
     if not chosen:
         raise UsageError(f"--methods matches none of: {', '.join(names)}")
     torch.set_num_threads(args.threads)
@@ -44,16 +47,19 @@ def bench_outer(args) -> None:
           f"{args.budget:g} CPU s of steps per run, {args.threads} thread(s); held-out MSE of the recommended genome "
           f"(mean ± 95% t-interval over seeds)", flush=True)
     results: dict[str, dict[str, list]] = {}
+    log = out_dir / "outer.jsonl"                 # every run as it ends (seed after seed: partial results stay paired)
     for regime in args.regimes:
-        results[regime] = {}
-        for name in chosen:
-            runs = []
-            for seed in args.seeds:
+        regime_config(base, regime, 0)            # an unknown regime fails before any run
+    for regime in args.regimes:
+        results[regime] = {name: [] for name in chosen}
+        for seed in args.seeds:
+            for name in chosen:
                 r = run_method(name, regime_config(base, regime, seed), args.budget)
-                runs.append(r)
+                results[regime][name].append(r)
                 print(f"  {regime:<7} {name:<28} seed {seed}: {r.steps:5d} steps, held-out MSE {r.loss:.3f}, "
                       f"episode gain {r.episode_gain:+.3f}, peak {r.peak_mb:.1f} MB", flush=True)
-            results[regime][name] = runs
+                with log.open("a") as f:
+                    f.write(json.dumps({"regime": regime, **r.__dict__}) + "\n")
     lines = _outer_table(results, base, args, describe, mean_ci, paired_ci, format_interval)
     print()
     print("\n".join(lines))
@@ -67,12 +73,17 @@ def bench_outer(args) -> None:
 def _outer_table(results, base, args, describe, mean_ci, paired_ci, format_interval) -> list[str]:
     lines = []
     for regime, by in results.items():
-        T = base.task.num_tasks * base.task.batches_per_task * (10 if regime == "long" else 1)
-        lines += [f"### {regime}: lifetime of {T} steps of {base.task.batch_size}, {args.budget:g} CPU s per run ({args.threads} thread(s)), "
+        from evoplast.bench.compare import parse_regime, regime_steps
+
+        T = regime_steps(base, regime)
+        eta = parse_regime(base, regime)[1]
+        lines += [f"### {regime}: lifetime of {T} steps of {base.task.batch_size}"
+                  + (f", rule.eta_scale x{eta:g}" if eta != 1 else "") + f", {args.budget:g} CPU s per run ({args.threads} thread(s)), "
                   f"seeds {', '.join(map(str, args.seeds))}", "",
                   "| method | steps | lifetimes/s | held-out MSE | episode-specific gain | MSE − BPTT full (paired) "
-                  "| peak MB / step | setup |", "|---|---|---|---|---|---|---|---|"]
+                  "| MSE − BPTT truncated (paired) | peak MB / step | setup |", "|---|---|---|---|---|---|---|---|---|"]
         ref = by.get("BPTT full")
+        ref_t = by.get("BPTT truncated")
         ranked = sorted(by, key=lambda n: sum(r.loss for r in by[n]) / len(by[n]))
         for name in ranked:
             runs = by[name]
@@ -80,9 +91,11 @@ def _outer_table(results, base, args, describe, mean_ci, paired_ci, format_inter
             rate = sum(r.lifetimes / r.seconds for r in runs) / len(runs)
             diff = format_interval(paired_ci([r.loss for r in runs], [r.loss for r in ref])) \
                 if ref is not None and name != "BPTT full" else ""
+            diff_t = format_interval(paired_ci([r.loss for r in runs], [r.loss for r in ref_t])) \
+                if ref_t is not None and name != "BPTT truncated" else ""
             peak = statistics.median(r.peak_mb for r in runs)
             lines.append(f"| {name} | {steps:.0f} | {rate:.0f} | {format_interval(mean_ci([r.loss for r in runs]))} | "
-                         f"{format_interval(mean_ci([r.episode_gain for r in runs]))} | {diff} | {peak:.1f} | "
+                         f"{format_interval(mean_ci([r.episode_gain for r in runs]))} | {diff} | {diff_t} | {peak:.1f} | "
                          f"{describe(name, T)} |")
         lines += ["", f"Best held-out MSE in this regime: **{ranked[0]}**.", ""]
     return lines
@@ -142,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=20.0,
                    help="outer: CPU seconds of steps per run (= wall-clock on an idle core at --threads 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="outer: run seeds")
-    p.add_argument("--regimes", nargs="+", choices=["default", "long"], default=["default", "long"],
-                   help="outer: the default lifetime (100 steps) and/or a long one (10x the steps)")
+    p.add_argument("--regimes", nargs="+", default=["default", "long"],
+                   help="outer: default (100 steps), long (10x the steps) and/or T<steps>[-eta<k>] "
+                        "(e.g. T4000-eta16: 4,000 steps, rule.eta_scale x16)")
     p.add_argument("--methods", nargs="+", help="outer: only the methods whose name contains one of these")
+    p.add_argument("--popsizes", type=int, nargs="+", help="outer: PGPE at these population sizes (a sweep)")
     p.add_argument("--set", nargs="*", default=[], help=argparse.SUPPRESS)   # the old spelling of the overrides
     p.add_argument("--out-dir", default="benchmarks", help="outer: where outer.md, outer.json, outer.png go")
     args = p.parse_intermixed_args(argv)      # `outer key=value --budget 5`: overrides anywhere

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a plasticity rule with any outer trainer: ES, BPTT, PES or the hybrid (ES, then BPTT).
+"""Train a plasticity rule with any outer trainer: ES, BPTT, PES, NRES or the hybrid (ES, then BPTT).
 
     python scripts/train.py --outer pes [--config F] [key=value ...] [--steps N]
     python scripts/train.py --resume checkpoints/RUN/latest.pt [--steps N]
@@ -19,18 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evoplast.cli import count, UsageError, config_from_args, parser, run_main  # noqa: E402
 
-OUTERS = ("es", "bptt", "pes", "hybrid")
+OUTERS = ("es", "bptt", "pes", "hybrid", "nres")
 # what a resume may change: tracking.* and device; an ES run (an evolution) also its generations, Ray, ...
 # (evoplast.runs.session.RESUMABLE, checked again once the checkpoint says which command wrote it)
 RESUMABLE_ANY = ("tracking.", "device", "search.generations", "ray.", "checkpoint.every")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("Train a plasticity rule with one outer trainer (es, bptt, pes, hybrid), tracked in MLflow.",
+    p = parser("Train a plasticity rule with one outer trainer (es, bptt, pes, hybrid, nres), tracked in MLflow.",
                "train.py")
     p.add_argument("--outer", choices=OUTERS, default=None,
                    help="es: evolution (search.*); bptt: backprop through the lifetime (finetune.*); pes: "
-                        "persistent ES over truncations; hybrid: ES for search.generations, then BPTT")
+                        "persistent ES over truncations; hybrid: ES for search.generations, then BPTT; nres: noise-reuse ES "
+                        "over truncations")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="the run's total steps (default: search.generations / finetune.steps / both for hybrid; "
                         "resuming: the checkpoint's)")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = None
     else:
         if args.outer is None:
-            raise UsageError("--outer is required (es, bptt, pes or hybrid) unless --resume is given")
+            raise UsageError("--outer is required (es, bptt, pes, hybrid or nres) unless --resume is given")
         cfg = config_from_args(args)       # checked before the heavy imports below
 
     from evoplast.runs.checkpoint import CheckpointError, load_checkpoint

@@ -118,7 +118,7 @@ def test_metric_names_are_grouped():
 
 # ---- run_training: straight == interrupted + resumed, for es, bptt, pes ----
 
-@pytest.mark.parametrize("outer", ["bptt", "pes", "es"])
+@pytest.mark.parametrize("outer", ["bptt", "pes", "nres", "es"])
 def test_sigint_then_resume_equals_a_straight_run_and_logs_every_step_once(outer, store):
     from mlflow.tracking import MlflowClient
 
@@ -222,7 +222,7 @@ def test_train_script_offers_every_trainer():
     from evoplast.trainers import TRAINERS
     from evoplast.runs.train import OUTERS
 
-    assert load("train").OUTERS == OUTERS == tuple(TRAINERS) == ("es", "bptt", "pes", "hybrid")
+    assert load("train").OUTERS == OUTERS == tuple(TRAINERS) == ("es", "bptt", "pes", "hybrid", "nres")
 
 
 def test_train_script_missing_checkpoint_is_one_line_and_exit_1(tmp_path, capsys):

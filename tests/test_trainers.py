@@ -27,6 +27,7 @@ KINDS = {
     "bptt_truncated": ("bptt", {"window": 4}),
     "bptt_checkpointed": ("bptt", {"checkpoint": True}),
     "pes": ("pes", {"pairs": 16, "sigma": 0.1, "window": 5, "lr": 0.03}),
+    "nres": ("nres", {"pairs": 16, "sigma": 0.1, "window": 5, "lr": 0.03}),
     "hybrid": ("hybrid", {"es_generations": 3}),
 }
 
@@ -58,7 +59,7 @@ def _run(trainer, n):
     return [trainer.step()["meta_loss"] for _ in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["bptt", "bptt_truncated", "pes", "hybrid", "es"])
+@pytest.mark.parametrize("kind", ["bptt", "bptt_truncated", "pes", "nres", "hybrid", "es"])
 def test_resume_is_exact(kind):
     """N steps = k steps, state_dict (through torch.save / weights_only load), fresh trainer, N - k steps."""
     cfg = tiny()
@@ -145,6 +146,58 @@ def test_pes_is_unbiased_over_a_lifetime_where_truncation_is_not():
     cos_truncated = torch.nn.functional.cosine_similarity(truncated, true, dim=0).item()
     print(f"PES cosine {cos:.4f} norm ratio {ratio:.4f}; truncated BPTT cosine {cos_truncated:.4f}")
     assert cos_truncated < cos - 0.02, (cos_truncated, cos)
+
+
+def test_nres_is_unbiased_over_a_lifetime_and_reuses_one_perturbation():
+    """NRES: one ε per particle for the whole lifetime (the same at every truncation, redrawn at the next
+    lifetime); its estimates summed over one lifetime (θ fixed) match the autograd gradient of the sum of the
+    truncation losses, as PES's do."""
+    from evoplast.trainers import NRESTrainer
+
+    cfg = tiny("task.num_tasks=2", "task.batches_per_task=2", "task.batch_size=2", "network.hidden=[4]",
+               "network.plastic_layers=[2]")
+    window, k = 2, 2
+    nres = NRESTrainer(cfg, pairs=40000, sigma=0.01, window=window, episodes=k)
+    theta = nres.spec.initial_vector() + 0.3 * torch.randn(nres.spec.dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        nres.theta.copy_(theta)
+    episodes = nres._current_episodes()
+    T = episodes.num_steps
+    estimates, noise = [], []
+    for _ in range(-(-T // window)):                                      # one lifetime, θ fixed
+        estimates.append(nres.estimate()[0])
+        noise.append(nres.xi.clone())
+    assert nres.lifetime == 1 and nres.t == 0
+    assert all(torch.equal(n, noise[0]) for n in noise)                   # the same ε at every truncation
+    nres.estimate()
+    assert not torch.equal(nres.xi, noise[0])                             # a new lifetime, a new ε
+    estimate = sum(estimates)
+
+    g = theta.clone().requires_grad_(True)
+    _sum_of_truncation_losses(cfg, g, episodes, window).backward()
+    true = g.grad
+    cos = torch.nn.functional.cosine_similarity(estimate, true, dim=0).item()
+    ratio = (estimate.norm() / true.norm()).item()
+    print(f"NRES cosine {cos:.4f} norm ratio {ratio:.4f}")
+    assert cos > 0.97 and 0.9 < ratio < 1.1, (cos, ratio)
+
+
+def test_nres_is_antithetic_es_with_the_lifetimes_noise_on_one_truncation():
+    """With one truncation per lifetime NRES's estimate is antithetic ES over whole lifetimes with the
+    same ε: checked against the ES estimate computed by hand from the evaluator's scores."""
+    from evoplast.trainers import NRESTrainer
+
+    cfg = tiny()
+    nres = NRESTrainer(cfg, pairs=3, sigma=0.1, window=1000, episodes=2)
+    episodes = nres._current_episodes()
+    grad, loss = nres.estimate()
+    eps = nres.xi
+    theta = nres.theta.detach()
+    ev = Evaluator(cfg)
+    scores = ev.score(torch.cat([theta + eps, theta - eps]), episodes=episodes)
+    torch.testing.assert_close(loss, scores.loss.float(), rtol=1e-4, atol=1e-5)
+    by_hand = ((scores.loss[:3] - scores.loss[3:]).float().unsqueeze(-1) * eps).mean(0) / (2 * 0.1 ** 2)
+    torch.testing.assert_close(grad, by_hand, rtol=1e-3, atol=1e-4)
 
 
 def test_unknown_trainer_and_bad_pes_arguments_are_one_line_errors():

@@ -31,9 +31,15 @@ def methods() -> dict[str, Method]:
         "ES (PGPE, P=32)": ("es", ["search.popsize=32"], lambda T, b: {}),
         "ES (PGPE, P=256)": ("es", ["search.popsize=256"], lambda T, b: {}),
         "BPTT full": ("bptt", [], lambda T, b: {"lr": 0.01}),
+        "BPTT full (lr 0.001)": ("bptt", [], lambda T, b: {"lr": 0.001}),     # for large rates (eta x16)
         "BPTT truncated": ("bptt", [], lambda T, b: {"lr": 0.01, "window": max(1, T // 10)}),
         "BPTT checkpointed": ("bptt", [], lambda T, b: {"lr": 0.01, "checkpoint": True}),
         "PES": ("pes", [], lambda T, b: {"pairs": 64, "sigma": 0.1, "window": min(T, 100), "lr": 0.02}),
+        # noise-reuse ES (trainers/nres.py): one ε per particle for a lifetime, truncations of one sinusoid
+        "NRES": ("nres", [], lambda T, b: {"pairs": 32, "sigma": 0.1, "window": max(1, T // 10), "lr": 0.02}),
+        # for large plasticity rates (eta x16): a perturbation and a step that keep most particles finite
+        "NRES (small steps)": ("nres", [], lambda T, b: {"pairs": 32, "sigma": 0.01, "window": max(1, T // 10),
+                                                         "lr": 0.002}),
         "hybrid (ES 1/2, then BPTT)": ("hybrid", ["search.popsize=32"],
                                        lambda T, b: {"es_seconds": b / 2, "lr": 0.01}),
         "hybrid (ES 1/8, then BPTT)": ("hybrid", ["search.popsize=32"],      # the split the default uses
@@ -41,9 +47,22 @@ def methods() -> dict[str, Method]:
     }
 
 
+def method_of(name: str) -> Method:
+    """A method of :func:`methods`, or ``"ES (PGPE, P=<n>)"`` for any population size n (the population
+    sweep of ``benchmark.py outer --popsizes``)."""
+    import re
+
+    if name in methods():
+        return methods()[name]
+    m = re.fullmatch(r"ES \(PGPE, P=(\d+)\)", name)
+    if m is None:
+        raise KeyError(f"unknown method {name!r}")
+    return ("es", [f"search.popsize={int(m.group(1))}"], lambda T, b: {})
+
+
 def describe(name: str, T: int) -> str:
     """How a method is set up at lifetime length T, for the table's notes."""
-    trainer, overrides, kwargs = methods()[name]
+    trainer, overrides, kwargs = method_of(name)
     kw = kwargs(T, 1.0)
     kw.pop("es_seconds", None)
     return ", ".join(overrides + [f"{k}={v}" for k, v in kw.items()])
@@ -69,7 +88,7 @@ def run_method(name: str, cfg: Config, budget: float, *, curve_points: int = 2, 
     from ..evaluation import Evaluator
     from ..trainers import make_trainer
 
-    kind, overrides, kwargs = method or methods()[name]
+    kind, overrides, kwargs = method or method_of(name)
     if overrides:
         cfg = with_overrides(cfg, overrides)
     ev = Evaluator(cfg)
@@ -131,14 +150,37 @@ def _status_kb(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def regime_config(base: Config, regime: str, seed: int) -> Config:
-    """The default task (100 steps of 8) or the long lifetime (1,000 steps of 8: 100 mini-batches per
-    sinusoid), in-process, with the run's seed."""
-    overrides = ["ray.num_actors=0", f"seed={seed}"]
+def parse_regime(base: Config, regime: str) -> tuple[int, float]:
+    """``(mini-batches per sinusoid, multiple of rule.eta_scale)`` of a regime: ``default`` (the config's),
+    ``long`` (10x the mini-batches: 1,000 steps at the default), or ``T<steps>`` with an optional
+    ``-eta<k>`` (``T4000-eta16``: lifetimes of 4,000 steps, plasticity rate scale x16, the regimes of
+    ``scripts/bench_gradnorm.py``)."""
+    import re
+
+    if regime == "default":
+        return base.task.batches_per_task, 1.0
     if regime == "long":
-        overrides.append(f"task.batches_per_task={base.task.batches_per_task * 10}")
-    elif regime != "default":
-        raise ValueError(f"unknown regime {regime!r}: expected 'default' or 'long'")
+        return base.task.batches_per_task * 10, 1.0
+    m = re.fullmatch(r"T(\d+)(?:-eta(\d+(?:\.\d+)?))?", regime)
+    if m is None or int(m.group(1)) % base.task.num_tasks:
+        raise ValueError(f"unknown regime {regime!r}: expected 'default', 'long' or T<steps>[-eta<k>] with steps a "
+                         f"multiple of task.num_tasks ({base.task.num_tasks})")
+    return int(m.group(1)) // base.task.num_tasks, float(m.group(2) or 1.0)
+
+
+def regime_steps(base: Config, regime: str) -> int:
+    """Lifetime steps T of a regime."""
+    return base.task.num_tasks * parse_regime(base, regime)[0]
+
+
+def regime_config(base: Config, regime: str, seed: int) -> Config:
+    """The config of a regime (:func:`parse_regime`), in-process, with the run's seed."""
+    per_task, eta = parse_regime(base, regime)
+    overrides = ["ray.num_actors=0", f"seed={seed}"]
+    if per_task != base.task.batches_per_task:
+        overrides.append(f"task.batches_per_task={per_task}")
+    if eta != 1.0:
+        overrides.append(f"rule.eta_scale={base.rule.eta_scale * eta:g}")
     return with_overrides(base, overrides)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..bench.verdict import measured_line
 from ..config import Config
 from . import evolve as evolution_run        # looked up at call time: tests may wrap run_evolution
 from .evolve import EvolutionResult, add_finetune_to_description
@@ -50,9 +51,8 @@ def evolve(cfg: Config, *, resume: Optional[dict[str, Any]] = None, out: Callabl
         return PipelineResult(result)
     for line in summary_lines(cfg, result):
         out(line)
-    if not cfg.finetune.after_evolution:
-        return PipelineResult(result)
-    ft, better = finetune_center(cfg, result, out)
+    ft, better = finetune_center(cfg, result, out) if cfg.finetune.after_evolution else (None, False)
+    out(measured_line())                # what evolution in the loop is worth against BPTT alone, plainly
     return PipelineResult(result, ft, better)
 
 

@@ -31,14 +31,14 @@ from .run_page import applicable_params, run_tags
 from .session import RunSession, command_of
 from .signals import Interrupted
 
-OUTERS = tuple(TRAINERS)          # es, bptt, pes, hybrid (scripts/train.py lists them too, before any import)
+OUTERS = tuple(TRAINERS)          # es, bptt, pes, hybrid, nres (scripts/train.py lists them too, before any import)
 
 
 def default_steps(cfg: Config, outer: str) -> int:
     """Steps of a run when ``--steps`` is not given: generations (es), meta-steps (bptt, pes: one
     truncation each), both (hybrid: ``search.generations`` of ES, then ``finetune.steps`` of BPTT)."""
     return {"es": cfg.search.generations, "bptt": cfg.finetune.steps, "pes": cfg.finetune.steps,
-            "hybrid": cfg.search.generations + cfg.finetune.steps}[outer]
+            "nres": cfg.finetune.steps, "hybrid": cfg.search.generations + cfg.finetune.steps}[outer]
 
 
 def build_trainer(cfg: Config, outer: str):

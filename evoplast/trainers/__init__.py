@@ -1,4 +1,4 @@
-"""Outer trainers, peers over one lifetime: ES, BPTT (full / truncated / checkpointed), PES, hybrid.
+"""Outer trainers, peers over one lifetime: ES, BPTT (full / truncated / checkpointed), PES, NRES, hybrid.
 
 Each follows :class:`~evoplast.trainers.base.OuterTrainer`; :func:`make_trainer` builds one by name.
 """
@@ -14,11 +14,12 @@ from .base import METRICS, OuterTrainer
 from .bptt import BPTTTrainer
 from .es import ESTrainer
 from .hybrid import HybridTrainer
+from .nres import NRESTrainer
 from .pes import PESTrainer
 
-TRAINERS = {"es": ESTrainer, "bptt": BPTTTrainer, "pes": PESTrainer, "hybrid": HybridTrainer}
+TRAINERS = {"es": ESTrainer, "bptt": BPTTTrainer, "pes": PESTrainer, "hybrid": HybridTrainer, "nres": NRESTrainer}
 
-__all__ = ["METRICS", "OuterTrainer", "ESTrainer", "BPTTTrainer", "PESTrainer", "HybridTrainer", "TRAINERS",
+__all__ = ["METRICS", "OuterTrainer", "ESTrainer", "BPTTTrainer", "PESTrainer", "NRESTrainer", "HybridTrainer", "TRAINERS",
            "make_trainer"]
 
 
