@@ -21,7 +21,7 @@ LAYERS = {
     "outer trainers": ["trainers", "trainers.base", "trainers.loop", "trainers.es", "trainers.bptt",
                        "trainers.pes", "trainers.hybrid", "evolution.problem", "evolution.searchers",
                        "evolution.trainer", "metatrain"],
-    "science and benchmarks": ["analysis", "seeds", "benchmarking", "trainers.compare", "export"],
+    "science and benchmarks": ["analysis", "seeds", "benchmarking", "trainers.compare", "export", "reproduction"],
     "runs": ["cli", "session", "tracking", "describe", "plots", "checkpoint", "progress", "signals", "preflight",
              "runs", "trainers.callbacks", "evolution.run", "finetune", "training", "model_links", "portable"],
 }
