@@ -49,7 +49,7 @@ from .trainers.es import ESTrainer
 # arm key -> label in the tables
 ARMS = {
     "flp_bptt": "FLP (all layers plastic), BPTT",
-    "flp_es_bptt": "FLP (all layers plastic), ES then BPTT",
+    "flp_es_bptt": "FLP (all layers plastic), ES then BPTT (lr 0.01)",
     "flp_output": "FLP, output layer plastic only, BPTT",
     "oml": "OML (meta-learned init + head lr, SGD of the head)",
 }
@@ -58,6 +58,9 @@ BASELINES = {
     "sgd_seed_init": "online SGD of the same weights, random initial weights (lr tuned)",
 }
 BUDGETS = ("equal_steps", "equal_time")
+# The BPTT phase of ES then BPTT: from the ES center, finetune.lr = 0.03 diverges after the first (sign-like)
+# Adam step in every seed tried (every later step skipped for a non-finite meta-loss); 0.01 stays finite.
+HYBRID_BPTT_LR = 0.01
 SGD_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
@@ -98,8 +101,8 @@ class HybridArm:
 
     name = "hybrid"
 
-    def __init__(self, cfg: Config, es_generations: int):
-        self.cfg, self.es_generations = cfg, es_generations
+    def __init__(self, cfg: Config, es_generations: int, bptt_lr: Optional[float] = HYBRID_BPTT_LR):
+        self.cfg, self.es_generations, self.bptt_lr = cfg, es_generations, bptt_lr
         self.es = ESTrainer(cfg)
         self.bptt: Optional[BPTTTrainer] = None
         self.done = 0
@@ -113,7 +116,7 @@ class HybridArm:
             m = self.es.step()
         else:
             if self.bptt is None:
-                self.bptt = BPTTTrainer(self.cfg, self.es.best())
+                self.bptt = BPTTTrainer(self.cfg, self.es.best(), lr=self.bptt_lr)
             m = self.bptt.step()
         self.done += 1
         return m
