@@ -56,6 +56,8 @@ ARMS = {
 BASELINES = {
     "sgd_same_init": "online SGD of the same weights, FLP-BPTT's initial weights (lr tuned)",
     "sgd_seed_init": "online SGD of the same weights, random initial weights (lr tuned)",
+    "prototype_flp": "nearest class mean on FLP-BPTT's initial features (prototypes)",
+    "prototype_oml": "nearest class mean on OML's initial features (prototypes)",
 }
 BUDGETS = ("equal_steps", "equal_time")
 # The BPTT phase of ES then BPTT: from the ES center, finetune.lr = 0.03 diverges after the first (sign-like)
@@ -244,11 +246,16 @@ def forgetting(arm: Arm, genome: Tensor, episodes: Episodes) -> dict[str, Any]:
     episodes) and two summaries: ``first`` (sinusoid 1's MSE right after its block and at the end) and
     ``mean_forgetting`` (mean over sinusoids 1..n-1 of end MSE minus MSE right after its own block)."""
     params = expand_params(arm.spec.decode(genome.reshape(1, -1)), episodes.num_episodes)
-    m = run_lifetime(arm.learner, params, episodes, 1, curve=True).curve.mean(0)          # [C, n]
+    out = run_lifetime(arm.learner, params, episodes, 1, curve=True)
+    m = out.curve.mean(0)                                                                 # [C, n]
     n = min(m.shape)
     diag = torch.stack([m[i, i] for i in range(n)])
-    return {"matrix": m.tolist(), "first_after": float(m[0, 0]), "first_end": float(m[-1, 0]),
-            "mean_forgetting": float((m[-1, :n - 1] - diag[:n - 1]).mean())}
+    res = {"matrix": m.tolist(), "first_after": float(m[0, 0]), "first_end": float(m[-1, 0]),
+           "mean_forgetting": float((m[-1, :n - 1] - diag[:n - 1]).mean())}
+    if out.curve_acc is not None:     # classification: the same in accuracy (forgetting = accuracy lost)
+        a = out.curve_acc.mean(0)
+        res |= {"accuracy_matrix": a.tolist(), "first_after_acc": float(a[0, 0]), "first_end_acc": float(a[-1, 0])}
+    return res
 
 
 def skipped(trainer) -> int:
@@ -269,6 +276,8 @@ def run_seed(cfg: Config, seed: int, budgets: dict[str, dict[str, dict[str, int]
     """
     torch.manual_seed(seed)
     c = for_seed(cfg, seed)
+    classification = make_task(cfg.task).kind == "classification"
+    paper_stream = paper_stream and not classification        # the 40 x 32 stream is the regression one
     cap = cfg.evaluation.loss_cap
     heldout = shared_episodes(cfg)
     validation = shared_episodes(cfg, Purpose.VALIDATION)
@@ -301,6 +310,8 @@ def run_seed(cfg: Config, seed: int, budgets: dict[str, dict[str, dict[str, int]
                    "steps": n, "es": budgets[key][name]["es"], "seconds": secs, "es_seconds": es_secs,
                    "nonfinite": float(s.nonfinite_episodes[0].float().mean()),
                    "skipped": skip}
+            if s.accuracy is not None:
+                row |= {"accuracy": float(s.accuracy[0]), "per_episode_accuracy": s.accuracy_per_episode[0].tolist()}
             if paper is not None:
                 p = score_arm(arm, genome, paper, cap)
                 row |= {"paper_loss": float(p.loss[0]), "paper_per_episode": p.per_episode[0].tolist(),
@@ -317,12 +328,20 @@ def run_seed(cfg: Config, seed: int, budgets: dict[str, dict[str, dict[str, int]
             s, lr = tuned_sgd(ev, genome, heldout, validation, curve=True)
             row = {"loss": float(s.loss[0]), "per_episode": s.per_episode[0].tolist(), "curve": s.curve[0].tolist(),
                    "lr": lr, "nonfinite": float(s.nonfinite_episodes[0].float().mean())}
+            if s.accuracy is not None:
+                row |= {"accuracy": float(s.accuracy[0]), "per_episode_accuracy": s.accuracy_per_episode[0].tolist()}
             if paper is not None:
                 p, plr = tuned_sgd(ev, genome, paper, paper_val)
                 row |= {"paper_loss": float(p.loss[0]), "paper_per_episode": p.per_episode[0].tolist(), "paper_lr": plr}
             out["baselines"][name] = row
-        log(f"seed {seed} SGD: " + ", ".join(f"{k} {v['loss']:.3f} (lr {v['lr']:.3g})"
-                                             for k, v in out["baselines"].items()))
+        if classification:   # nearest class mean on the features the output layer reads at the initial weights
+            for name, key in (("prototype_flp", "flp_bptt"), ("prototype_oml", "oml")):
+                if key in finals:
+                    acc = Evaluator(c, spec=arms[key].spec).prototype(finals[key], heldout)          # [K]
+                    out["baselines"][name] = {"accuracy": float(acc.mean()), "per_episode_accuracy": acc.tolist()}
+        log(f"seed {seed} baselines: " + ", ".join(
+            f"{k} " + (f"MSE/CE {v['loss']:.3f} (lr {v['lr']:.3g})" if "loss" in v else "") +
+            (f" accuracy {v['accuracy']:.3f}" if "accuracy" in v else "") for k, v in out["baselines"].items()))
     if analyses:
         few = shared_episodes(cfg, num=8)
         for key in ("flp_bptt", "flp_es_bptt", "flp_output", "oml"):
@@ -370,42 +389,45 @@ def _paired(a_rows, b_rows, key="per_episode"):
     return paired_ci(a.mean(1), b.mean(1)), paired_ci(a.mean(0), b.mean(0))
 
 
+def _row(rs, ref, paired: bool) -> dict[str, Any]:
+    """The aggregated fields every row has (loss, accuracy, the paper stream) and their paired differences."""
+    row: dict[str, Any] = {}
+    for field, per, out in (("loss", "per_episode", "diff"), ("accuracy", "per_episode_accuracy", "diff_acc"),
+                            ("paper_loss", "paper_per_episode", "paper_diff")):
+        if field not in rs[0]:
+            continue
+        row[field] = mean_ci([r[field] for r in rs])
+        if paired:
+            row[f"{out}_seed"], row[f"{out}_episode"] = _paired(ref, rs, per)
+    return row
+
+
 def aggregate(per_seed: list[dict[str, Any]], reference: str = "flp_bptt") -> dict[str, Any]:
     """Means over seeds (95% t-intervals), paired differences ``reference - other`` (per seed and per
-    episode; MSE, so negative = the reference is better), the mean curve with intervals, and the analyses."""
+    episode; MSE, so negative = the reference is better; accuracy, positive = the reference is better), the
+    mean curve with intervals, and the analyses."""
     agg: dict[str, Any] = {"rows": {}, "curves": {}, "analyses": {}}
     arms = list(per_seed[0]["arms"])
     for budget in BUDGETS:
         rows = {}
+        ref = [s["arms"][reference][budget] for s in per_seed] if reference in arms else None
         for key in arms:
             rs = [s["arms"][key][budget] for s in per_seed]
-            row = {"loss": mean_ci([r["loss"] for r in rs]), "steps": [r["steps"] for r in rs],
-                   "es": rs[0]["es"], "seconds": mean_ci([r["seconds"] for r in rs]),
+            row = {"steps": [r["steps"] for r in rs], "es": rs[0]["es"], "seconds": mean_ci([r["seconds"] for r in rs]),
                    "nonfinite": max(r["nonfinite"] for r in rs), "skipped": [r["skipped"] for r in rs]}
-            if "paper_loss" in rs[0]:
-                row["paper_loss"] = mean_ci([r["paper_loss"] for r in rs])
+            row |= _row(rs, ref, key != reference and ref is not None)
+            if "paper_nonfinite" in rs[0]:
                 row["paper_nonfinite"] = max(r["paper_nonfinite"] for r in rs)
-            if key != reference and reference in arms:
-                ref = [s["arms"][reference][budget] for s in per_seed]
-                row["diff_seed"], row["diff_episode"] = _paired(ref, rs)
-                if "paper_loss" in rs[0]:
-                    row["paper_diff_seed"], _ = _paired(ref, rs, "paper_per_episode")
             rows[key] = row
         for name in per_seed[0]["baselines"]:
             rs = [s["baselines"][name] for s in per_seed]
-            row = {"loss": mean_ci([r["loss"] for r in rs]), "lr": [r["lr"] for r in rs],
-                   "nonfinite": max(r["nonfinite"] for r in rs)}
-            if "paper_loss" in rs[0]:
-                row["paper_loss"] = mean_ci([r["paper_loss"] for r in rs])
-            if reference in arms:
-                ref = [s["arms"][reference][budget] for s in per_seed]
-                row["diff_seed"], row["diff_episode"] = _paired(ref, rs)
-                if "paper_loss" in rs[0]:
-                    row["paper_diff_seed"], _ = _paired(ref, rs, "paper_per_episode")
-            rows[name] = row
+            row = {"lr": [r["lr"] for r in rs] if "lr" in rs[0] else None,
+                   "nonfinite": max(r.get("nonfinite", 0.0) for r in rs)}
+            rows[name] = row | _row(rs, ref, ref is not None)
         agg["rows"][budget] = rows
         curves = {k: [s["arms"][k][budget]["curve"] for s in per_seed] for k in arms}
-        curves |= {k: [s["baselines"][k]["curve"] for s in per_seed] for k in per_seed[0]["baselines"]}
+        curves |= {k: [s["baselines"][k]["curve"] for s in per_seed] for k in per_seed[0]["baselines"]
+                   if "curve" in per_seed[0]["baselines"][k]}
         agg["curves"][budget] = {k: [mean_ci([c[i] for c in v]) for i in range(len(v[0]))] for k, v in curves.items()}
     for key in per_seed[0]["analyses"]:
         a = [s["analyses"][key] for s in per_seed]
@@ -417,6 +439,9 @@ def aggregate(per_seed: list[dict[str, Any]], reference: str = "flp_bptt") -> di
             "first_end": mean_ci([x["forgetting"]["first_end"] for x in a]),
             "mean_forgetting": mean_ci([x["forgetting"]["mean_forgetting"] for x in a]),
         }
+        if "first_after_acc" in a[0]["forgetting"]:
+            agg["analyses"][key] |= {f: mean_ci([x["forgetting"][f] for x in a])
+                                     for f in ("first_after_acc", "first_end_acc")}
     return agg
 
 
@@ -429,39 +454,54 @@ def markdown(result: dict[str, Any], title: str = "") -> str:
     agg, cal = result["aggregate"], result["calibration"]
     n = len(result["seeds"])
     lines = [f"### {title}" if title else "", "",
-             f"{n} seeds ({', '.join(str(s['seed']) for s in result['seeds'])}); held-out query MSE on the same "
+             f"{n} seeds ({', '.join(str(s['seed']) for s in result['seeds'])}); held-out query MSE (accuracy for "
+             f"classification) on the same "
              f"{len(result['seeds'][0]['arms']['flp_bptt']['equal_steps']['per_episode'])} episodes for every seed; "
-             "mean ± 95% t-interval over seeds; FLP-BPTT − row paired per seed (`*`: excludes 0; negative = "
-             "FLP-BPTT better).", "",
+             "mean ± 95% t-interval over seeds; FLP-BPTT − row paired per seed and per episode (`*`: excludes 0; "
+             "MSE: negative = FLP-BPTT better; accuracy: positive = FLP-BPTT better).", "",
              "Seconds per meta-step, median of interleaved rounds in one process: " +
              ", ".join(f"{k} {v:.3f}" for k, v in cal["seconds_per_step"].items()) +
              f"; equal wall-clock budget {cal['budget_seconds']:.1f} s (= FLP-BPTT's {result['meta_steps']} steps).",
              ""]
     labels = ARMS | BASELINES
+    classification = "accuracy" in next(iter(agg["rows"]["equal_steps"].values()))
     for budget in BUDGETS:
         rows = agg["rows"][budget]
-        lines += [f"**{'equal meta-steps' if budget == 'equal_steps' else 'equal wall-clock'}**", "",
-                  "| method | meta-steps (ES gens + BPTT) | seconds used | final MSE | FLP-BPTT − row, per seed | "
-                  "per episode | paper's 40 × 32 stream | FLP-BPTT − row there, per seed |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"**{'equal meta-steps' if budget == 'equal_steps' else 'equal wall-clock'}**", ""]
+        if classification:
+            lines += ["| method | meta-steps | seconds used | accuracy | FLP-BPTT − row, per seed | per episode | "
+                      "query cross-entropy |", "|---|---|---|---|---|---|---|"]
+        else:
+            lines += ["| method | meta-steps (ES gens + BPTT) | seconds used | final MSE | FLP-BPTT − row, per seed | "
+                      "per episode | paper's 40 × 32 stream | FLP-BPTT − row there, per seed |",
+                      "|---|---|---|---|---|---|---|---|"]
         for key, r in rows.items():
             if "steps" in r:
                 st = f"{r['es']} + {r['steps'][0] - r['es']}" if r["es"] else f"{r['steps'][0]}"
                 if any(r["skipped"]):
                     st += " (skipped per seed: " + "/".join(map(str, r["skipped"])) + ")"
                 secs = format_interval(r["seconds"], 1)
-            else:
+            elif r.get("lr"):
                 st, secs = "none (lr " + "/".join(f"{x:.3g}" for x in r["lr"]) + ")", ""
-            nf = f" ({r['nonfinite']:.0%} non-finite)" if r.get("nonfinite") else ""
-            pnf = f" ({r['paper_nonfinite']:.0%} non-finite)" if r.get("paper_nonfinite") else ""
-            lines.append(f"| {labels[key]} | {st} | {secs} | {format_interval(r['loss'])}{nf} | "
-                         f"{_fmt(r.get('diff_seed'))} | {_fmt(r.get('diff_episode'))} | "
-                         f"{format_interval(r['paper_loss']) + pnf if 'paper_loss' in r else ''} | "
-                         f"{_fmt(r.get('paper_diff_seed'))} |")
+            else:
+                st, secs = "none", ""
+            nf = f" (worst seed: {r['nonfinite']:.0%} of episodes non-finite)" if r.get("nonfinite") else ""
+            pnf = f" (worst seed: {r['paper_nonfinite']:.0%} non-finite)" if r.get("paper_nonfinite") else ""
+            if classification:
+                lines.append(f"| {labels[key]} | {st} | {secs} | {format_interval(r['accuracy'])} | "
+                             f"{_fmt(r.get('diff_acc_seed'))} | {_fmt(r.get('diff_acc_episode'))} | "
+                             f"{format_interval(r['loss']) + nf if 'loss' in r else ''} |")
+            else:
+                lines.append(f"| {labels[key]} | {st} | {secs} | {format_interval(r['loss'])}{nf} | "
+                             f"{_fmt(r.get('diff_seed'))} | {_fmt(r.get('diff_episode'))} | "
+                             f"{format_interval(r['paper_loss']) + pnf if 'paper_loss' in r else ''} | "
+                             f"{_fmt(r.get('paper_diff_seed'))} |")
         lines.append("")
         curves = agg["curves"][budget]
         c = len(next(iter(curves.values())))
-        lines += ["MSE over the sinusoids seen so far, after sinusoid 1 … " + str(c) + " (mean over seeds):", "",
+        what = "cross-entropy over the classes seen so far, after class" if classification else \
+            "MSE over the sinusoids seen so far, after sinusoid"
+        lines += [f"{what} 1 … {c} (mean over seeds):", "",
                   "| method | " + " | ".join(str(i + 1) for i in range(c)) + " |", "|---" * (c + 1) + "|"]
         for key, pts in curves.items():
             lines.append(f"| {labels[key]} | " + " | ".join(f"{p.mean:.2f}" for p in pts) + " |")
@@ -469,14 +509,16 @@ def markdown(result: dict[str, Any], title: str = "") -> str:
     if agg["analyses"]:
         lines += ["**The paper's analyses** (equal meta-steps snapshot, 8 held-out episodes): mean cosine between "
                   "the lifetime update and the negative gradient of the step's loss (per plastic layer, input "
-                  "first), and forgetting (sinusoid 1's MSE right after its block and after the whole stream; "
-                  "mean over sinusoids 1–9 of end MSE − MSE right after its own block).", "",
-                  "| method | update–gradient cosine | per layer | sinusoid 1 after its block | at the end | "
+                  "first), and forgetting (task 1's query loss right after its block and after the whole stream; "
+                  "mean over tasks 1 … n−1 of end loss − loss right after its own block).", "",
+                  "| method | update–gradient cosine | per layer | task 1 after its block | at the end | "
                   "mean forgetting |", "|---|---|---|---|---|---|"]
         for key, a in agg["analyses"].items():
             per = ", ".join(f"{x.mean:.2f}" for x in a["cosine_per_layer"]) or "1 (SGD of the head)"
+            acc = (f" (accuracy {format_interval(a['first_after_acc'])} → {format_interval(a['first_end_acc'])})"
+                   if "first_after_acc" in a else "")
             lines.append(f"| {ARMS[key]} | {format_interval(a['cosine'])} | {per} | {format_interval(a['first_after'])} "
-                         f"| {format_interval(a['first_end'])} | {format_interval(a['mean_forgetting'])} |")
+                         f"| {format_interval(a['first_end'])}{acc} | {format_interval(a['mean_forgetting'])} |")
         lines.append("")
     lines.append(f"Whole table: {result['seconds']:.0f} s of wall-clock (one process, one thread).")
     return "\n".join(lines)

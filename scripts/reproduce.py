@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     keys = tuple(args.arms or R.ARMS)
     result = R.run(cfg, args.seeds, args.meta_steps, rounds=args.rounds, es_share=args.es_share, keys=keys,
                    paper_stream=not args.no_paper_stream, log=lambda s: print(s, flush=True))
-    command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    import shlex
+
+    command = "python scripts/reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = R.markdown(result, args.title) + f"\n\nCommand: `{command}`\n"
     print(text)
     out = Path(args.out)

@@ -69,3 +69,36 @@ def test_one_tiny_seed_is_finite_with_one_curve_point_per_sinusoid():
                        "budget_seconds": 3.0}, "seeds": seeds, "seconds": 1.0, "meta_steps": 3})
     assert "OML" in text and "equal wall-clock" in text
     assert torch.isfinite(torch.tensor(agg["analyses"]["flp_bptt"]["cosine"].mean))
+
+
+def test_a_diverged_episode_costs_the_cap_and_leaves_the_others_gradient():
+    """meta_loss_backward: one lifetime of K poisoned with NaN counts as the loss cap and contributes no
+    gradient; the others' gradient is the same as without it (before, the whole meta-step was skipped)."""
+    from evoplast.learners import NetState, PlasticLearner
+    from evoplast.metatrain import meta_loss_backward
+    from evoplast.evaluation import Evaluator
+    from evoplast.seeding import Purpose
+
+    cfg = load_config(f"{REPO}/configs/flp.yaml", ["network.hidden=[5,5]", "task.num_tasks=2",
+                                                    "task.batches_per_task=2", "task.batch_size=3"])
+    ev = Evaluator(cfg)
+
+    class Poisoned(PlasticLearner):
+        def step(self, params, state, x, y, **kw):
+            new = super().step(params, state, x, y, **kw)
+            w = new.weights[-1]
+            w = torch.cat([w[:1] * float("nan"), w[1:]])                      # lifetime 0 diverges
+            return NetState(new.weights[:-1] + (w,), new.biases, new.counts)
+
+    episodes = ev.task.episodes(0, Purpose.FINETUNE, 0, 3, "cpu")
+    g = ev.spec.initial_vector().reshape(1, -1)
+    poisoned = g.clone().requires_grad_(True)
+    loss = meta_loss_backward(Poisoned(ev.spec.model), ev.spec, poisoned, episodes, cap=50.0)
+    clean = g.clone().requires_grad_(True)
+    ref = meta_loss_backward(PlasticLearner(ev.spec.model), ev.spec, clean, episodes.__class__(
+        **{f: (getattr(episodes, f)[1:] if isinstance(getattr(episodes, f), torch.Tensor) else getattr(episodes, f))
+           for f in episodes.__dataclass_fields__}), cap=50.0)
+    assert torch.isfinite(loss).all() and torch.isfinite(poisoned.grad).all()
+    # the loss is the mean of the cap (lifetime 0) and the two clean lifetimes; the gradient is 2/3 of theirs
+    assert float(loss) == pytest.approx((50.0 + 2 * float(ref)) / 3, rel=1e-5)
+    assert torch.allclose(poisoned.grad, clean.grad * 2 / 3, atol=1e-6)
