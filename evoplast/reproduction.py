@@ -449,11 +449,18 @@ def _fmt(i) -> str:
     return "" if i is None else format_interval(i) + (" *" if i.excludes_zero() else "")
 
 
-def markdown(result: dict[str, Any], title: str = "") -> str:
-    """The tables of :func:`run`'s result, as markdown."""
+def diverged_seeds(per_seed: list[dict[str, Any]]) -> list[int]:
+    """Seeds in which some meta-trained arm diverged in every held-out episode (its MSE is the cap)."""
+    return [s["seed"] for s in per_seed
+            if any(row["nonfinite"] >= 1.0 for arm in s["arms"].values() for row in arm.values())]
+
+
+def markdown(result: dict[str, Any], title: str = "", brief: bool = False) -> str:
+    """The tables of :func:`run`'s result, as markdown; when some seed diverged, the tables again without it
+    (``brief``: the final-loss tables only)."""
     agg, cal = result["aggregate"], result["calibration"]
     n = len(result["seeds"])
-    lines = [f"### {title}" if title else "", "",
+    lines = [f"{'####' if brief else '###'} {title}" if title else "", "",
              f"{n} seeds ({', '.join(str(s['seed']) for s in result['seeds'])}); held-out query MSE (accuracy for "
              f"classification) on the same "
              f"{len(result['seeds'][0]['arms']['flp_bptt']['equal_steps']['per_episode'])} episodes for every seed; "
@@ -497,6 +504,8 @@ def markdown(result: dict[str, Any], title: str = "") -> str:
                              f"{format_interval(r['paper_loss']) + pnf if 'paper_loss' in r else ''} | "
                              f"{_fmt(r.get('paper_diff_seed'))} |")
         lines.append("")
+        if brief:
+            continue
         curves = agg["curves"][budget]
         c = len(next(iter(curves.values())))
         what = "cross-entropy over the classes seen so far, after class" if classification else \
@@ -506,7 +515,7 @@ def markdown(result: dict[str, Any], title: str = "") -> str:
         for key, pts in curves.items():
             lines.append(f"| {labels[key]} | " + " | ".join(f"{p.mean:.2f}" for p in pts) + " |")
         lines.append("")
-    if agg["analyses"]:
+    if agg["analyses"] and not brief:
         lines += ["**The paper's analyses** (equal meta-steps snapshot, 8 held-out episodes): mean cosine between "
                   "the lifetime update and the negative gradient of the step's loss (per plastic layer, input "
                   "first), and forgetting (task 1's query loss right after its block and after the whole stream; "
@@ -520,7 +529,15 @@ def markdown(result: dict[str, Any], title: str = "") -> str:
             lines.append(f"| {ARMS[key]} | {format_interval(a['cosine'])} | {per} | {format_interval(a['first_after'])} "
                          f"| {format_interval(a['first_end'])}{acc} | {format_interval(a['mean_forgetting'])} |")
         lines.append("")
+    if brief:
+        return "\n".join(lines)
     lines.append(f"Whole table: {result['seconds']:.0f} s of wall-clock (one process, one thread).")
+    bad = diverged_seeds(result["seeds"])
+    kept = [s for s in result["seeds"] if s["seed"] not in bad]
+    if bad and len(kept) >= 2:
+        lines += ["", markdown(result | {"seeds": kept, "aggregate": aggregate(kept)},
+                               f"The same without seed(s) {', '.join(map(str, bad))} (an FLP arm diverged in every "
+                               "episode there)", brief=True)]
     return "\n".join(lines)
 
 

@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-paper-stream", action="store_true", help="skip the 40 x 32 evaluation row")
     p.add_argument("--out", default="docs/reproduction/blocked", help="writes OUT.md, OUT.json and docs/img/reproduction-<last part of OUT>.png")
     p.add_argument("--title", default="", help="title of the table")
+    p.add_argument("--from-json", default=None, help="re-render the tables and plot of an earlier run's OUT.json "
+                   "(no meta-training)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. task.order=iid)")
     args = p.parse_args(argv)
 
@@ -44,19 +46,26 @@ def main(argv=None) -> int:
     from evoplast import reproduction as R
     from evoplast.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    keys = tuple(args.arms or R.ARMS)
-    result = R.run(cfg, args.seeds, args.meta_steps, rounds=args.rounds, es_share=args.es_share, keys=keys,
-                   paper_stream=not args.no_paper_stream, log=lambda s: print(s, flush=True))
     import shlex
 
-    command = "python scripts/reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        result = {"calibration": saved["calibration"], "seeds": saved["seeds"], "seconds": saved["seconds"],
+                  "meta_steps": saved["meta_steps"], "aggregate": R.aggregate(saved["seeds"])}
+        command = saved["command"]
+    else:
+        cfg = load_config(args.config, args.overrides)
+        keys = tuple(args.arms or R.ARMS)
+        result = R.run(cfg, args.seeds, args.meta_steps, rounds=args.rounds, es_share=args.es_share, keys=keys,
+                       paper_stream=not args.no_paper_stream, log=lambda s: print(s, flush=True))
+        command = "python scripts/reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = R.markdown(result, args.title) + f"\n\nCommand: `{command}`\n"
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(R.to_json(result) | {"command": command}, indent=1))
+    if not args.from_json:
+        out.with_suffix(".json").write_text(json.dumps(R.to_json(result) | {"command": command}, indent=1))
     image = Path("docs/img") / f"reproduction-{out.name}.png"
     image.parent.mkdir(parents=True, exist_ok=True)
     plot(result, image, args.title)
