@@ -83,10 +83,17 @@ def plot(result, path: Path, title: str) -> None:
 
     from evoplast.reproduction import ARMS, BASELINES, BUDGETS
 
+    from evoplast.reproduction import aggregate, diverged_seeds
+
     labels = ARMS | BASELINES
+    bad = diverged_seeds(result["seeds"])
+    kept = [s for s in result["seeds"] if s["seed"] not in bad]
+    agg = aggregate(kept) if bad and len(kept) >= 2 else result["aggregate"]
+    if agg is not result["aggregate"]:
+        title = (title + "; " if title else "") + f"without seed(s) {', '.join(map(str, bad))} (FLP diverged)"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, budget in zip(axes, BUDGETS):
-        for key, pts in result["aggregate"]["curves"][budget].items():
+        for key, pts in agg["curves"][budget].items():
             x = list(range(1, len(pts) + 1))
             m = [q.mean for q in pts]
             h = [0.0 if q.half_width != q.half_width else q.half_width for q in pts]
