@@ -56,12 +56,20 @@ def meta_loss_backward(learner, spec: GenomeSpec, genomes: Tensor, episodes: Epi
     seen = episodes.seen_by_step()                                           # [K, T, n]
     windows = max(1, math.ceil(episodes.num_steps / window)) if window else 1
     window_losses: list[Tensor] = []
+    diverged = torch.zeros(p * k, dtype=torch.bool, device=genomes.device)            # [P*K]
 
     def loss_of(state: NetState, seen_tasks: Tensor) -> Tensor:
+        nonlocal diverged
         per_task, _ = query(learner, state, episodes.query_x, episodes.query_y, p, leaves)   # [P*K, n]
         mask = tile(seen_tasks, p).to(per_task.dtype)                                  # [P*K, n]
         per_lifetime = (per_task * mask).sum(-1) / mask.sum(-1)
-        return per_lifetime.clamp(max=cap).reshape(p, k).mean(-1)                      # [P]
+        bad = ~torch.isfinite(per_lifetime)
+        diverged = diverged | bad
+        # a diverged lifetime counts as the cap and contributes no gradient (its slice of the leaves' gradient
+        # is zeroed below); before, one diverged episode made the whole meta-step non-finite and skipped, and a
+        # genome where some episode always diverges never moved again
+        per_lifetime = torch.where(bad, torch.full_like(per_lifetime, cap), per_lifetime.clamp(max=cap))
+        return per_lifetime.reshape(p, k).mean(-1)                                     # [P]
 
     plastic = set(spec.model.plastic_layers)
 
@@ -83,6 +91,9 @@ def meta_loss_backward(learner, spec: GenomeSpec, genomes: Tensor, episodes: Epi
         window_losses.append(final.detach())
         grads = [leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(leaves[n])
                  for n in decoded]
+        if diverged.any() and not diverged.all():     # every lifetime diverged: non-finite, the step is skipped
+            keep = (~diverged).to(grads[0].dtype)
+            grads = [torch.where(keep.reshape(-1, *[1] * (g.dim() - 1)) > 0, g, torch.zeros_like(g)) for g in grads]
         torch.autograd.backward([decoded[n] for n in decoded if decoded[n].requires_grad],
                                 [g for n, g in zip(decoded, grads) if decoded[n].requires_grad])
     return torch.stack(window_losses).mean(0)
