@@ -1,14 +1,12 @@
 #!/usr/bin/env python
-"""Benchmarks that print numbers, each beside its baseline measured in the same process; one file each.
+"""The outer trainers from scratch at equal CPU time: held-out MSE, memory (``python scripts/bench_outer.py``).
 
-    python scripts/benchmark.py lifetime   # = scripts/bench_lifetime.py: batched lifetime vs a per-genome loop vs bmm
-    python scripts/benchmark.py evolve     # = scripts/bench_evolve.py: generations/s with 0, 1, 2 Ray actors
-    python scripts/benchmark.py memory     # = scripts/bench_memory.py: peak memory, ES generation vs BPTT meta-step
-    python scripts/benchmark.py allocator  # = scripts/bench_allocator.py: page faults, reuse_memory off / on
-    python scripts/benchmark.py outer      # ES, BPTT, PES, hybrid at equal CPU time: held-out MSE, memory (here)
+    python scripts/bench_outer.py --budget 10 --regimes default --methods BPTT hybrid --seeds 0 1 2
+    python scripts/bench_outer.py --regimes T4000-eta16 --methods "BPTT truncated" NRES     # long lifetimes
+    python scripts/bench_outer.py --popsizes 32 256 1024                                    # the population sweep
 
-Timings on a shared 2-core machine vary by up to +-30% from run to run: every number is a median of
-repetitions, and the ratios are taken side by side in one process.
+Budgets are CPU seconds of the process at ``--threads`` (wall-clock on an idle core at one thread); every
+number is a mean over seeds with its 95% t-interval, and differences are paired by seed.
 """
 
 from __future__ import annotations
@@ -126,42 +124,25 @@ def _outer_plot(results, path: Path) -> None:
     plt.close(fig)
 
 
-OTHERS = ("lifetime", "evolve", "memory", "allocator")     # one file each: scripts/bench_<name>.py
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from evoplast.cli import parser
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in OTHERS:                # one benchmark per file: hand the rest of the line to it
-        overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
-        if overrides:
-            raise UsageError(f"{argv[0]}: config overrides apply only to the outer benchmark "
-                             f"(got {' '.join(overrides)})")
-        import importlib.util
-
-        path = Path(__file__).resolve().parent / f"bench_{argv[0]}.py"
-        spec = importlib.util.spec_from_file_location(f"bench_{argv[0]}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main(argv[1:])
-    p = parser(__doc__.splitlines()[0], "benchmark.py", config=False, tracking=False)   # one-line errors, --help-config
-    p.add_argument("which", choices=["lifetime", "evolve", "memory", "allocator", "outer"])
-    p.add_argument("--config", metavar="PATH", help="outer: base config (default: the defaults, configs/default.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="outer: config overrides")
+    p = parser(__doc__.splitlines()[0], "bench_outer.py", config=False, tracking=False)   # one-line errors, --help-config
+    p.add_argument("--config", metavar="PATH", help="base config (default: the defaults, configs/default.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
     p.add_argument("--budget", type=float, default=20.0,
-                   help="outer: CPU seconds of steps per run (= wall-clock on an idle core at --threads 1)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="outer: run seeds")
+                   help="CPU seconds of steps per run (= wall-clock on an idle core at --threads 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds")
     p.add_argument("--regimes", nargs="+", default=["default", "long"],
-                   help="outer: default (100 steps), long (10x the steps) and/or T<steps>[-eta<k>] "
+                   help="default (100 steps), long (10x the steps) and/or T<steps>[-eta<k>] "
                         "(e.g. T4000-eta16: 4,000 steps, rule.eta_scale x16)")
-    p.add_argument("--methods", nargs="+", help="outer: only the methods whose name contains one of these")
-    p.add_argument("--popsizes", type=int, nargs="+", help="outer: PGPE at these population sizes (a sweep)")
+    p.add_argument("--methods", nargs="+", help="only the methods whose name contains one of these")
+    p.add_argument("--popsizes", type=int, nargs="+", help="PGPE at these population sizes (a sweep)")
     p.add_argument("--set", nargs="*", default=[], help=argparse.SUPPRESS)   # the old spelling of the overrides
-    p.add_argument("--out-dir", default="benchmarks", help="outer: where outer.md, outer.json, outer.png go")
+    p.add_argument("--out-dir", default="benchmarks", help="where outer.md, outer.json, outer.png go")
     args = p.parse_intermixed_args(argv)      # `outer key=value --budget 5`: overrides anywhere
     args.overrides = [*args.overrides, *args.set]
     if args.budget <= 0:

@@ -84,7 +84,7 @@ def test_unknown_run_is_one_line(tmp_path, store, capsys):
 
 
 SCRIPTS = ["evolve", "train", "finetune", "export", "evaluate", "seeds", "benchmark", "bench_lifetime", "bench_evolve",
-           "bench_memory", "bench_allocator", "gpu_check"]
+           "bench_outer", "bench_memory", "bench_allocator", "gpu_check"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
