@@ -329,8 +329,9 @@ class FinetuneConfig(_Section):
     eval_every: Int = Field(25, ge=1, description="held-out evaluation every N meta-steps")
     top_k: Int = Field(1, ge=1, description="fine-tune the k best genomes of the evolution run together")
     after_evolution: Bool = Field(True, description="scripts/evolve.py: fine-tune the search center by BPTT when "
-                                                    "the evolution ends (the ES -> BPTT hybrid, which beat either "
-                                                    "alone: docs/outer-trainers.md)")
+                                                    "the evolution ends (the ES -> BPTT hybrid: far better than ES "
+                                                    "alone, level with BPTT alone at equal time: "
+                                                    "docs/outer-trainers.md)")
     after_evolution_steps: Optional[Int] = Field(1000, ge=1, description="meta-steps of that fine-tune "
                                                                          "(null = finetune.steps)")
 

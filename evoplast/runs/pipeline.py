@@ -114,8 +114,9 @@ def next_lines(run_id: str, finetuned: bool, cfg: Config) -> list[str]:
 
 
 def finetune_center(cfg: Config, result: EvolutionResult, out: Callable[[str], None] = print) -> tuple[FinetuneResult, bool]:
-    """4. the hybrid (finetune.after_evolution): BPTT from the search center, nested under the run; at equal
-    time ES then BPTT beat either alone on the default task (docs/outer-trainers.md)."""
+    """The hybrid's second half (``finetune.after_evolution``): BPTT from the search center, nested under the run
+    (far better than ES alone; level with BPTT from scratch at equal time: docs/outer-trainers.md). Returns the
+    fine-tune and whether its genome is the rule to use (better on held-out episodes than the center)."""
     steps = cfg.finetune.after_evolution_steps or cfg.finetune.steps
     ft_cfg = cfg.replace(**{"finetune.steps": steps})
     out("")
