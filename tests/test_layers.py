@@ -105,7 +105,7 @@ def _named_paths(text: str) -> list[str]:
 
     pattern = r"(?<![\w/.-])((?:evoplast|scripts|tests|configs|docs|cluster)/[\w./-]*\w)"
     return [m.group(1) for m in re.finditer(pattern, text)
-            if not set(text[m.end():m.end() + 2]) & set("*<{") and not re.search(r"\b[A-Z]{3,}\b", m.group(1))]
+            if not set(text[m.end():m.end() + 2]) & set("*<{") and not re.search(r"(?<![a-z])[A-Z]{3,}(?![a-z])", m.group(1))]
 
 
 def _exists(root: Path, named: str) -> bool:
@@ -125,6 +125,6 @@ def test_docs_and_code_name_only_files_that_exist():
 
 
 def test_the_reference_check_sees_a_missing_file():
-    assert _named_paths("see `evoplast/evolution/run.py`, scripts/bench_*.py and scripts/bench_<name>.py") == [
-        "evoplast/evolution/run.py"]
+    assert _named_paths("see `evoplast/evolution/run.py`, scripts/bench_*.py, scripts/bench_<name>.py and "
+                        "scripts/bench_NAME.py") == ["evoplast/evolution/run.py"]
     assert not (Path(REPO) / "evoplast" / "evolution" / "run.py").exists()
