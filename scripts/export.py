@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from evoplast.genome import build_genome_spec
     from evoplast.runs.artifacts import genome_of_run
     from evoplast.tasks import make_task
+    from evoplast.runs.preflight import preflight
+    from evoplast.runs.session import RunSession
     from evoplast.runs.tracking import Tracker, resolve_tracking_uri
 
     # 1. the genome: best_genome.pt of the run, or finetuned_genome.pt of its latest nested fine-tune
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     run = tracker.get_run(args.run_id)
     genome, source_run = genome_of_run(tracker, args.run_id, args.which)
     cfg = from_dict(upgrade(yaml.safe_load(genome["config_yaml"])))
+    preflight(cfg)                       # the same checks as every command, before the file is written
     task = make_task(cfg.task)
     spec = build_genome_spec(cfg, task.n_in, task.n_out, task.kind)
     model = spec.model
@@ -98,34 +101,40 @@ def main(argv: list[str] | None = None) -> int:
         score = f"{float(heldout):.4f}" if heldout is not None else "not recorded"
         tags = {"task": cfg.task.name, "rule": manifest["rule"], "source_run": source_run,
                 "evolution_run": args.run_id, "which": args.which, "heldout_loss": score}
-        mlflow.set_tracking_uri(tracker.uri)
-        with mlflow.start_run(experiment_id=run.info.experiment_id,
-                              run_name=child_name(f"export {args.which}", run.info.run_name or args.run_id[:8]),
-                              tags={"mlflow.parentRunId": args.run_id, "outer": "export", **tags}) as export_run:
-            mlflow.log_params({"source_run": source_run, "which": args.which, "rule": manifest["rule"]})
-            if heldout is not None:
-                mlflow.log_metric("heldout/loss", float(heldout))
-            mlflow.log_artifact(str(out))
-            mlflow.log_artifact(str(data_path(out)))            # the same rule as data (safetensors + manifest)
-            info = mlflow.models.Model.log(
-                artifact_path=None, name="rule", flavor=_same_file_flavor(out), pytorch_model=reference.eval(),
-                serialization_format="pt2",
-                input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
-                signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        version = register_version(tracker.client, name, info.model_uri, info.model_id, source_run=source_run,
-                                   description="", tags=tags).version
-        describe_version(tracker, name, version, manifest, genome, cfg, model, source_run, args.run_id,
-                         args.which, score=score, experiment_id=run.info.experiment_id)
-        recommended = run.data.tags.get("summary.recommended", "best") == args.which
-        tag_model(tracker.client, name, version, task=cfg.task.name, rule=manifest["rule"], recommended=recommended)
-        list_version_on_run(tracker.client, args.run_id, name, version, args.which)
-        tracker.client.set_tag(export_run.info.run_id, "mlflow.note.content", export_description(
-            which=args.which, evolution_run=args.run_id, source_run=source_run, experiment_id=run.info.experiment_id,
-            name=name, version=version, score=score, file=Path(args.out).name,
-            equations=rule_equations(model, genome["segments"]), legend=rule_legend(model)))
-        tracker.client.set_tag(export_run.info.run_id, "registered_version", f"{name} v{version}")
-        print(f"MLflow: model {info.model_uri} in run {export_run.info.run_id}, registered as "
-              f"'{name}' version {version}" + (" (alias @recommended)" if recommended else ""))
+        # the export's nested run, in a run session like every command's (its lock, its status at the end);
+        # MLflow logs a model only into an active run: the session's run is made the active one
+        with RunSession(cfg, "export", checks=False) as session:
+            session.start(child_name(f"export {args.which}", run.info.run_name or args.run_id[:8]),
+                          experiment=tracker.client.get_experiment(run.info.experiment_id).name,
+                          parent_run_id=args.run_id, tags={"outer": "export", **tags}, source="scripts/export.py",
+                          params={"source_run": source_run, "which": args.which, "rule": manifest["rule"]},
+                          system_metrics=False, config_artifact=False)
+            mlflow.set_tracking_uri(tracker.uri)
+            with mlflow.start_run(run_id=session.run_id) as export_run:
+                if heldout is not None:
+                    mlflow.log_metric("heldout/loss", float(heldout))
+                mlflow.log_artifact(str(out))
+                mlflow.log_artifact(str(data_path(out)))            # the same rule as data (safetensors + manifest)
+                info = mlflow.models.Model.log(
+                    artifact_path=None, name="rule", flavor=_same_file_flavor(out), pytorch_model=reference.eval(),
+                    serialization_format="pt2",
+                    input_example=tuple(t.numpy() for t in reference.example_inputs(n=2, m=3)),
+                    signature=_signature(manifest), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            version = register_version(tracker.client, name, info.model_uri, info.model_id, source_run=source_run,
+                                       description="", tags=tags).version
+            describe_version(tracker, name, version, manifest, genome, cfg, model, source_run, args.run_id,
+                             args.which, score=score, experiment_id=run.info.experiment_id)
+            recommended = run.data.tags.get("summary.recommended", "best") == args.which
+            tag_model(tracker.client, name, version, task=cfg.task.name, rule=manifest["rule"], recommended=recommended)
+            list_version_on_run(tracker.client, args.run_id, name, version, args.which)
+            tracker.client.set_tag(export_run.info.run_id, "mlflow.note.content", export_description(
+                which=args.which, evolution_run=args.run_id, source_run=source_run, experiment_id=run.info.experiment_id,
+                name=name, version=version, score=score, file=Path(args.out).name,
+                equations=rule_equations(model, genome["segments"]), legend=rule_legend(model)))
+            tracker.client.set_tag(export_run.info.run_id, "registered_version", f"{name} v{version}")
+            session.finish()
+            print(f"MLflow: model {info.model_uri} in run {export_run.info.run_id}, registered as "
+                  f"'{name}' version {version}" + (" (alias @recommended)" if recommended else ""))
     print(f"Load it with evoplast (reads it as data, safe for a received file): "
           f"step, manifest = evoplast.export.load_rule('{args.out}'); with PyTorch alone, for a file you trust: "
           f"torch.export.load('{args.out}').module() (docs/safe_rule_files.md)")
