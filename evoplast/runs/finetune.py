@@ -153,8 +153,7 @@ def run_finetune(cfg: Config, genomes: Optional[torch.Tensor], labels: list[str]
             raise session.write_failed(exc, f"a checkpoint of fine-tune run {tracker.run_id}") from None
         session.stop.immediate = True           # from here (held-out, artifacts) a signal stops at once
         if session.stop.signal is not None:
-            session.step_done = session.step + len(rows)
-            session.stopped("meta-step")
+            session.stopped("meta-step", session.step + len(rows))
         history = earlier + [_history_row(r) for r in rows]
         final = trainer.current()
         after = [ev.learning_measures(g) for g in final]

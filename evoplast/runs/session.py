@@ -253,19 +253,17 @@ class RunSession:
         kept = f"the last checkpoint {path} is intact" if path.is_file() else "no checkpoint was written before"
         return write_failed(exc, what, kept, self.resume_command)
 
-    def stopped(self, what: str = "step") -> None:
-        """End as KILLED after a signal between two steps: say where the checkpoint is and how to resume,
-        then raise :class:`~evoplast.runs.signals.Interrupted` (the script exits 130)."""
+    def stopped(self, what: str, step: int) -> None:
+        """End as KILLED after a signal between two steps (the checkpoint of ``step`` is written): say where it is
+        and how to resume, then raise :class:`~evoplast.runs.signals.Interrupted` (the script exits 130)."""
         self.status = "KILLED"
         why = self.stop.name or "SIGINT"
         self.tracker.set_tags({"evoplast.stopped_by": why})
-        self.out(f"evoplast: stopped at {what} {self.step_done} ({why}); checkpoint {self.checkpoint_path}; "
+        self.out(f"evoplast: stopped at {what} {step} ({why}); checkpoint {self.checkpoint_path}; "
                  f"continue with `{self.resume_command}`")
         exc = Interrupted(self.stop.signal or 2)
         exc.reported = True
         raise exc
-
-    step_done = 0        # set by the command after its loop: the last step done (for :meth:`stopped`)
 
     def finish(self) -> None:
         """The work is done: the run ends FINISHED."""
