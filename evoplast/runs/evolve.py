@@ -203,7 +203,7 @@ def _run(session: RunSession, resume: Optional[dict[str, Any]], out: Callable[[s
     trainer: Optional[ESTrainer] = None
     heldout: list[dict[str, float]] = []
     ckpt_path: Optional[Path] = None
-    in_step = False                        # a generation is half done: its state is not checkpointed
+    generations: Optional[Generations] = None     # its in_step: a generation is half done (not checkpointed)
 
     def checkpoint(log: bool = True) -> Path:
         """Write the trainer's state; with ``log``, first the queued metrics, then the MLflow copy.
@@ -276,69 +276,18 @@ def _run(session: RunSession, resume: Optional[dict[str, Any]], out: Callable[[s
         stream = None if out is print else LineStream(out)
         progress = Progress(total, "gen", stream=stream, every=print_every or total + 1, start=trainer.generation)
         best_so_far = max((h["best"] for h in trainer.history if h["best"] == h["best"]), default=float("-inf"))
-        curve_every = heldout_curve_every(total)
         if resume is None:              # the "before" point (step 0) of the held-out curves
             h = evaluator.learning_measures(center0)
             heldout.append({"generation": 0, **h})
             tracker.log_metrics(heldout_metrics(h), step=0)
         latest = f"{heldout[-1]['loss']:.3f}" if heldout else "-"
 
-        class Generations:
-            """The trainer's step for :func:`run_outer`: marks a generation in flight, says where to resume
-            when actors are lost."""
-
-            def step(self) -> dict[str, float]:
-                nonlocal in_step
-                try:
-                    in_step = True
-                    stats = trainer.step()
-                    in_step = False
-                except Exception as exc:
-                    from ..parallel.ray_pool import ActorsLost
-
-                    if not isinstance(exc, ActorsLost):
-                        raise
-                    # a half-done generation is never checkpointed; the last whole one is resumable
-                    where = (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
-                             f"continue with --resume {tracker.run_id}" if ckpt_path.is_file()
-                             else "no checkpoint was written yet; start the run again")
-                    raise ActorsLost(f"{exc}; {where}") from None
-                return stats
-
-        class Report(BaseCallback):
-            """Metrics, held-out evaluations, progress lines and checkpoints of each generation."""
-
-            def on_step(self, g, stats, _):
-                nonlocal best_so_far, latest
-                if stats["best"] == stats["best"]:
-                    best_so_far = max(best_so_far, stats["best"])
-                timing = pool.last_timing if pool is not None else {}
-                tracker.log_metrics(metric_row(stats, best_so_far)
-                                    | speed_metrics(timing, stats["seconds"], trainer.problem.sample_seconds), step=g)
-                if g % cfg.tracking.gain_every == 0 or g == total:
-                    h = evaluator.learning_measures(trainer.center())
-                    heldout.append({"generation": g, **h})
-                    tracker.log_metrics(heldout_metrics(h), step=g)
-                    latest = f"{h['loss']:.3f}"
-                elif g % curve_every == 0:     # the loss alone between: a curve for ~5% of the time
-                    loss = float(evaluator.score(trainer.center().reshape(1, -1)).loss[0])
-                    heldout.append({"generation": g, "loss": loss})
-                    tracker.log_metrics({"heldout/loss": loss}, step=g)
-                    latest = f"{loss:.3f}"
-                if print_every:
-                    progress.update(g, _format_stats(stats, best_so_far, latest, speed_note(timing, stats["seconds"])),
-                                    last=last)
-                if heldout and heldout[-1]["generation"] == g and print_every and "learning_gain" in heldout[-1]:
-                    h = heldout[-1]
-                    metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
-                    progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
-                                  f"{h['loss_plasticity_off']:.3f} (learning gain {h['learning_gain']:+.3f}) | "
-                                  f"episode-specific gain {h['episode_gain']:+.3f}")
-                if g % cfg.checkpoint.every == 0 and g < total:
-                    checkpoint()
-
+        generations = Generations(trainer, ckpt_path, tracker.run_id)
         # a signal lets the generation in flight finish (run_outer); the report below stops at once
-        run_outer(Generations(), steps=last, start=trainer.generation, callbacks=[Report(), *callbacks], stop=stop)
+        report_cb = GenerationReport(cfg, tracker, evaluator, trainer, heldout, progress, checkpoint, pool=pool,
+                                     total=total, last=last, print_every=print_every, best_so_far=best_so_far,
+                                     latest=latest)
+        run_outer(generations, steps=last, start=trainer.generation, callbacks=[report_cb, *callbacks], stop=stop)
         progress.close()
         stop.immediate = True           # the report stops at once: the finished generations are saved first
         if trainer.generation < total or stop.signal is not None:   # interrupted (signal or stop_after)
@@ -357,7 +306,7 @@ def _run(session: RunSession, resume: Optional[dict[str, Any]], out: Callable[[s
         if status is None:              # no run was started or touched: run_evolution says so
             raise
         status = "KILLED"
-        if in_step:                     # a second Ctrl-C inside a generation: its state is half-updated
+        if generations is not None and generations.in_step:   # a second Ctrl-C inside a generation: half-updated
             path = ckpt_path
             out(f"evoplast: interrupted by {why} inside generation {trainer.generation + 1}; "
                 + (f"the last checkpoint is {ckpt_path} (generation {load_checkpoint(ckpt_path)['trainer']['generation']}); "
@@ -386,6 +335,7 @@ def _run(session: RunSession, resume: Optional[dict[str, Any]], out: Callable[[s
         raise write_failed(exc, f"an artifact of run {tracker.run_id}", _kept(ckpt_path),
                            f"python scripts/evolve.py --resume {tracker.run_id}") from None
     except TrackingUnavailable as exc:
+        in_step = generations is not None and generations.in_step
         if status is None or trainer is None or ckpt_path is None or in_step:
             raise
         # the store stopped answering: keep the work here, say how to continue, end non-zero
@@ -409,6 +359,90 @@ def _run(session: RunSession, resume: Optional[dict[str, Any]], out: Callable[[s
         # the session ends the MLflow run with this status (None: the run is left as it was)
         session.status = status
         session.started = session.started and status is not None
+
+
+class Generations:
+    """The ES trainer's step for :func:`~evoplast.trainers.loop.run_outer` in an evolution run: marks a generation
+    in flight (``in_step``: its state is half-updated and is never checkpointed), and says where to resume when
+    the Ray actors are lost."""
+
+    def __init__(self, trainer: ESTrainer, ckpt_path: Path, run_id: str):
+        self.trainer, self.ckpt_path, self.run_id = trainer, ckpt_path, run_id
+        self.in_step = False
+
+    def step(self) -> dict[str, float]:
+        try:
+            self.in_step = True
+            stats = self.trainer.step()
+            self.in_step = False
+        except Exception as exc:
+            from ..parallel.ray_pool import ActorsLost
+
+            if not isinstance(exc, ActorsLost):
+                raise
+            # a half-done generation is never checkpointed; the last whole one is resumable
+            path = self.ckpt_path
+            where = (f"the last checkpoint is {path} (generation {load_checkpoint(path)['trainer']['generation']}); "
+                     f"continue with --resume {self.run_id}" if path.is_file()
+                     else "no checkpoint was written yet; start the run again")
+            raise ActorsLost(f"{exc}; {where}") from None
+        return stats
+
+
+class GenerationReport(BaseCallback):
+    """What each generation of an evolution run leaves behind (a :func:`~evoplast.trainers.loop.run_outer`
+    callback): its ``search/`` and ``speed/`` metrics, the search center's held-out loss (the learning measures
+    every ``tracking.gain_every`` generations and at the last, the loss alone :data:`CURVE_POINTS` times per run),
+    the progress line and a checkpoint every ``checkpoint.every`` generations.
+
+    Args:
+        cfg, tracker, evaluator, trainer: the run's config, MLflow tracker, driver-side evaluator, ESTrainer.
+        heldout: the run's held-out rows (appended to; a checkpoint saves them).
+        progress: the run's :class:`~evoplast.runs.progress.Progress` line.
+        checkpoint: ``() -> path``: writes the run's checkpoint.
+        pool: the Ray pool (its timings become ``speed/`` metrics), or None in-process.
+        total, last: the run's generations, and the last one this call runs (``stop_after``).
+        print_every: a progress line every N generations (0: none).
+        best_so_far, latest: the best fitness and the latest held-out loss so far (a resumed run's).
+    """
+
+    def __init__(self, cfg: Config, tracker: Tracker, evaluator: Evaluator, trainer: ESTrainer,
+                 heldout: list[dict[str, float]], progress: Progress, checkpoint: Callable[[], Path], *, pool=None,
+                 total: int, last: int, print_every: int, best_so_far: float, latest: str):
+        self.cfg, self.tracker, self.evaluator, self.trainer = cfg, tracker, evaluator, trainer
+        self.heldout, self.progress, self.checkpoint, self.pool = heldout, progress, checkpoint, pool
+        self.total, self.last, self.print_every = total, last, print_every
+        self.best_so_far, self.latest = best_so_far, latest
+        self.curve_every = heldout_curve_every(total)
+
+    def on_step(self, g, stats, _):
+        cfg, tracker, evaluator, trainer, heldout = self.cfg, self.tracker, self.evaluator, self.trainer, self.heldout
+        if stats["best"] == stats["best"]:
+            self.best_so_far = max(self.best_so_far, stats["best"])
+        timing = self.pool.last_timing if self.pool is not None else {}
+        tracker.log_metrics(metric_row(stats, self.best_so_far)
+                            | speed_metrics(timing, stats["seconds"], trainer.problem.sample_seconds), step=g)
+        if g % cfg.tracking.gain_every == 0 or g == self.total:
+            h = evaluator.learning_measures(trainer.center())
+            heldout.append({"generation": g, **h})
+            tracker.log_metrics(heldout_metrics(h), step=g)
+            self.latest = f"{h['loss']:.3f}"
+        elif g % self.curve_every == 0:     # the loss alone between: a curve for ~5% of the time
+            loss = float(evaluator.score(trainer.center().reshape(1, -1)).loss[0])
+            heldout.append({"generation": g, "loss": loss})
+            tracker.log_metrics({"heldout/loss": loss}, step=g)
+            self.latest = f"{loss:.3f}"
+        if self.print_every:
+            self.progress.update(g, _format_stats(stats, self.best_so_far, self.latest,
+                                                  speed_note(timing, stats["seconds"])), last=self.last)
+        if heldout and heldout[-1]["generation"] == g and self.print_every and "learning_gain" in heldout[-1]:
+            h = heldout[-1]
+            metric = "MSE" if evaluator.task.kind == "regression" else "cross-entropy"
+            self.progress.note(f"          held-out {metric} of the search center {h['loss']:.3f} | plasticity off "
+                               f"{h['loss_plasticity_off']:.3f} (learning gain {h['learning_gain']:+.3f}) | "
+                               f"episode-specific gain {h['episode_gain']:+.3f}")
+        if g % cfg.checkpoint.every == 0 and g < self.total:
+            self.checkpoint()
 
 
 def _kept(ckpt_path: Path) -> str:
