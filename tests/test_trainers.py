@@ -115,26 +115,40 @@ def _sum_of_truncation_losses(cfg, theta, episodes, window):
     return torch.stack(losses).sum()
 
 
+UNBIASED = ("task.num_tasks=2", "task.batches_per_task=2", "task.batch_size=2", "network.hidden=[4]",
+            "network.plastic_layers=[2]")
+
+
+def _particles_at_a_fixed_theta(cls, window: int, k: int):
+    """``(cfg, trainer, theta, episodes)``: a PES-like trainer with 40,000 pairs (σ = 0.01) held at one θ."""
+    cfg = tiny(*UNBIASED)
+    trainer = cls(cfg, pairs=40000, sigma=0.01, window=window, episodes=k)
+    theta = trainer.spec.initial_vector() + 0.3 * torch.randn(trainer.spec.dim,
+                                                              generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trainer.theta.copy_(theta)
+    return cfg, trainer, theta, trainer._current_episodes()
+
+
+def _against_autograd(cfg, theta, episodes, window: int, estimate) -> tuple[float, float, torch.Tensor]:
+    """``(cosine, norm ratio, true gradient)`` of ``estimate`` against the autograd gradient of the sum of the
+    truncation losses at ``theta``."""
+    g = theta.clone().requires_grad_(True)
+    _sum_of_truncation_losses(cfg, g, episodes, window).backward()
+    cos = torch.nn.functional.cosine_similarity(estimate, g.grad, dim=0).item()
+    return cos, (estimate.norm() / g.grad.norm()).item(), g.grad
+
+
 def test_pes_is_unbiased_over_a_lifetime_where_truncation_is_not():
     """Summed over one lifetime's truncations (θ held fixed), PES's estimate matches the true gradient of
     the sum of the truncation losses; the truncated-BPTT gradient of the same sum does not."""
-    cfg = tiny("task.num_tasks=2", "task.batches_per_task=2", "task.batch_size=2", "network.hidden=[4]",
-               "network.plastic_layers=[2]")
-    window, k = 2, 2
-    pes = PESTrainer(cfg, pairs=40000, sigma=0.01, window=window, episodes=k)
-    theta = pes.spec.initial_vector() + 0.3 * torch.randn(pes.spec.dim, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        pes.theta.copy_(theta)
-    episodes = pes._current_episodes()
+    window = 2
+    cfg, pes, theta, episodes = _particles_at_a_fixed_theta(PESTrainer, window, k=2)
     T = episodes.num_steps
     estimate = sum(pes.estimate()[0] for _ in range(-(-T // window)))     # one lifetime, θ fixed
     assert pes.lifetime == 1 and pes.t == 0 and not pes.xi.any()           # reset at the lifetime's end
 
-    g = theta.clone().requires_grad_(True)
-    _sum_of_truncation_losses(cfg, g, episodes, window).backward()
-    true = g.grad
-    cos = torch.nn.functional.cosine_similarity(estimate, true, dim=0).item()
-    ratio = (estimate.norm() / true.norm()).item()
+    cos, ratio, true = _against_autograd(cfg, theta, episodes, window, estimate)
     assert cos > 0.97 and 0.9 < ratio < 1.1, (cos, ratio)
 
     # truncated BPTT on the same sum (graph cut at the plastic weights between truncations) is biased
@@ -154,14 +168,8 @@ def test_nres_is_unbiased_over_a_lifetime_and_reuses_one_perturbation():
     truncation losses, as PES's do."""
     from evoplast.trainers import NRESTrainer
 
-    cfg = tiny("task.num_tasks=2", "task.batches_per_task=2", "task.batch_size=2", "network.hidden=[4]",
-               "network.plastic_layers=[2]")
-    window, k = 2, 2
-    nres = NRESTrainer(cfg, pairs=40000, sigma=0.01, window=window, episodes=k)
-    theta = nres.spec.initial_vector() + 0.3 * torch.randn(nres.spec.dim, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        nres.theta.copy_(theta)
-    episodes = nres._current_episodes()
+    window = 2
+    cfg, nres, theta, episodes = _particles_at_a_fixed_theta(NRESTrainer, window, k=2)
     T = episodes.num_steps
     estimates, noise = [], []
     for _ in range(-(-T // window)):                                      # one lifetime, θ fixed
@@ -173,11 +181,7 @@ def test_nres_is_unbiased_over_a_lifetime_and_reuses_one_perturbation():
     assert not torch.equal(nres.xi, noise[0])                             # a new lifetime, a new ε
     estimate = sum(estimates)
 
-    g = theta.clone().requires_grad_(True)
-    _sum_of_truncation_losses(cfg, g, episodes, window).backward()
-    true = g.grad
-    cos = torch.nn.functional.cosine_similarity(estimate, true, dim=0).item()
-    ratio = (estimate.norm() / true.norm()).item()
+    cos, ratio, _ = _against_autograd(cfg, theta, episodes, window, estimate)
     print(f"NRES cosine {cos:.4f} norm ratio {ratio:.4f}")
     assert cos > 0.97 and 0.9 < ratio < 1.1, (cos, ratio)
 
